@@ -1,0 +1,218 @@
+"""Registries of swappable components, one per kind, assembled from config nodes.
+
+A config node is ``{type: <registered name>, **kwargs}``; ``REGISTRY.build(node, key_path=..., **runtime)``
+constructs it. Runtime values (hidden sizes, token ids) come from code, never from the user, and are only
+passed to constructors that accept them.
+
+Loud by design (the most reported LAVIS bug is a registry silently returning ``None``):
+unknown names, duplicate names, unexpected and missing keys all raise `RegistryError` with the key path,
+the known names and close matches.
+
+Nothing heavy happens at import: built-in plugins are imported on the first lookup of their registry,
+third-party plugins come from the ``regionvlm.plugins`` entry-point group or a config's ``imports:`` list.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from regionvlm.errors import RegistryError, UserError
+
+ENTRY_POINT_GROUP = "regionvlm.plugins"
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _where(obj: Any) -> str:
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (TypeError, OSError):
+        return getattr(obj, "__module__", "?")
+
+
+def first_doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Name → class (or factory function) for one kind of component."""
+
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()):
+        self.kind = kind
+        self.builtin_modules = builtin_modules
+        self._items: dict[str, Any] = {}
+        self._loaded = False
+
+    # -- registration -------------------------------------------------------------------------------------
+    def register(self, name: str | None = None) -> Callable[[Any], Any]:
+        """Decorator: ``@PROJECTORS.register("mlp")``. A duplicate name is an error naming both places."""
+
+        def deco(obj: Any) -> Any:
+            key = name or obj.__name__
+            if key in self._items and self._items[key] is not obj:
+                raise RegistryError(
+                    f"{self.kind} '{key}' is already registered (first at {_where(self._items[key])}); "
+                    f"cannot register it again at {_where(obj)}"
+                )
+            self._items[key] = obj
+            return obj
+
+        return deco
+
+    # -- lookup -------------------------------------------------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self.builtin_modules:
+            importlib.import_module(module)
+        load_entry_point_plugins()
+
+    def names(self) -> list[str]:
+        self._ensure_loaded()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._items
+
+    def get(self, name: str, key_path: str = "") -> Any:
+        self._ensure_loaded()
+        if name not in self._items:
+            where = f"{key_path}: " if key_path else ""
+            known = ", ".join(sorted(self._items)) or "(none)"
+            raise RegistryError(
+                f"{where}no {self.kind} named '{name}'{_did_you_mean(name, self._items)} known: {known}"
+            )
+        return self._items[name]
+
+    def items(self) -> list[tuple[str, Any]]:
+        self._ensure_loaded()
+        return sorted(self._items.items())
+
+    # -- construction -------------------------------------------------------------------------------------
+    def build(self, node: Any, key_path: str = "", **runtime: Any) -> Any:
+        """Construct ``node`` = ``{type: name, **kwargs}`` (a dict or DictConfig), adding ``runtime`` values
+        that the constructor accepts. ``key_path`` (e.g. ``model.projector``) names the node in errors."""
+        node = to_plain(node)
+        if isinstance(node, str):
+            node = {"type": node}
+        if not isinstance(node, Mapping) or "type" not in node:
+            raise RegistryError(f"{key_path or self.kind}: expected a mapping with a 'type' key, got {node!r}")
+        kwargs = dict(node)
+        name = kwargs.pop("type")
+        obj = self.get(name, key_path=f"{key_path}.type" if key_path else "")
+        return construct(obj, kwargs, key_path=key_path, what=f"{self.kind} '{name}'", **runtime)
+
+
+def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", **runtime: Any) -> Any:
+    """Call ``obj(**kwargs, **runtime)`` after checking the keys against its signature, with errors that name
+    ``key_path``: unexpected keys (with close matches), missing required keys, and keys that the code sets."""
+    kwargs = dict(to_plain(kwargs) or {})
+    what = what or getattr(obj, "__name__", str(obj))
+    params, accepts_any = signature_params(obj)
+    prefix = f"{key_path}." if key_path else ""
+    if not accepts_any:
+        unknown = [k for k in kwargs if k not in params]
+        if unknown:
+            user_keys = [p for p in params if p not in runtime]
+            raise RegistryError(
+                f"{prefix}{unknown[0]}: unexpected key for {what}"
+                f"{_did_you_mean(unknown[0], user_keys)} known: {', '.join(user_keys) or '(none)'}"
+            )
+    for key in runtime:
+        if key in kwargs:
+            raise RegistryError(
+                f"{prefix}{key}: is set by the code at build time ({runtime[key]!r}); remove it from the config"
+            )
+    kwargs.update({k: v for k, v in runtime.items() if accepts_any or k in params})
+    missing = [
+        p for p, param in params.items()
+        if param.default is inspect.Parameter.empty and p not in kwargs
+        and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+    ]
+    if missing:
+        raise RegistryError(f"{prefix}{missing[0]}: required key missing for {what}")
+    return obj(**kwargs)
+
+
+def signature_params(obj: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword parameters of a class's ``__init__`` or a function, and whether it takes ``**kwargs``."""
+    sig = inspect.signature(obj)
+    params = {
+        n: p for n, p in sig.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
+    }
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return params, accepts_any
+
+
+def to_plain(node: Any) -> Any:
+    """DictConfig/ListConfig → resolved plain containers; anything else unchanged."""
+    if type(node).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+# -- plugin discovery -----------------------------------------------------------------------------------------
+_entry_points_loaded = False
+
+
+def load_entry_point_plugins() -> None:
+    """Import every module named in the ``regionvlm.plugins`` entry-point group (once)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party plugin must say which one it is
+            raise UserError(f"plugin entry point '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
+
+
+def import_modules(modules: Iterable[str], key_path: str = "imports") -> None:
+    """Import the modules a config lists under ``imports:`` so that they register their components."""
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"{key_path}[{i}]: cannot import module '{module}': {exc}") from exc
+
+
+# -- the registries -------------------------------------------------------------------------------------------
+VISION_ENCODERS = Registry("vision_encoder", ("regionvlm.plugins.vision",))
+FEATURE_REFINERS = Registry("feature_refiner", ("regionvlm.plugins.refiners",))
+REGION_EXTRACTORS = Registry("region_extractor", ("regionvlm.plugins.regions",))
+PROJECTORS = Registry("projector", ("regionvlm.plugins.projectors",))
+LLMS = Registry("llm", ("regionvlm.plugins.llms",))
+HEADS = Registry("head", ("regionvlm.plugins.heads",))
+PROMPTS = Registry("prompt", ("regionvlm.plugins.prompts",))
+DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
+BENCHMARKS = Registry("benchmark", ("benchmarks",))
+CAPTIONERS = Registry("captioner", ("regionvlm.plugins.captioners",))
+JUDGES = Registry("judge", ("regionvlm.plugins.captioners",))
+
+REGISTRIES: dict[str, Registry] = {
+    r.kind: r
+    for r in (VISION_ENCODERS, FEATURE_REFINERS, REGION_EXTRACTORS, PROJECTORS, LLMS, HEADS, PROMPTS,
+              DATASETS, BENCHMARKS, CAPTIONERS, JUDGES)
+}
+
+
+def registry_for(kind: str) -> Registry:
+    if kind not in REGISTRIES:
+        raise UserError(f"no registry kind '{kind}'{_did_you_mean(kind, REGISTRIES)} known: {', '.join(REGISTRIES)}")
+    return REGISTRIES[kind]
