@@ -1,0 +1,41 @@
+# Two entry points: `make demo` (the tiny RGPT pipeline end to end) and `make test` (the test suite).
+# Both create .venv on first use, installing with constraints.txt (pinned torch/torchvision).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RV := $(VENV)/bin/regionvlm
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+DATA ?= data/synth
+RUNS ?= runs
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The embedded default: synthetic data → tiny RGPT stage 1 → stage 2 → every benchmark, one results table.
+demo: install
+	$(RV) data synth --out $(DATA)
+	REGIONVLM_DATA=$(DATA) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage1.yaml
+	REGIONVLM_DATA=$(DATA) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage2.yaml
+	REGIONVLM_DATA=$(DATA) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/tiny/eval.yaml --model $(RUNS)/rgpt-tiny-stage2/export
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check regionvlm benchmarks tests
+
+bench: install
+	$(PY) benchmarks/perf/cli_startup.py
+
+clean:
+	rm -rf $(RUNS) $(DATA) .pytest_cache

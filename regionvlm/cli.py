@@ -1,0 +1,91 @@
+"""``regionvlm COMMAND ...`` — the command-line entry point.
+
+Each command lives in ``regionvlm/commands/<module>.py`` exposing ``add_arguments(parser)`` and
+``run(args) -> int | None``; only the chosen command's module is imported, so ``regionvlm --help`` stays
+instant (no torch, lightning or transformers).
+
+Exit codes: 0 success; 2 user error (bad config, argument or input; one line on stderr, no traceback unless
+``--debug``); 1 internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+from regionvlm import __version__
+
+# name → (module under regionvlm.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("list_components", "list registered components (all kinds, or one kind)"),
+    "config": ("config_cmd", "print the resolved config of a YAML file with overrides"),
+    "train": ("train", "train a model from a config (Lightning)"),
+    "eval": ("eval_cmd", "generate answers on benchmarks and score them"),
+    "score": ("score", "score a predictions file against official annotations (no model)"),
+    "predict": ("predict", "ask a trained model about regions of your images"),
+    "export": ("export", "turn a training checkpoint into a self-contained model folder"),
+    "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),
+    "data": ("data", "bundled synthetic data set and offline tokenizer"),
+    "datagen": ("datagen", "RGPT's automatic region-caption pipeline"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="regionvlm",
+        description="Region-level vision-language models: train, evaluate and query RegionGPT-style models.",
+        epilog="Run 'regionvlm COMMAND --help' for a command's options. Add --debug to see tracebacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"regionvlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    """The full argument parser of one command, and its module."""
+    module = importlib.import_module(f"regionvlm.commands.{COMMANDS[name][0]}")
+    parser = argparse.ArgumentParser(prog=f"regionvlm {name}", description=COMMANDS[name][1])
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    top = _top_parser()
+    args, rest = top.parse_known_args(argv)
+    if args.command is None:
+        top.print_help()
+        return 0 if not argv or argv == ["--debug"] else 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from regionvlm.errors import UserError
+
+    try:
+        parser, module = command_parser(args.command)
+        cmd_args = parser.parse_args(rest)
+        cmd_args.debug = debug
+        return int(module.run(cmd_args) or 0)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so, keep the traceback one flag away
+        if debug:
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

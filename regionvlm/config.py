@@ -1,0 +1,201 @@
+"""Layered YAML configs on OmegaConf.
+
+Precedence, lowest first: schema defaults < ``_base_`` files (in order, recursively) < the file < CLI overrides.
+- ``_base_: path`` or a list of paths, relative to the file that names them; mappings merge deeply, lists are
+  replaced (not concatenated); cycles are an error.
+- ``{{fileDirname}}`` in a file is replaced by that file's directory (as in mmengine), so a config can point at
+  files beside it without machine paths; ``${oc.env:VAR,default}`` and ``${...}`` interpolate as usual.
+- Top-level sections are validated against `RootConfig`: an unknown or mistyped key is an error naming the
+  file (or "override") and the key path. Component nodes under ``model``/``data``/``eval`` are validated where
+  they are built (`regionvlm.registry.construct`), with the same key paths.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regionvlm.errors import ConfigError
+from regionvlm.registry import _did_you_mean
+
+BASE_KEY = "_base_"
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warmup + schedule; per-component learning-rate multipliers (``lr_multipliers.llm: 0.1``)."""
+
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"  # cosine | linear | constant
+    min_lr_ratio: float = 0.0
+    lr_multipliers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    num_beams: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+@dataclass
+class OutputConfig:
+    root: str = "${oc.env:REGIONVLM_OUTPUT,runs}"
+    name: str = "run"
+
+
+@dataclass
+class RootConfig:
+    imports: list[str] = field(default_factory=list)
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: dict[str, Any] = field(default_factory=dict)
+    predict: dict[str, Any] = field(default_factory=dict)
+    datagen: dict[str, Any] = field(default_factory=dict)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the working directory when it lies below it (shorter, machine-independent errors)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _read_layer(path: Path) -> dict:
+    import yaml
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{display_path(path)}: cannot read config: {exc.strerror or exc}") from exc
+    text = text.replace("{{fileDirname}}", str(path.parent.resolve()))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{display_path(path)}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{display_path(path)}: a config file must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def file_layers(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """The (source, mapping) layers of a config file in merge order: its bases first, then itself."""
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(display_path(p) for p in (*_stack, path))
+        raise ConfigError(f"{display_path(_stack[-1])}: {BASE_KEY} cycle: {chain}")
+    data = _read_layer(path)
+    bases = data.pop(BASE_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{display_path(path)}: {BASE_KEY}: expected a path or a list of paths")
+    layers: list[tuple[str, dict]] = []
+    for base in bases:
+        base_path = (path.parent / base)
+        if not base_path.exists():
+            raise ConfigError(f"{display_path(path)}: {BASE_KEY}: no such file '{base}' (looked at {base_path})")
+        layers += file_layers(base_path, (*_stack, path))
+    layers.append((display_path(path), data))
+    return layers
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["a.b=1", "c=[x,y]"]`` → nested dict; values parsed as YAML, as OmegaConf's dotlist does."""
+    from omegaconf import OmegaConf
+
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if "=" not in item or not key or key.strip() != key:
+            raise ConfigError(f"override '{item}': expected key=value (e.g. trainer.max_steps=10)")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except Exception as exc:
+        raise ConfigError(f"override: {exc}") from exc
+
+
+def _merge_error(source: str, exc: Exception) -> ConfigError:
+    key = getattr(exc, "full_key", "") or ""
+    msg = str(exc).splitlines()[0]
+    if "not in" in msg and key:  # unknown key in a structured section
+        parent, _, leaf = key.rpartition(".")
+        section = _schema_keys(parent)
+        hint = _did_you_mean(leaf, section) + (f" known: {', '.join(section)}" if section else "")
+        return ConfigError(f"{source} {key}: unknown key{hint}")
+    return ConfigError(f"{source} {key or '(root)'}: {msg}")
+
+
+def _schema_keys(dotted: str) -> list[str]:
+    from dataclasses import fields
+
+    cls: Any = RootConfig
+    for part in [p for p in dotted.split(".") if p]:
+        match = {f.name: f for f in fields(cls)}.get(part)
+        if match is None or not hasattr(match.default_factory, "__dataclass_fields__"):
+            return []
+        cls = match.default_factory
+    return [f.name for f in fields(cls)]
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Load ``path`` with its bases and CLI ``overrides`` into a validated `DictConfig` (interpolations kept)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    layers = file_layers(path)
+    if overrides:
+        layers.append(("(override)", parse_overrides(list(overrides))))
+    cfg = OmegaConf.structured(RootConfig)
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as exc:
+            raise _merge_error(source, exc) from exc
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise _merge_error(display_path(path), exc) from exc
+    return cfg
+
+
+def to_yaml(cfg: Any, resolve: bool = True) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg, resolve=resolve)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config (what a run really used) atomically."""
+    atomic_write_text(path, to_yaml(cfg, resolve=True))

@@ -1,0 +1,65 @@
+import json
+import subprocess
+import sys
+
+from regionvlm.cli import COMMANDS, main
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "regionvlm.cli", *args], capture_output=True, text=True)
+
+
+def test_import_is_light():
+    code = ("import sys, regionvlm, regionvlm.cli, regionvlm.registry, regionvlm.config; "
+            "import json; print(json.dumps([m for m in ('torch', 'lightning', 'transformers', 'omegaconf') "
+            "if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+def test_help_does_not_import_heavy_packages():
+    code = ("import sys\nfrom regionvlm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('HEAVY', [m for m in ('torch', 'lightning', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout and "train" in out.stdout
+
+
+def test_every_command_has_a_parser():
+    from regionvlm.cli import command_parser
+
+    for name in COMMANDS:
+        parser, module = command_parser(name)
+        assert parser.prog == f"regionvlm {name}" and callable(module.run)
+
+
+def test_exit_codes(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lrr: 1}\n")
+    assert main(["config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "optim.lrr: unknown key" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+    good = tmp_path / "good.yaml"
+    good.write_text("optim: {lr: 0.5}\n")
+    assert main(["config", str(good), "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.5" in out and "seed: 3" in out
+
+    assert main(["config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: cannot read config" in capsys.readouterr().err
+    assert main(["list", "projectr"]) == 2
+    assert "did you mean 'projector'?" in capsys.readouterr().err
+
+
+def test_unknown_command_and_argument_exit_2():
+    assert run_cli("nope").returncode == 2
+    assert run_cli("config").returncode == 2  # missing required argument
+
+
+def test_internal_error_exit_1(monkeypatch, capsys):
+    import regionvlm.commands.config_cmd as cmd
+
+    monkeypatch.setattr(cmd, "run", lambda args: 1 / 0)
+    assert main(["config", "x.yaml"]) == 1
+    assert "internal error: ZeroDivisionError" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+import sys
+import types
+
+import pytest
+
+from regionvlm import registry as reg
+from regionvlm.errors import RegistryError, UserError
+from regionvlm.registry import Registry, construct
+
+
+@pytest.fixture
+def projectors():
+    r = Registry("projector")
+
+    @r.register("mlp")
+    class MLP:
+        """Multi-layer perceptron."""
+
+        def __init__(self, in_channels, depth=2, hidden_size=None):
+            self.args = (in_channels, depth, hidden_size)
+
+    @r.register("linear")
+    def linear(in_channels, bias=True):
+        """Linear map."""
+        return ("linear", in_channels, bias)
+
+    return r
+
+
+def test_build_hit_with_runtime(projectors):
+    obj = projectors.build({"type": "mlp", "depth": 3}, key_path="model.projector", in_channels=8)
+    assert obj.args == (8, 3, None)
+    assert projectors.build("linear", in_channels=4) == ("linear", 4, True)
+
+
+def test_runtime_not_passed_where_not_accepted(projectors):
+    # `out_channels` is offered by code but mlp does not take it: silently not passed.
+    assert projectors.build({"type": "mlp"}, in_channels=1, out_channels=2).args == (1, 2, None)
+
+
+def test_miss_names_registry_lists_known_and_suggests(projectors):
+    with pytest.raises(RegistryError) as e:
+        projectors.build({"type": "mpl"}, key_path="model.projector")
+    msg = str(e.value)
+    assert msg == ("model.projector.type: no projector named 'mpl'; did you mean 'mlp'? known: linear, mlp")
+
+
+def test_miss_without_close_match(projectors):
+    with pytest.raises(RegistryError, match=r"no projector named 'zzz' known: linear, mlp"):
+        projectors.get("zzz")
+
+
+def test_unexpected_key_names_path_and_known_keys(projectors):
+    with pytest.raises(RegistryError) as e:
+        projectors.build({"type": "mlp", "depht": 3}, key_path="model.projector", in_channels=1)
+    assert str(e.value) == (
+        "model.projector.depht: unexpected key for projector 'mlp'; did you mean 'depth'? known: depth, hidden_size"
+    )
+
+
+def test_user_may_not_set_runtime_keys(projectors):
+    with pytest.raises(RegistryError, match=r"model.projector.in_channels: is set by the code"):
+        projectors.build({"type": "mlp", "in_channels": 3}, key_path="model.projector", in_channels=1)
+
+
+def test_missing_required_key(projectors):
+    with pytest.raises(RegistryError, match=r"model.projector.in_channels: required key missing for projector 'mlp'"):
+        projectors.build({"type": "mlp"}, key_path="model.projector")
+
+
+def test_duplicate_registration_names_first_place(projectors):
+    with pytest.raises(RegistryError, match=r"projector 'mlp' is already registered \(first at .*test_core_registry.py"):
+        @projectors.register("mlp")
+        class Other:  # noqa: F841
+            pass
+
+
+def test_node_without_type(projectors):
+    with pytest.raises(RegistryError, match=r"model.projector: expected a mapping with a 'type' key"):
+        projectors.build({"depth": 2}, key_path="model.projector")
+
+
+def test_construct_validates_plain_callables():
+    def f(a, b=1):
+        return a + b
+
+    assert construct(f, {"a": 1, "b": 2}) == 3
+    with pytest.raises(RegistryError, match=r"data.c: unexpected key for f known: a, b"):
+        construct(f, {"a": 1, "c": 2}, key_path="data")
+
+
+def test_builtin_modules_import_lazily_on_first_lookup(monkeypatch):
+    mod = types.ModuleType("fake_plugins_mod")
+    r = Registry("thing", ("fake_plugins_mod",))
+    mod.loaded = False
+
+    def exec_register():
+        r.register("a")(lambda: 1)
+
+    monkeypatch.setitem(sys.modules, "fake_plugins_mod", mod)
+    # Simulate a module that registers at import time by registering when first imported.
+    monkeypatch.setattr(reg.importlib, "import_module", lambda name: exec_register() or mod)
+    monkeypatch.setattr(reg, "_entry_points_loaded", True)
+    assert r._items == {}
+    assert r.names() == ["a"]
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    import importlib.metadata as md
+
+    r = Registry("widget")
+    loaded = []
+
+    class FakeEP:
+        name, value = "myplugin", "myplugin.components"
+
+        def load(self):
+            loaded.append(self.name)
+            r.register("from_ep")(lambda: 1)
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [FakeEP()] if group == reg.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(reg, "_entry_points_loaded", False)
+    assert "from_ep" in r.names()
+    assert loaded == ["myplugin"]
+
+
+def test_broken_entry_point_is_named(monkeypatch):
+    import importlib.metadata as md
+
+    class BadEP:
+        name, value = "broken", "broken.mod"
+
+        def load(self):
+            raise ImportError("no module named broken")
+
+    monkeypatch.setattr(md, "entry_points", lambda group: [BadEP()])
+    monkeypatch.setattr(reg, "_entry_points_loaded", False)
+    with pytest.raises(UserError, match=r"plugin entry point 'broken' \(broken.mod\) failed to import"):
+        reg.load_entry_point_plugins()
+
+
+def test_imports_list_registers_components(tmp_path, monkeypatch):
+    (tmp_path / "my_ext_plugin.py").write_text(
+        "from regionvlm.registry import HEADS\n"
+        "@HEADS.register('my_test_head')\n"
+        "class H:\n    '''A test head.'''\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg.import_modules(["my_ext_plugin"])
+    assert "my_test_head" in reg.HEADS._items
+    del reg.HEADS._items["my_test_head"]
+    with pytest.raises(UserError, match=r"imports\[0\]: cannot import module 'no_such_mod_xyz'"):
+        reg.import_modules(["no_such_mod_xyz"])
