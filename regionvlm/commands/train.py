@@ -1,0 +1,59 @@
+"""``regionvlm train CONFIG [key=value ...] [--resume last|PATH]``.
+
+The run directory ``output.root/output.name`` receives the resolved config, Lightning checkpoints
+(``checkpoints/last.ckpt`` ...), a CSV log (``logs/metrics.csv``), validation samples, and at the end the
+self-contained ``export/`` folder that ``init_from``, ``eval``, ``predict`` and ``RegionChat`` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file (e.g. projects/rgpt/tiny/stage1.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. trainer.max_steps=10")
+    parser.add_argument("--resume", metavar="last|PATH", help="continue from the run's last checkpoint or a path")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg.output.root) / cfg.output.name
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> str | None:
+    from regionvlm.errors import UserError
+
+    if resume is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}")
+    return str(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from regionvlm.config import load_config, save_config
+    from regionvlm.errors import UserError
+    from regionvlm.registry import import_modules
+
+    cfg = load_config(args.config, args.overrides)
+    import_modules(cfg.imports)
+    run_dir = run_dir_of(cfg)
+    ckpt_path = resolve_resume(run_dir, args.resume)
+    if run_dir.exists() and any(run_dir.iterdir()) and ckpt_path is None:
+        if not args.overwrite:
+            raise UserError(f"{run_dir}: run directory exists; pass --resume last to continue it, "
+                            f"--overwrite to start again, or set output.name=...")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    from regionvlm.engine.trainer import fit
+
+    fit(config, run_dir, ckpt_path=ckpt_path)
+    return 0

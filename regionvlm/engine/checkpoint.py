@@ -1,0 +1,57 @@
+"""Training checkpoints → models. A checkpoint holds the architecture config and the tokenizer files (see
+`RegionVLMModule.on_save_checkpoint`), so it rebuilds its model with no other file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from regionvlm.errors import UserError
+
+
+def find_checkpoint(source: str | os.PathLike) -> Path:
+    source = Path(source)
+    path = source / "checkpoints" / "last.ckpt" if source.is_dir() else source
+    if not path.is_file():
+        raise UserError(f"{source}: no checkpoint found (expected a .ckpt file or a run dir with checkpoints/last.ckpt)")
+    return path
+
+
+def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
+    """``(model, tokenizer, config)`` from a Lightning checkpoint written by ``regionvlm train``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from regionvlm.model import build_model
+
+    path = find_checkpoint(source)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        config = ckpt["hyper_parameters"]["config"]
+        tokenizer_files = ckpt["tokenizer_files"]
+    except KeyError as exc:
+        raise UserError(f"{path}: not a regionvlm training checkpoint (no {exc.args[0]})") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in tokenizer_files.items():
+            (Path(tmp) / name).write_bytes(data)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    model = build_model(config["model"], tokenizer)
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{path}: weights do not match the config (missing: {result.missing_keys[:5]}, "
+                        f"unexpected: {result.unexpected_keys[:5]})")
+    return model.eval(), tokenizer, config
+
+
+def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
+                      overwrite: bool = False) -> Path:
+    from regionvlm.engine.export import save_export
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:  # fail before the slow load
+        raise UserError(f"{out_dir}: export folder exists and is not empty (pass --overwrite to replace it)")
+    model, tokenizer, config = load_checkpoint(source)
+    return save_export(out_dir, model, tokenizer, config, dtype=dtype, overwrite=overwrite)

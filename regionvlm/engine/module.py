@@ -1,0 +1,111 @@
+"""The LightningModule around `RegionVLM`: freezing, optimisation, logging, generation.
+
+Lightning owns the loop (devices, precision, DDP/FSDP/DeepSpeed strategies, checkpointing); this module only
+says what one step does. Every checkpoint carries the architecture config and the tokenizer files, so
+``regionvlm export CKPT`` rebuilds the model from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from regionvlm.data.batch import Batch
+from regionvlm.engine.export import architecture_config, load_export
+from regionvlm.engine.optim import apply_trainable, build_optimizer
+from regionvlm.errors import ConfigError
+
+GENERATION_KEYS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
+
+
+def build_model_and_tokenizer(model_cfg: dict) -> tuple[Any, Any]:
+    """Build from the ``model:`` node; with ``init_from: EXPORT_DIR`` architecture and weights come from that
+    export, and each component's ``type`` in the config must match it."""
+    from regionvlm.model import build_model
+    from regionvlm.plugins.llms import build_tokenizer
+
+    init_from = model_cfg.get("init_from")
+    if not init_from:
+        tokenizer = build_tokenizer(model_cfg["llm"])
+        return build_model(model_cfg, tokenizer), tokenizer
+    if not Path(init_from).is_dir():
+        raise ConfigError(f"model.init_from: no export folder at '{init_from}' (train the previous stage first)")
+    model, tokenizer, export_cfg = load_export(init_from)
+    for name, node in model_cfg.items():
+        theirs = export_cfg["model"].get(name)
+        if isinstance(node, dict) and isinstance(theirs, dict) and node.get("type") != theirs.get("type"):
+            raise ConfigError(f"model.{name}.type: '{node.get('type')}' differs from the init_from export's "
+                              f"'{theirs.get('type')}' ({init_from})")
+    return model, tokenizer
+
+
+class RegionVLMModule(L.LightningModule):
+    """Train / validate / predict a `RegionVLM` built from a resolved config (a plain dict)."""
+
+    def __init__(self, config: dict, model: Any = None, tokenizer: Any = None):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        if model is None:
+            model, tokenizer = build_model_and_tokenizer(self.config["model"])
+        self.model = model
+        self.tokenizer = tokenizer
+        model_cfg = self.config["model"]
+        self.trainable = apply_trainable(self.model, model_cfg.get("trainable"), model_cfg.get("freeze"))
+        # Checkpoints rebuild the model without external weights: store the architecture, not the hub ids.
+        arch = copy.deepcopy(self.config)
+        arch["model"] = architecture_config(arch["model"], self.model)
+        self.save_hyperparameters({"config": arch}, ignore=["model", "tokenizer"])
+        self.generation = dict(self.config.get("generation", {}))
+        self._step_start = 0.0
+
+    # -- checkpoints carry the tokenizer ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            checkpoint["tokenizer_files"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(
+            batch, device, dataloader_idx)
+
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.model(batch)["loss"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        seconds = max(time.perf_counter() - self._step_start, 1e-9)
+        self.log("train/samples_per_s", len(batch) / seconds, batch_size=len(batch))
+        self.log("train/tokens_per_s", float(batch.attention_mask.sum()) / seconds, batch_size=len(batch))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=len(batch))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss = self.model(batch)["loss"]
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
+        return loss
+
+    def generate_text(self, batch: Batch, **overrides: Any) -> list[str]:
+        """Greedy/beam/sampled answers for a generation-mode batch, decoded to text."""
+        settings = {k: v for k, v in {**self.generation, **overrides}.items() if k in GENERATION_KEYS}
+        ids = self.model.generate(batch, **settings)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        texts = self.generate_text(batch)
+        return [{"id": i, "text": t, "target": tgt} for i, t, tgt in zip(batch.ids, texts, batch.targets)]
+
+    def configure_optimizers(self) -> dict:
+        from omegaconf import OmegaConf
+
+        optim_cfg = OmegaConf.create(self.config.get("optim", {}))
+        return build_optimizer(self.model, optim_cfg, self.trainer.estimated_stepping_batches)

@@ -1,0 +1,62 @@
+"""Assemble the Lightning Trainer, module and data module from a resolved config, and run them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from regionvlm.registry import construct
+
+
+def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
+    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument; unknown keys are errors).
+    With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    kwargs = dict(config.get("trainer") or {})
+    kwargs.update(overrides)
+    runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
+    if run_dir is not None:
+        runtime["default_root_dir"] = str(run_dir)
+        runtime["logger"] = CSVLogger(str(run_dir), name="", version="logs")
+        runtime["callbacks"].append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
+                                                    save_top_k=0 if kwargs.get("limit_val_batches") == 0 else 1,
+                                                    monitor=None))
+    else:
+        runtime["logger"] = False
+        runtime["enable_checkpointing"] = False
+    return construct(L.Trainer, kwargs, key_path="trainer", what="Lightning Trainer", **runtime)
+
+
+def build_datamodule(config: dict, module: Any, **extra: Any):
+    """The `RegionDataModule` for ``config['data']``, fed the processor and token counts the model needs."""
+    from regionvlm.data.datamodule import RegionDataModule
+    from regionvlm.data.processing import ImageProcessor
+
+    model = module.model
+    processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
+                               **(config.get("data", {}).get("processor") or {}))
+    data_cfg = {k: v for k, v in (config.get("data") or {}).items() if k != "processor"}
+    return construct(RegionDataModule, data_cfg, key_path="data", tokenizer=module.tokenizer, processor=processor,
+                     num_image_tokens=model.num_image_tokens, tokens_per_region=model.tokens_per_region, **extra)
+
+
+def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
+    """Train per ``config`` into ``run_dir``; writes ``run_dir/export`` at the end. Returns the export folder."""
+    import lightning as L
+
+    from regionvlm.engine.export import save_export
+    from regionvlm.engine.module import RegionVLMModule
+
+    L.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
+    module = RegionVLMModule(config)
+    datamodule = build_datamodule(config, module)
+    trainer = build_trainer(config, run_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    export_dir = run_dir / "export"
+    if trainer.is_global_zero:
+        save_export(export_dir, module.model, module.tokenizer, config, overwrite=True)
+        print(f"export written to {export_dir}")
+    return export_dir
