@@ -1,0 +1,320 @@
+"""Chat templates and the `Collator`: processed samples → `Batch` (the only place that knows about tokens).
+
+How a sample becomes tokens: the conversation is rendered by the template into *pieces* — text, answer text
+(the spans that carry labels), and the end-of-answer token — then every piece's text is split at the ``<image>``
+and ``<regionK>`` tags. All text fragments of the whole batch are tokenised in one call of the fast (Rust)
+tokenizer; the placeholder ids are spliced in between as runs of ``IMAGE_TOKEN`` / ``REGION_TOKEN``. Tags are
+never tokenised as text, so a placeholder count is exact by construction, and labels come from piece
+boundaries rather than from re-tokenising prefixes (LLaVA's ``-2`` offsets). Generation prompts are rendered by
+the same code, so training and inference tokenise the prompt identically.
+
+This runs in DataLoader workers (tokenisation is CPU work that must not sit in the training step).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from regionvlm.data.batch import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, SPECIAL_TOKENS, Batch
+from regionvlm.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+TEMPLATES = ("vicuna_v1", "plain", "chat_template")
+_TAG = re.compile(r"(<image>|<region\d+>)")
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+EOS = object()  # piece marker: the tokenizer's end-of-sequence id, labelled as part of the answer
+
+
+def ensure_special_tokens(tokenizer) -> tuple[int, int]:
+    """Add ``IMAGE_TOKEN`` and ``REGION_TOKEN`` to the tokenizer if missing (idempotent); return their ids.
+    The model resizes its embeddings to ``len(tokenizer)`` afterwards."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_TOKEN)
+
+
+# -- templates: conversation → pieces [(text | EOS, is_answer)] ---------------------------------------------
+def _turns(conversations: Sequence[dict], where: str) -> tuple[str | None, list[tuple[str, str]]]:
+    system, turns = None, []
+    for j, t in enumerate(conversations):
+        role = _ROLES.get(t.get("from", t.get("role")))
+        if role is None:
+            raise DataError(f"{where}: conversations[{j}].from: unknown speaker {t.get('from')!r}")
+        value = t.get("value", t.get("content"))
+        if not isinstance(value, str):
+            raise DataError(f"{where}: conversations[{j}].value: expected a string")
+        if role == "system":
+            system = value
+        else:
+            turns.append((role, value))
+    return system, turns
+
+
+def _prompt_turns(turns: list[tuple[str, str]], for_generation: bool) -> list[tuple[str, str]]:
+    """For generation, the conversation up to (not including) the last assistant answer."""
+    if for_generation and turns and turns[-1][0] == "assistant":
+        return turns[:-1]
+    return turns
+
+
+def render_vicuna_v1(conversations, for_generation=False, where="sample", system=VICUNA_SYSTEM):
+    """LLaVA's ``conv_vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>``."""
+    sys_override, turns = _turns(conversations, where)
+    turns = _prompt_turns(turns, for_generation)
+    pieces, text = [], (sys_override or system) + " "
+    for role, value in turns:
+        if role == "user":
+            text += f"USER: {value} "
+        else:
+            pieces.append((text + "ASSISTANT:", False))
+            pieces += [(" " + value, True), (EOS, True)]
+            text = ""
+    if for_generation:
+        pieces.append((text + "ASSISTANT:", False))
+    elif text:
+        pieces.append((text.rstrip(" "), False))
+    return pieces
+
+
+def render_plain(conversations, for_generation=False, where="sample"):
+    """Minimal template for pretraining and the tiny preset: ``question\\nanswer</s>`` per turn, no roles."""
+    _, turns = _turns(conversations, where)
+    turns = _prompt_turns(turns, for_generation)
+    pieces = []
+    for role, value in turns:
+        if role == "user":
+            pieces.append((value + "\n", False))
+        else:
+            pieces += [(value, True), (EOS, True)]
+    return pieces
+
+
+def render_chat_template(tokenizer, conversations, for_generation=False, where="sample"):
+    """The tokenizer's own chat template. Answer spans are found as the text between the rendering with a
+    generation prompt after turn 2k and the rendering including answer k (both must be prefixes of the whole;
+    templates where they are not are rejected)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("template: 'chat_template' chosen but the tokenizer has no chat template")
+    system, turns = _turns(conversations, where)
+    turns = _prompt_turns(turns, for_generation)
+    msgs = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": r, "content": v} for r, v in turns]
+
+    def render(m, gen):
+        return tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=gen)
+
+    if for_generation:
+        return [(render(msgs, True), False)]
+    full, pieces, pos = render(msgs, False), [], 0
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        prompt, answered = render(msgs[:i], True), render(msgs[: i + 1], False)
+        start, end = len(prompt), len(answered)
+        if not (full.startswith(prompt) and full.startswith(answered)) or start > end or start < pos:
+            raise ConfigError("template: the tokenizer's chat template does not render conversations "
+                              "incrementally; use vicuna_v1 or plain")
+        pieces += [(full[pos:start], False), (full[start:end], True)]
+        pos = end
+    if pos < len(full):
+        pieces.append((full[pos:], False))
+    return [p for p in pieces if p[0]]
+
+
+# -- the collator ---------------------------------------------------------------------------------------------
+class Collator:
+    """Processed samples → `Batch`.
+
+    A sample is a dict with ``conversations`` and, once processed, ``pixel_values`` (3×S×S), ``region_masks``
+    (R×S×S) and ``region_boxes`` (R×4); raw samples (``image``, ``regions``) are processed first if a
+    ``processor`` is given. ``<image>`` expands to ``num_image_tokens`` placeholders and ``<regionK>`` to
+    ``tokens_per_region`` placeholders plus one entry in ``region_mentions``.
+
+    Truncation to ``max_length`` cuts the end of the sequence, but never a placeholder: a sample whose last
+    placeholder would be cut (or, in training, that would keep no answer token, or, in generation, whose
+    prompt is too long) is dropped and counted in ``num_dropped`` — per process, so with workers each worker
+    keeps its own count; drops are also logged. If every sample of a batch is dropped the result is an
+    *empty* `Batch` (``len(batch) == 0``, zero-size tensors with the usual trailing shapes); the training
+    step should skip it (return None).
+
+    ``for_generation=True``: the prompt up to and including the assistant cue only, left padding,
+    ``labels=None``, ``targets`` = the sample's ``target`` or else its last answer.
+    """
+
+    def __init__(self, tokenizer, num_image_tokens: int, tokens_per_region: int = 1, template: str = "vicuna_v1",
+                 max_length: int | None = 2048, padding_side: str = "right", for_generation: bool = False,
+                 processor=None, add_bos: bool | None = None, system_prompt: str | None = None):
+        if template not in TEMPLATES:
+            raise ConfigError(f"template: unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+        self.tokenizer = tokenizer
+        self.num_image_tokens = int(num_image_tokens)
+        self.tokens_per_region = int(tokens_per_region)
+        self.template = template
+        self.max_length = max_length
+        self.for_generation = for_generation
+        self.padding_side = "left" if for_generation else padding_side
+        self.processor = processor
+        self.system_prompt = system_prompt or VICUNA_SYSTEM
+        self.image_token_id, self.region_token_id = ensure_special_tokens(tokenizer)
+        self.eos_token_id = tokenizer.eos_token_id
+        if self.eos_token_id is None:
+            raise ConfigError("tokenizer: has no eos token; answers need an end token")
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
+        bos = tokenizer.bos_token_id
+        # chat templates write their own BOS into the text
+        self.bos = ([bos] if bos is not None and template != "chat_template" else []) if add_bos in (None, True) \
+            else []
+        if add_bos and bos is None:
+            raise ConfigError("add_bos: the tokenizer has no bos token")
+        self.num_dropped = 0
+
+    # -- rendering ------------------------------------------------------------------------------------------
+    def render(self, conversations, where="sample"):
+        if self.template == "vicuna_v1":
+            return render_vicuna_v1(conversations, self.for_generation, where, self.system_prompt)
+        if self.template == "plain":
+            return render_plain(conversations, self.for_generation, where)
+        return render_chat_template(self.tokenizer, conversations, self.for_generation, where)
+
+    def prompt_text(self, conversations) -> str:
+        """The rendered text (tags unexpanded), for display and debugging."""
+        eos = self.tokenizer.eos_token or ""
+        return "".join(eos if t is EOS else t for t, _ in self.render(conversations))
+
+    # -- tokenisation ---------------------------------------------------------------------------------------
+    def _encode(self, samples: list[dict]) -> list[tuple[np.ndarray, np.ndarray, list[int], int] | None]:
+        """Per sample: (ids, labels, mentioned region indices (0-based, token order), end of last placeholder)."""
+        plans, texts = [], []
+        for s in samples:
+            where = f"sample {s.get('id', '?')}"
+            plan = []  # ("text", index into texts, is_answer) | ("image",) | ("region", k) | ("eos", is_answer)
+            for text, is_answer in self.render(s["conversations"], where):
+                if text is EOS:
+                    plan.append(("eos", is_answer))
+                    continue
+                for frag in _TAG.split(text):
+                    if not frag:
+                        continue
+                    if frag == "<image>":
+                        plan.append(("image",))
+                    elif frag.startswith("<region") and _TAG.fullmatch(frag):
+                        plan.append(("region", int(frag[7:-1])))
+                    else:
+                        plan.append(("text", len(texts), is_answer))
+                        texts.append(frag)
+            plans.append(plan)
+        token_lists = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+        out = []
+        for s, plan in zip(samples, plans):
+            where = f"sample {s.get('id', '?')}"
+            num_regions = len(s["region_masks"])
+            ids, labels, mentions, n_images = [np.asarray(self.bos, dtype=np.int64)], [], [], 0
+            labels.append(np.full(len(self.bos), IGNORE_INDEX, dtype=np.int64))
+            length, last_placeholder_end = len(self.bos), 0
+            for step in plan:
+                kind = step[0]
+                if kind == "text":
+                    tok = np.asarray(token_lists[step[1]], dtype=np.int64)
+                    lab = tok if step[2] else np.full(len(tok), IGNORE_INDEX, dtype=np.int64)
+                elif kind == "eos":
+                    tok = np.asarray([self.eos_token_id], dtype=np.int64)
+                    lab = tok if step[1] else np.full(1, IGNORE_INDEX, dtype=np.int64)
+                else:
+                    if kind == "image":
+                        n_images += 1
+                        if n_images > 1:
+                            raise DataError(f"{where}: more than one <image> tag")
+                        tok = np.full(self.num_image_tokens, self.image_token_id, dtype=np.int64)
+                    else:
+                        k = step[1]
+                        if not 1 <= k <= num_regions:
+                            raise DataError(f"{where}: <region{k}> but the sample has {num_regions} regions")
+                        mentions.append(k - 1)
+                        tok = np.full(self.tokens_per_region, self.region_token_id, dtype=np.int64)
+                    lab = np.full(len(tok), IGNORE_INDEX, dtype=np.int64)
+                    last_placeholder_end = length + len(tok)
+                ids.append(tok)
+                labels.append(lab)
+                length += len(tok)
+            ids_arr, lab_arr = np.concatenate(ids), np.concatenate(labels)
+            out.append(self._truncate(ids_arr, lab_arr, mentions, last_placeholder_end, where))
+        return out
+
+    def _truncate(self, ids, labels, mentions, last_placeholder_end, where):
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids, labels, mentions
+        reason = None
+        if self.for_generation:
+            reason = f"prompt of {len(ids)} tokens exceeds max_length={self.max_length}"
+        elif last_placeholder_end > self.max_length:
+            reason = f"truncation to {self.max_length} tokens would cut a placeholder (ends at {last_placeholder_end})"
+        elif not (labels[: self.max_length] != IGNORE_INDEX).any():
+            reason = f"no answer token left after truncation to {self.max_length} tokens"
+        if reason:
+            self.num_dropped += 1
+            if self.num_dropped <= 5 or self.num_dropped % 100 == 0:  # loud at first, then throttled
+                log.warning("dropped %s: %s (dropped so far in this process: %d)", where, reason,
+                            self.num_dropped)
+            return None
+        return ids[: self.max_length], labels[: self.max_length], mentions
+
+    # -- batch ----------------------------------------------------------------------------------------------
+    def __call__(self, samples: list[dict]) -> Batch:
+        if self.processor is not None:
+            samples = [s if "pixel_values" in s else self.processor.process_sample(s) for s in samples]
+        for s in samples:
+            if "pixel_values" not in s:
+                raise DataError(f"sample {s.get('id', '?')}: not processed (no pixel_values); "
+                                "give the Collator a processor")
+        encoded = self._encode(samples)
+        kept = [(s, e) for s, e in zip(samples, encoded) if e is not None]
+        ref = samples[0]["pixel_values"] if samples else torch.zeros(3, 1, 1)
+        B = len(kept)
+        L = max((len(e[0]) for _, e in kept), default=0)
+        input_ids = np.full((B, L), self.pad_token_id, dtype=np.int64)
+        labels = np.full((B, L), IGNORE_INDEX, dtype=np.int64)
+        attention = np.zeros((B, L), dtype=np.int64)
+        mentions, image_index, offset = [], [], 0
+        for b, (s, (ids, lab, ment)) in enumerate(kept):
+            n = len(ids)
+            sl = slice(L - n, L) if self.padding_side == "left" else slice(0, n)
+            input_ids[b, sl], labels[b, sl], attention[b, sl] = ids, lab, 1
+            R = len(s["region_masks"])
+            mentions.extend(offset + k for k in ment)
+            image_index.extend([b] * R)
+            offset += R
+        S = ref.shape[-2:]
+        kept_s = [s for s, _ in kept]
+        return Batch(
+            input_ids=torch.from_numpy(input_ids),
+            attention_mask=torch.from_numpy(attention),
+            pixel_values=torch.stack([s["pixel_values"] for s in kept_s]) if kept_s else ref.new_zeros(0, 3, *S),
+            region_masks=torch.cat([s["region_masks"] for s in kept_s]) if kept_s else ref.new_zeros(0, *S),
+            region_boxes=torch.cat([s["region_boxes"] for s in kept_s]) if kept_s else ref.new_zeros(0, 4),
+            region_image_index=torch.tensor(image_index, dtype=torch.long),
+            region_mentions=torch.tensor(mentions, dtype=torch.long),
+            labels=None if self.for_generation else torch.from_numpy(labels),
+            ids=[str(s.get("id", "")) for s in kept_s],
+            targets=[self._target(s) for s in kept_s],
+        )
+
+    def _target(self, s: dict) -> Any:
+        if "target" in s or not self.for_generation:
+            return s.get("target")
+        answers = [t.get("value") for t in s["conversations"] if _ROLES.get(t.get("from")) == "assistant"]
+        return answers[-1] if answers else None

@@ -1,0 +1,165 @@
+"""`RegionDataModule`: the ``data:`` config section → train/val/predict DataLoaders over a dataset mixture."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from regionvlm.data.collate import Collator
+from regionvlm.errors import ConfigError
+from regionvlm.registry import DATASETS, to_plain
+
+
+class ProcessedDataset(Dataset):
+    """Applies the `ImageProcessor` in ``__getitem__``, i.e. in DataLoader workers (image decoding, mask
+    rasterisation), so the training step only receives tensors."""
+
+    def __init__(self, dataset: Dataset, processor):
+        self.dataset, self.processor = dataset, processor
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.processor.process_sample(self.dataset[i])
+
+
+class MixtureSampler(Sampler[int]):
+    """Indices into a `ConcatDataset` so that dataset k fills ``ratios[k]`` (normalised) of an epoch of
+    ``num_samples`` (default: the sum of the lengths). Each dataset is walked through a fresh permutation per
+    pass (no repeats before all its samples are used), then the epoch is shuffled. Deterministic in
+    (seed, epoch); Lightning wraps it for distributed training."""
+
+    def __init__(self, lengths: Sequence[int], ratios: Sequence[float], num_samples: int | None = None,
+                 seed: int = 0, shuffle: bool = True, on_epoch=None):
+        self.lengths, self.seed, self.shuffle, self.epoch = list(lengths), seed, shuffle, 0
+        self.on_epoch = on_epoch
+        weights = np.asarray(ratios, dtype=float)
+        self.num_samples = int(num_samples or sum(lengths))
+        w = weights / weights.sum()
+        counts = np.floor(w * self.num_samples).astype(int)
+        counts[np.argsort(-(w * self.num_samples - counts))[: self.num_samples - counts.sum()]] += 1
+        self.counts = counts
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at each epoch start; it also re-seeds the datasets' prompt phrasing."""
+        self.epoch = epoch
+        if self.on_epoch is not None:
+            self.on_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        parts = []
+        for n, count, off in zip(self.lengths, self.counts, self.offsets):
+            if count == 0:
+                continue
+            passes = math.ceil(count / n)
+            idx = np.concatenate([rng.permutation(n) if self.shuffle else np.arange(n) for _ in range(passes)])
+            parts.append(idx[:count] + off)
+        order = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+        if self.shuffle:
+            order = order[rng.permutation(len(order))]
+        return iter(order.tolist())
+
+
+class RegionDataModule(L.LightningDataModule):
+    """Train/val/predict loaders over a mixture of registered datasets, built from the ``data:`` section.
+
+    ```yaml
+    data:
+      train:                       # list of dataset nodes; `ratio` = share of an epoch (default 1)
+        - {type: coco_instances, ann_file: ..., image_root: ${oc.env:REGIONVLM_DATA,data}/coco/train2017,
+           ratio: 2.0, prompt: {type: region_classification, vocabulary: COCO-80}}
+        - {type: refcoco, refs_file: ..., instances_file: ..., split: train, task: caption, ratio: 1.0}
+      val: [...]                   # same form; concatenated, no ratio, first prompt phrasing
+      batch_size: 32
+      val_batch_size: null         # default: batch_size
+      num_workers: 2
+      template: vicuna_v1          # vicuna_v1 | plain | chat_template
+      max_length: 2048
+      padding_side: right
+      samples_per_epoch: null      # default: sum of the train datasets' lengths
+      seed: 0
+    ```
+
+    Build: ``construct(RegionDataModule, cfg.data, key_path="data", tokenizer=tok, processor=ImageProcessor(...),
+    num_image_tokens=N, tokens_per_region=k)``. Datasets are built eagerly (their files parsed once, in the main
+    process); images are decoded and masks rasterised in the workers (`ProcessedDataset`), tokenised there too
+    (`Collator`). ``seed`` and the epoch drive the mixture order and the prompt phrasing.
+    """
+
+    def __init__(self, tokenizer, processor, num_image_tokens: int, tokens_per_region: int = 1,
+                 train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
+                 val_batch_size: int | None = None, num_workers: int = 0, template: str = "vicuna_v1",
+                 max_length: int | None = 2048, padding_side: str = "right", samples_per_epoch: int | None = None,
+                 seed: int = 0, pin_memory: bool = False):
+        super().__init__()
+        self.tokenizer, self.processor = tokenizer, processor
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
+        self.num_workers, self.pin_memory, self.seed = int(num_workers), pin_memory, seed
+        common = dict(tokenizer=tokenizer, num_image_tokens=num_image_tokens, tokens_per_region=tokens_per_region,
+                      template=template, max_length=max_length)
+        self.train_collator = Collator(**common, padding_side=padding_side)
+        self.predict_collator = Collator(**common, for_generation=True)
+        self.train_sets, ratios = self._build(train, "data.train", training=True)
+        self.val_sets, _ = self._build(val, "data.val", training=False)
+        self.ratios, self.samples_per_epoch = ratios, samples_per_epoch
+        self._sampler: MixtureSampler | None = None
+
+    def _build(self, nodes: Sequence[Any], key: str, training: bool) -> tuple[list[Dataset], list[float]]:
+        nodes = to_plain(nodes) or []
+        if not isinstance(nodes, list):
+            raise ConfigError(f"{key}: expected a list of dataset nodes, got {type(nodes).__name__}")
+        sets, ratios = [], []
+        for i, node in enumerate(nodes):
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}[{i}]: expected a mapping with 'type', got {node!r}")
+            node = dict(node)
+            ratio = float(node.pop("ratio", 1.0))
+            if not ratio > 0 and training:
+                raise ConfigError(f"{key}[{i}].ratio: must be > 0, got {ratio}")
+            node.setdefault("train", training)
+            node.setdefault("seed", self.seed)
+            ds = DATASETS.build(node, key_path=f"{key}[{i}]")
+            if len(ds) == 0:
+                raise ConfigError(f"{key}[{i}]: dataset '{node['type']}' is empty (check split and files)")
+            sets.append(ds)
+            ratios.append(ratio)
+        return sets, ratios
+
+    def _loader(self, sets, collator, batch_size, sampler=None) -> DataLoader:
+        data = ConcatDataset([ProcessedDataset(d, self.processor) for d in sets])
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=False, drop_last=False)
+        # not persistent: workers hold copies of the datasets, and a fresh copy per epoch carries set_epoch
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.train_sets:
+            raise ConfigError("data.train: no training datasets configured")
+        self._sampler = MixtureSampler([len(d) for d in self.train_sets], self.ratios, self.samples_per_epoch,
+                                       seed=self.seed, on_epoch=self._set_dataset_epoch)
+        return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_sets:
+            return []
+        return self._loader(self.val_sets, self.train_collator, self.val_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Generation batches (prompt only, left padded) over the validation datasets."""
+        return self._loader(self.val_sets, self.predict_collator, self.val_batch_size)
+
+    def _set_dataset_epoch(self, epoch: int) -> None:
+        for d in self.train_sets:
+            if hasattr(d, "set_epoch"):
+                d.set_epoch(epoch)
