@@ -145,14 +145,22 @@ def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str
 
 
 def signature_params(obj: Any) -> tuple[dict[str, inspect.Parameter], bool]:
-    """The keyword parameters of a class's ``__init__`` or a function, and whether it takes ``**kwargs``."""
-    sig = inspect.signature(obj)
-    params = {
-        n: p for n, p in sig.parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
-    }
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    return params, accepts_any
+    """The keyword parameters of a function or a class's ``__init__``, and whether any keyword is accepted.
+
+    A class whose ``__init__`` forwards ``**kwargs`` to its base gets the base's parameters too (following the
+    MRO until an ``__init__`` without ``**kwargs``), so unknown keys are still caught by name."""
+    params: dict[str, inspect.Parameter] = {}
+    chain = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)] if inspect.isclass(obj) else [obj]
+    for fn in chain:
+        if fn is object.__init__:
+            return params, True  # kwargs reach object.__init__ only if something else consumes them
+        sig = inspect.signature(fn)
+        for name, p in sig.parameters.items():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name != "self":
+                params.setdefault(name, p)
+        if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return params, False
+    return params, True
 
 
 def to_plain(node: Any) -> Any:
@@ -202,8 +210,8 @@ HEADS = Registry("head", ("regionvlm.plugins.heads",))
 PROMPTS = Registry("prompt", ("regionvlm.plugins.prompts",))
 DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
 BENCHMARKS = Registry("benchmark", ("benchmarks",))
-CAPTIONERS = Registry("captioner", ("regionvlm.plugins.captioners",))
-JUDGES = Registry("judge", ("regionvlm.plugins.captioners",))
+CAPTIONERS = Registry("captioner")  # no built-in captioner yet; plugins register here
+JUDGES = Registry("judge", ("regionvlm.evaluation.judges",))
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r

@@ -21,7 +21,7 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,20 @@ def ptb_tokenize(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
     return out
 
 
+_METEOR = None
+
+
+def shared_meteor():
+    """One pycocoevalcap ``Meteor()`` per process: its JVM loads a paraphrase table for seconds at start-up,
+    and the scorer is stateless between ``compute_score`` calls (it holds a lock for thread safety)."""
+    global _METEOR
+    if _METEOR is None:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        _METEOR = Meteor()
+    return _METEOR
+
+
 def caption_metrics(references: Mapping[Any, Sequence[str]], hypotheses: Mapping[Any, str],
                     spice: bool | str = "auto") -> tuple[dict[str, float], list[str]]:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE) ×100 on ``{id: [refs]}`` / ``{id: hypothesis}``.
@@ -110,7 +124,6 @@ def caption_metrics(references: Mapping[Any, Sequence[str]], hypotheses: Mapping
     ``(metrics, notes)``; a note says why SPICE was skipped."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     if set(references) != set(hypotheses):
@@ -127,11 +140,7 @@ def caption_metrics(references: Mapping[Any, Sequence[str]], hypotheses: Mapping
         bleu, _ = Bleu(4).compute_score(gts, res)
         for n, b in enumerate(bleu, 1):
             out[f"BLEU-{n}"] = 100.0 * b
-        meteor = Meteor()
-        try:
-            out["METEOR"] = 100.0 * meteor.compute_score(gts, res)[0]
-        finally:
-            del meteor
+        out["METEOR"] = 100.0 * shared_meteor().compute_score(gts, res)[0]
         out["ROUGE-L"] = 100.0 * Rouge().compute_score(gts, res)[0]
         out["CIDEr"] = 100.0 * Cider().compute_score(gts, res)[0]
         reason = spice_unavailable_reason() if spice else "disabled"
@@ -280,9 +289,9 @@ def coco_region_map(instances, predicted: Mapping[int, int], iou_type: str = "bb
 
 # -- referring expressions: "Region [x]" ----------------------------------------------------------------------
 _REGION_PATTERNS = (
-    re.compile(r"region\s*\[\s*(\d+)\s*\]", re.I),   # the task-guided template "Region [2]"
-    re.compile(r"<region(\d+)>", re.I),              # a model that echoes the placeholder
-    re.compile(r"region\s*#?\s*(\d+)\b", re.I),       # "region 2"
+    re.compile(r"region\s*\[\s*(\d+)\s*\]", re.IGNORECASE),   # the task-guided template "Region [2]"
+    re.compile(r"<region(\d+)>", re.IGNORECASE),              # a model that echoes the placeholder
+    re.compile(r"region\s*#?\s*(\d+)\b", re.IGNORECASE),       # "region 2"
 )
 
 
@@ -348,7 +357,7 @@ _UNITS_M = {
 }
 _QUANTITY = re.compile(r"(-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+)\s*(millimet(?:er|re)s?|centimet(?:er|re)s?|"
                        r"kilomet(?:er|re)s?|met(?:er|re)s?|inch(?:es)?|feet|foot|yards?|mm|cm|km|ft|yd|in|m)?\b",
-                       re.I)
+                       re.IGNORECASE)
 
 
 def parse_length_m(text: str, default_unit: str = "m") -> float | None:
@@ -379,14 +388,3 @@ def parse_yes_no(text: str) -> str | None:
     return None
 
 
-# -- DLC-Bench style ------------------------------------------------------------------------------------------
-def dlc_summary(scores: Iterable[tuple[str, float]]) -> dict[str, float]:
-    """Pos./Neg./Avg. ×100 from ``(question type, score)`` pairs: each score is +1 (right), −1 (wrong),
-    0.5 (partially right) or 0 (not mentioned); Pos./Neg. are the mean score over positive/negative questions
-    and Avg. their mean."""
-    scores = list(scores)
-    pos = [s for t, s in scores if t == "positive"]
-    neg = [s for t, s in scores if t == "negative"]
-    p = 100.0 * sum(pos) / len(pos) if pos else 0.0
-    n = 100.0 * sum(neg) / len(neg) if neg else 0.0
-    return {"pos": p, "neg": n, "avg": (p + n) / 2}

@@ -1,0 +1,91 @@
+"""``coco_cls``: region classification on COCO instances (one question per annotation).
+
+Metrics (×100): ``accuracy`` (exact match after `normalize_label`), Osprey's ``semantic_similarity`` and
+``semantic_iou`` (all-MiniLM-L6-v2), and ``mAP``/``AP50`` from pycocotools ``COCOeval`` with each GT region
+submitted with the predicted class and score 1 (SpatialRGPT's ``eval_coco_obo.py``). Answers that name no
+category are left out of the mAP submission, as in the reference, and counted in ``unmatched``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from regionvlm.evaluation.benchmark import Benchmark
+from regionvlm.evaluation.metrics import (
+    coco_region_map,
+    exact_match_accuracy,
+    normalize_label,
+    semantic_scores,
+)
+from regionvlm.registry import BENCHMARKS
+
+
+@BENCHMARKS.register("coco_cls")
+class CocoClassification(Benchmark):
+    """Region classification on COCO instances: accuracy, semantic similarity/IoU, mAP."""
+
+    name = "coco_cls"
+    task = "region_classification"
+    id_field = "annotation id"
+    annotation_files = "COCO instances json, e.g. instances_val2017.json"
+    default_prompt = "What is the category of <region1>? Answer the question using COCO-80 category names."
+
+    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+                 limit: int | None = None, region: str = "mask", semantic: bool = True,
+                 semantic_model: str | None = None, map_iou_type: str = "bbox", include_crowd: bool = False):
+        super().__init__(annotations, images=images, prompt=prompt, limit=limit)
+        if region not in ("mask", "box"):
+            raise ValueError(f"coco_cls: region must be 'mask' or 'box', got {region!r}")
+        self.region, self.semantic, self.semantic_model = region, semantic, semantic_model
+        self.map_iou_type, self.include_crowd = map_iou_type, include_crowd
+
+    def load_annotations(self):
+        from regionvlm.data.formats import CocoInstances
+
+        return CocoInstances(self.annotation_paths[0])
+
+    def build_samples(self) -> list[dict]:
+        inst = self.annotations
+        samples = []
+        for ann_id in sorted(inst.anns):
+            ann = inst.anns[ann_id]
+            if ann.get("iscrowd", 0) and not self.include_crowd:
+                continue
+            region: dict[str, Any] = {"bbox": list(ann["bbox"])}
+            if self.region == "mask" and ann.get("segmentation"):
+                region["segmentation"] = ann["segmentation"]
+            samples.append({
+                "id": str(ann_id),
+                "image": self.image_path(inst.images[ann["image_id"]]["file_name"]),
+                "image_size": (inst.images[ann["image_id"]]["height"], inst.images[ann["image_id"]]["width"]),
+                "regions": [region],
+                "conversations": self.human_turn(self.prompt),
+                "target": {"id": ann_id, "answer": inst.category_name(ann)},
+                "task": self.task,
+            })
+        return samples
+
+    def postprocess(self, text: str) -> str:
+        return text.strip()
+
+    def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
+        inst = annotations or self.annotations
+        ids = sorted(predictions, key=int)
+        answers = [self.postprocess(predictions[i]["text"]) for i in ids]
+        names = [inst.category_name(inst.anns[int(i)]) for i in ids]
+        out = {"accuracy": exact_match_accuracy(answers, names)}
+        if self.semantic:
+            from regionvlm.evaluation.metrics import SentenceEncoder, default_encoder
+
+            enc = SentenceEncoder(self.semantic_model) if self.semantic_model else default_encoder()
+            out.update(semantic_scores(answers, names, enc))
+        name_to_cat = {normalize_label(c["name"]): cid for cid, c in inst.cats.items()}
+        predicted = {}
+        for i, text in zip(ids, answers):
+            cat = name_to_cat.get(normalize_label(text.split(",")[0]))
+            if cat is not None:
+                predicted[int(i)] = cat
+        out.update(coco_region_map(inst, predicted, iou_type=self.map_iou_type))
+        out["unmatched"] = len(ids) - len(predicted)
+        return out

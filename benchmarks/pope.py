@@ -1,0 +1,88 @@
+"""``pope``: object hallucination yes/no questions (POPE random / popular / adversarial files).
+
+``annotations``: one or more POPE question files; each is a split named after its file
+(``coco_pope_random.json`` → ``random``). Answers are parsed exactly as the official ``evaluate.py`` does;
+metrics per split (×100): ``<split>/accuracy``, ``/precision``, ``/recall``, ``/f1``, ``/yes_ratio``.
+Rows carry ``id`` = ``question_id`` and ``split``; ``split`` may be left out when there is a single file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from regionvlm.errors import DataError
+from regionvlm.evaluation.benchmark import Benchmark
+from regionvlm.evaluation.metrics import pope_metrics, pope_parse
+from regionvlm.registry import BENCHMARKS
+
+
+def split_name(path: str) -> str:
+    stem = Path(path).name.split(".")[0]
+    return stem.split("_pope_")[-1] if "_pope_" in stem else stem
+
+
+@BENCHMARKS.register("pope")
+class Pope(Benchmark):
+    """POPE object hallucination: accuracy, precision, recall, F1, yes-ratio per split."""
+
+    name = "pope"
+    task = "pope"
+    id_field = "question_id"
+    annotation_files = "POPE question files (coco_pope_{random,popular,adversarial}.json)"
+    min_files, max_files = 1, None
+    default_prompt = "{question} Answer the question using a single word or phrase."
+
+    def __init__(self, annotations, images: str | None = None, prompt: str | None = None, limit: int | None = None):
+        super().__init__(annotations, images=images, prompt=prompt, limit=limit)
+        self.splits = [split_name(p) for p in self.annotation_paths]
+        if len(set(self.splits)) != len(self.splits):
+            raise DataError(f"pope: annotations: two files give the same split name ({', '.join(self.splits)})")
+
+    def load_annotations(self) -> dict[str, dict[str, dict]]:
+        from regionvlm.data.formats import read_pope
+
+        out = {}
+        for split, path in zip(self.splits, self.annotation_paths):
+            rows = read_pope(path)
+            for i, r in enumerate(rows, 1):
+                if r.get("label") not in ("yes", "no"):
+                    raise DataError(f"{path}: row {i}.label: missing; POPE scoring needs 'yes' or 'no'")
+            out[split] = {str(r["question_id"]): r for r in rows}
+        return out
+
+    def row_key(self, row: Mapping) -> str:
+        if "split" in row:
+            return f"{row['split']}/{row['id']}"
+        if len(self.splits) == 1:
+            return f"{self.splits[0]}/{row['id']}"
+        raise DataError(f"pope: row id={row.get('id')!r} has no 'split' but {len(self.splits)} files are scored")
+
+    def build_samples(self) -> list[dict]:
+        return [{
+            "id": f"{split}/{q['question_id']}",
+            "image": self.image_path(q["image"]),
+            "regions": [],
+            "conversations": self.human_turn(self.prompt.format(question=q["text"])),
+            "target": {"id": q["question_id"], "split": split, "answer": q["label"]},
+            "task": self.task,
+        } for split, qs in self.annotations.items() for q in qs.values()]
+
+    def row_extras(self, sample: Mapping) -> dict:
+        return {"split": sample["target"]["split"]}
+
+    def postprocess(self, text: str) -> str:
+        return pope_parse(text)
+
+    def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
+        questions = annotations or self.annotations
+        out: dict[str, float] = {}
+        for split in self.splits:
+            keys = [k for k in predictions if k.split("/", 1)[0] == split]
+            if not keys:
+                continue
+            answers = [self.postprocess(predictions[k]["text"]) for k in keys]
+            labels = [questions[split][k.split("/", 1)[1]]["label"] for k in keys]
+            out.update({f"{split}/{m}": v for m, v in pope_metrics(answers, labels).items()})
+        return out

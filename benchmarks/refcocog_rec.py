@@ -1,0 +1,93 @@
+"""``refcocog_rec``: referring expression comprehension on RefCOCOg (umd) by choosing a candidate region.
+
+One question per sentence (id: ``sent_id``). Candidates are the image's annotations (ascending ann id; crowd
+regions left out), optionally capped at ``max_candidates`` (the referred one always kept). The model answers
+"Region [x]"; accuracy (×100) = share of answers whose chosen candidate's box has IoU ≥ 0.5 with the referred
+box. Unparseable answers are wrong and counted (``unparseable``). Rows carry ``candidates``: the annotation ids in
+the order shown to the model, so a file is scored against what the model actually saw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from benchmarks.refcocog_caption import RefCocoBase
+from regionvlm.errors import DataError
+from regionvlm.evaluation.benchmark import require_int_list
+from regionvlm.evaluation.metrics import box_iou_xywh, parse_region_index
+from regionvlm.registry import BENCHMARKS
+
+
+@BENCHMARKS.register("refcocog_rec")
+class RefCocogREC(RefCocoBase):
+    """Referring expression comprehension on RefCOCOg: accuracy of the chosen candidate (IoU ≥ 0.5)."""
+
+    name = "refcocog_rec"
+    task = "referring_comprehension"
+    id_field = "sent_id"
+    row_fields = ("candidates",)
+    default_prompt = ("Which region does the text \"{expression}\" refer to? Candidates: {regions}. "
+                      "Answer the question using the template Region [x].")
+
+    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+                 limit: int | None = None, split: str = "val", region: str = "mask",
+                 max_candidates: int | None = None, iou_threshold: float = 0.5):
+        super().__init__(annotations, images=images, prompt=prompt, limit=limit, split=split, region=region)
+        self.max_candidates, self.iou_threshold = max_candidates, iou_threshold
+
+    def candidates(self, ref: dict) -> list[int]:
+        inst = self.annotations["instances"]
+        ids = sorted(a["id"] for a in inst.anns_by_image[ref["image_id"]]
+                     if not a.get("iscrowd", 0) or a["id"] == ref["ann_id"])
+        if self.max_candidates is not None and len(ids) > self.max_candidates:
+            others = [i for i in ids if i != ref["ann_id"]][: self.max_candidates - 1]
+            ids = sorted([ref["ann_id"], *others])
+        return ids
+
+    def build_samples(self) -> list[dict]:
+        inst = self.annotations["instances"]
+        samples = []
+        for ref in self.annotations["refs"]:
+            cands = self.candidates(ref)
+            regions_text = ", ".join(f"<region{k + 1}>" for k in range(len(cands)))
+            for sent in ref["sentences"]:
+                sent_id = sent.get("sent_id")
+                if sent_id is None:
+                    raise DataError(f"{self.annotation_paths[0]}: ref_id={ref['ref_id']}: sentence without sent_id")
+                samples.append({
+                    "id": str(sent_id),
+                    "image": self.image_of(ref["image_id"]),
+                    "image_size": self.size_of(ref["image_id"]),
+                    "regions": [self.region_of(inst.anns[c]) for c in cands],
+                    "conversations": self.human_turn(self.prompt.format(expression=sent["sent"],
+                                                                        regions=regions_text)),
+                    "target": {"id": sent_id, "ann_id": ref["ann_id"], "candidates": cands,
+                               "answer": f"Region [{cands.index(ref['ann_id']) + 1}]."},
+                    "task": self.task,
+                })
+        samples.sort(key=lambda s: s["target"]["id"])
+        return samples
+
+    def row_extras(self, sample: Mapping) -> dict:
+        return {"candidates": list(sample["target"]["candidates"])}
+
+    def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
+        a = annotations or self.annotations
+        inst = a["instances"]
+        sent_to_ann = {s["sent_id"]: r["ann_id"] for r in a["refs"] for s in r["sentences"]}
+        correct = unparseable = 0
+        for key, row in predictions.items():
+            cands = require_int_list(row["candidates"], f"predictions id={key}: candidates")
+            unknown = [c for c in cands if c not in inst.anns]
+            if unknown:
+                raise DataError(f"predictions id={key}: candidates: annotation id {unknown[0]} is not in "
+                                f"{self.annotation_paths[1]}")
+            k = parse_region_index(self.postprocess(row["text"]), len(cands))
+            if k is None:
+                unparseable += 1
+                continue
+            target = inst.anns[sent_to_ann[int(key)]]["bbox"]
+            correct += box_iou_xywh(inst.anns[cands[k]]["bbox"], target) >= self.iou_threshold
+        n = len(predictions)
+        return {"accuracy": 100.0 * correct / n if n else 0.0, "unparseable": unparseable}

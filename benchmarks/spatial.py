@@ -1,0 +1,210 @@
+"""``spatial``: SpatialRGPT-Bench-style region spatial QA (qualitative relations, quantitative sizes/distances).
+
+File format (JSON lines, one question each; documented in docs/benchmarks.md)::
+
+    {"id": 7, "image": "000001.jpg", "regions": [{"bbox": [x, y, w, h]}, ...],
+     "question": "Is <region1> to the left of <region2>?", "answer": "Yes, ...",
+     "qa_info": {"type": "qualitative", "category": "left_predicate", "label": "yes"}}
+
+``label``: "yes"/"no" for ``*_predicate`` questions, the 1-based region number for ``*_choice`` questions;
+quantitative rows carry ``"value"`` (metres) instead. ``<regionK>`` refers to ``regions[K-1]`` (the original
+benchmark writes "Region [K-1]").
+
+Scoring follows SpatialRGPT-Bench's ``evaluate_spatial_with_gpt4.py``: qualitative accuracy; quantitative
+success when 0.75·gt ≤ pred ≤ 1.25·gt, relative error |pred−gt|/(gt+1e-4) averaged over parsed answers only,
+unparsed answers count as failures (``unparsed``). Answers are read by rules (yes/no, "Region [x]", a number
+with a unit) or, with ``judge:``, by a judge LLM using the reference's questions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from typing import Any
+
+from regionvlm.errors import DataError
+from regionvlm.evaluation.benchmark import Benchmark
+from regionvlm.evaluation.judges import build_judge
+from regionvlm.evaluation.metrics import (
+    parse_length_m,
+    parse_region_index,
+    parse_yes_no,
+    quantitative_success,
+)
+from regionvlm.registry import BENCHMARKS
+
+INSTRUCTIONS = {
+    "predicate": "Answer the question with yes or no.",
+    "choice": "Answer the question using the template Region [x].",
+    "quantitative": "Answer the question with a number and a unit.",
+}
+JUDGE_QUALITATIVE = (
+    "You should help me to evaluate the response given the question and the correct answer.\n"
+    "To mark a response, output a single integer: 1 if the response matches the answer, 0 if it does not.\n"
+    "Question: {question}\nAnswer: {answer}\nResponse: {response}\nMark:")
+JUDGE_QUANTITATIVE = (
+    "Convert the length in the response to meters (1 inch = 0.0254 meters, 1 foot = 0.3048 meters, "
+    "1 centimeter = 0.01 meters). Output only the number of meters.\n"
+    "Question: {question}\nResponse: {response}\nMeters:")
+
+
+def question_kind(info: Mapping) -> str:
+    if info.get("type") == "quantitative":
+        return "quantitative"
+    return "choice" if str(info.get("category", "")).endswith("_choice") else "predicate"
+
+
+@BENCHMARKS.register("spatial")
+class Spatial(Benchmark):
+    """SpatialRGPT-Bench-style spatial QA: qualitative accuracy, quantitative success and relative error."""
+
+    name = "spatial"
+    task = "spatial_qa"
+    id_field = "id"
+    annotation_files = "spatial QA jsonl (docs/benchmarks.md)"
+    default_prompt = "{question} {instruction}"
+
+    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+                 limit: int | None = None, judge: Any = None, per_category: bool = False):
+        super().__init__(annotations, images=images, prompt=prompt, limit=limit)
+        self.judge_node, self.per_category = judge, per_category
+
+    def load_annotations(self) -> dict[str, dict]:
+        from regionvlm.data.formats import read_jsonl
+
+        path = self.annotation_paths[0]
+        out: dict[str, dict] = {}
+        for i, r in enumerate(read_jsonl(path), 1):
+            where = f"{path}: line {i}"
+            for k in ("id", "image", "regions", "question", "qa_info"):
+                if k not in r:
+                    raise DataError(f"{where}: missing field '{k}'")
+            info = r["qa_info"]
+            kind = question_kind(info)
+            if kind == "quantitative" and not isinstance(info.get("value"), (int, float)):
+                raise DataError(f"{where}.qa_info.value: a quantitative question needs a number (metres)")
+            if kind == "predicate" and info.get("label") not in ("yes", "no"):
+                raise DataError(f"{where}.qa_info.label: expected 'yes' or 'no'")
+            if kind == "choice" and not (isinstance(info.get("label"), int) and 1 <= info["label"] <= len(r["regions"])):
+                raise DataError(f"{where}.qa_info.label: expected a region number 1..{len(r['regions'])}")
+            if str(r["id"]) in out:
+                raise DataError(f"{where}: duplicate id {r['id']!r}")
+            out[str(r["id"])] = r
+        return out
+
+    def build_samples(self) -> list[dict]:
+        return [{
+            "id": key,
+            "image": self.image_path(r["image"]),
+            "regions": r["regions"],
+            "conversations": self.human_turn(self.prompt.format(
+                question=r["question"], instruction=INSTRUCTIONS[question_kind(r["qa_info"])])),
+            "target": {"id": r["id"], "answer": r.get("answer"), "qa_info": r["qa_info"]},
+            "task": self.task,
+        } for key, r in self.annotations.items()]
+
+    # -- reading answers ----------------------------------------------------------------------------------------
+    def _read_rules(self, row: dict, text: str) -> Any:
+        info, kind = row["qa_info"], question_kind(row["qa_info"])
+        if kind == "predicate":
+            ans = parse_yes_no(text)
+            return None if ans is None else ans == info["label"]
+        if kind == "choice":
+            k = parse_region_index(text, len(row["regions"]))
+            return None if k is None else k + 1 == info["label"]
+        return parse_length_m(text)
+
+    def _read_judged(self, judge, items: list[tuple[dict, str]]) -> list[Any]:
+        prompts = []
+        for row, text in items:
+            if question_kind(row["qa_info"]) == "quantitative":
+                prompts.append(JUDGE_QUANTITATIVE.format(question=row["question"], response=text))
+            else:
+                prompts.append(JUDGE_QUALITATIVE.format(question=row["question"], answer=row.get("answer", ""),
+                                                        response=text))
+        out = []
+        for (row, _), reply in zip(items, judge(prompts)):
+            if question_kind(row["qa_info"]) == "quantitative":
+                m = re.search(r"-?\d+(?:\.\d+)?", reply)
+                out.append(float(m.group()) if m else None)
+            else:
+                m = re.search(r"\b[01]\b", reply)
+                out.append(None if m is None else m.group() == "1")
+        return out
+
+    def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
+        rows = annotations or self.annotations
+        items = [(rows[k], self.postprocess(p["text"])) for k, p in sorted(predictions.items())]
+        judge = build_judge(self.judge_node)
+        readings = self._read_judged(judge, items) if judge else [self._read_rules(r, t) for r, t in items]
+        qual, succ, errs = defaultdict(list), defaultdict(list), []
+        unparsed = 0
+        for (row, _), reading in zip(items, readings):
+            cat = row["qa_info"].get("category", "unknown")
+            if reading is None:
+                unparsed += 1
+            if question_kind(row["qa_info"]) == "quantitative":
+                ok = False
+                if reading is not None:
+                    ok, err = quantitative_success(reading, float(row["qa_info"]["value"]))
+                    errs.append(err)
+                succ[cat].append(ok)
+            else:
+                qual[cat].append(bool(reading))
+        pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else 0.0
+        all_q = [x for v in qual.values() for x in v]
+        all_s = [x for v in succ.values() for x in v]
+        out = {"qualitative_accuracy": pct(all_q), "quantitative_success": pct(all_s),
+               "quantitative_rel_error": 100.0 * sum(errs) / len(errs) if errs else 0.0, "unparsed": unparsed}
+        if self.per_category:
+            out.update({f"{c}/accuracy": pct(v) for c, v in sorted(qual.items())})
+            out.update({f"{c}/success": pct(v) for c, v in sorted(succ.items())})
+        return out
+
+
+def make_synthetic_spatial(instances_path: str, out_path: str, meters_per_pixel: float = 0.01,
+                           max_pairs_per_image: int = 2) -> int:
+    """Derive a spatial QA jsonl from a COCO-format instances file (synthetic scenes with boxes named like
+    "red circle"): left/above/bigger predicates, a left choice, width and distance questions per object pair.
+    Boxes are in pixels and ``meters_per_pixel`` gives the metric scale. Returns the number of questions."""
+    from regionvlm.data.formats import CocoInstances, write_jsonl
+
+    inst = CocoInstances(instances_path)
+    rows: list[dict] = []
+    for image_id in sorted(inst.images):
+        anns = sorted((a for a in inst.anns_by_image[image_id] if "bbox" in a), key=lambda a: a["id"])
+        for a, b in list(itertools.pairwise(anns))[:max_pairs_per_image]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["bbox"], b["bbox"]
+            acx, acy, bcx, bcy = ax + aw / 2, ay + ah / 2, bx + bw / 2, by + bh / 2
+            na, nb = inst.category_name(a), inst.category_name(b)
+            base = {"image": inst.images[image_id]["file_name"], "regions": [{"bbox": a["bbox"]}, {"bbox": b["bbox"]}]}
+
+            def add(question, answer, base=base, **info):
+                rows.append({"id": len(rows), **base, "question": question, "answer": answer, "qa_info": info})
+
+            if acx != bcx:
+                left = acx < bcx
+                add("Is <region1> to the left of <region2>?", f"{'Yes' if left else 'No'}, the {na} is "
+                    f"{'left' if left else 'right'} of the {nb}.", type="qualitative", category="left_predicate",
+                    label="yes" if left else "no")
+                add("Which is more to the left, <region1> or <region2>?", f"Region [{1 if left else 2}].",
+                    type="qualitative", category="left_choice", label=1 if left else 2)
+            if acy != bcy:
+                above = acy < bcy
+                add("Is <region1> above <region2>?", "Yes." if above else "No.", type="qualitative",
+                    category="above_predicate", label="yes" if above else "no")
+            if aw * ah != bw * bh:
+                big = aw * ah > bw * bh
+                add("Is <region1> bigger than <region2>?", "Yes." if big else "No.", type="qualitative",
+                    category="big_predicate", label="yes" if big else "no")
+            width = round(aw * meters_per_pixel, 4)
+            add("How wide is <region1>?", f"The {na} is {width:.2f} meters wide.", type="quantitative",
+                category="width_data", value=width)
+            dist = round(((acx - bcx) ** 2 + (acy - bcy) ** 2) ** 0.5 * meters_per_pixel, 4)
+            if dist > 0:
+                add("How far apart are <region1> and <region2>?", f"They are {dist:.2f} meters apart.",
+                    type="quantitative", category="distance_data", value=dist)
+    write_jsonl(out_path, rows)
+    return len(rows)

@@ -1,0 +1,176 @@
+"""Benchmarks on the synthetic set (official formats): samples, known-answer scores, eval path == score path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.dlc import make_synthetic_dlc
+from benchmarks.spatial import make_synthetic_spatial
+from regionvlm.data.structures import Regions
+from regionvlm.errors import DataError
+from regionvlm.evaluation.benchmark import benchmark_yaml, load_benchmark
+from regionvlm.evaluation.predictions import write_predictions
+from regionvlm.registry import BENCHMARKS
+
+NAMES = ["coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from regionvlm.data.synth import write_synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    paths = write_synthetic(root, n_train=2, n_val=4)
+    paths["spatial"] = root / "spatial_bench.jsonl"
+    paths["dlc"] = root / "dlc_bench.jsonl"
+    make_synthetic_spatial(paths["instances_val"], paths["spatial"])
+    make_synthetic_dlc(paths["instances_val"], paths["dlc"])
+    return paths
+
+
+def annotations_for(name, p):
+    return {"coco_cls": [p["instances_val"]], "refcocog_caption": [p["refcocog_refs"], p["refcocog_instances"]],
+            "refcocog_rec": [p["refcocog_refs"], p["refcocog_instances"]],
+            "vg_caption": [p["vg_regions"], p["vg_splits"]], "pope": [p["pope_val"]],
+            "spatial": [p["spatial"]], "dlc": [p["dlc"]]}[name]
+
+
+def bench(name, data, **kw):
+    kw.setdefault("images", str(data["images"]))
+    if name == "vg_caption":
+        kw.setdefault("split", "val")
+    return load_benchmark(name, annotations=[str(a) for a in annotations_for(name, data)], **kw)
+
+
+def test_registered_with_yaml():
+    assert set(NAMES) <= set(BENCHMARKS.names())
+    for name in NAMES:
+        assert benchmark_yaml(name) is not None, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_samples_follow_the_raw_sample_contract(name, data):
+    b = bench(name, data)
+    samples = b.samples()
+    assert samples, name
+    for s in samples[:5]:
+        assert isinstance(s["regions"], Regions)
+        prompt = s["conversations"][0]["value"]
+        assert s["conversations"][0]["from"] == "human" and prompt.startswith("<image>\n")
+        mentioned = {int(k) for k in __import__("re").findall(r"<region(\d+)>", prompt)}
+        assert mentioned <= set(range(1, len(s["regions"]) + 1)) and (mentioned or name == "pope"), prompt
+        json.dumps(s["target"])
+    assert len(b.reference_ids()) == len(set(b.reference_ids())) == len(samples)
+
+
+def test_wrong_annotation_count_is_a_config_error(data):
+    from regionvlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="refcocog_caption: annotations: expected 2 file"):
+        load_benchmark("refcocog_caption", annotations=[str(data["refcocog_refs"])])
+
+
+def _perfect(b, answer):
+    return [b.prediction_row(s, answer(s)) for s in b.samples()]
+
+
+def test_coco_cls_known_answers_and_identical_paths(data, tmp_path):
+    b = bench("coco_cls", data)
+    rows = _perfect(b, lambda s: s["target"]["answer"].upper() + "s.")   # case, plural, punctuation
+    got = b.evaluate(rows)
+    assert got["accuracy"] == 100 and got["mAP"] == pytest.approx(100) and got["unmatched"] == 0
+    assert got["semantic_iou"] == pytest.approx(100 * sum(
+        len({w for w in (r["text"].lower().replace(".", " ")).split()} & set(s["target"]["answer"].split())) /
+        len({w for w in (r["text"].lower().replace(".", " ")).split()} | set(s["target"]["answer"].split()))
+        for r, s in zip(rows, b.samples())) / len(rows))
+    write_predictions(tmp_path / "p.jsonl", rows)
+    assert b.score_file(tmp_path / "p.jsonl") == got            # eval path == score path
+    nosem = bench("coco_cls", data, semantic=False)
+    wrong = nosem.evaluate(_perfect(nosem, lambda s: "zebra"))
+    assert wrong["accuracy"] == 0 and wrong["mAP"] == 0 and wrong["unmatched"] == len(rows)
+
+
+def test_refcocog_rec_known_answers(data):
+    b = bench("refcocog_rec", data)
+    good = b.evaluate(_perfect(b, lambda s: f"It is {s['target']['answer']}"))
+    assert good == {"accuracy": 100.0, "unparseable": 0, "num_samples": len(b.samples())}
+    bad = b.evaluate(_perfect(b, lambda s: "the red one"))
+    assert bad["accuracy"] == 0 and bad["unparseable"] == len(b.samples())
+    rows = _perfect(b, lambda s: "Region [1]")
+    rows[0]["candidates"] = [999999]
+    with pytest.raises(DataError, match="candidates: annotation id 999999"):
+        b.evaluate(rows)
+
+
+def test_pope_known_answers_and_splits(data, tmp_path):
+    b = bench("pope", data)
+    got = b.evaluate(_perfect(b, lambda s: "Yes, there is." if s["target"]["answer"] == "yes" else "No."))
+    split = b.splits[0]
+    assert got[f"{split}/accuracy"] == 100 and got[f"{split}/f1"] == 100
+    # a second split file: rows are keyed by (split, question_id)
+    second = tmp_path / "coco_pope_popular.json"
+    second.write_text(data["pope_val"].read_text())
+    b2 = load_benchmark("pope", annotations=[str(data["pope_val"]), str(second)])
+    rows = _perfect(b2, lambda s: "yes")
+    assert {r["split"] for r in rows} == {split, "popular"}
+    res = b2.evaluate(rows)
+    assert res["popular/yes_ratio"] == 100 and res["popular/recall"] == 100
+    del rows[0]["split"]
+    with pytest.raises(DataError, match="has no 'split'"):
+        b2.evaluate(rows)
+
+
+def test_partial_coverage_reported(data):
+    b = bench("pope", data)
+    rows = _perfect(b, lambda s: "yes")[:3]
+    with pytest.raises(DataError, match="missing predictions"):
+        b.evaluate(rows)
+    got = b.evaluate(rows, allow_partial=True)
+    assert got["num_samples"] == 3 and got["coverage"] == pytest.approx(300 / len(b.samples()))
+    assert any("partial coverage" in n for n in b.notes)
+
+
+def test_spatial_rules_and_judge(data):
+    b = bench("spatial", data, per_category=True)
+    got = b.evaluate(_perfect(b, lambda s: s["target"]["answer"]))
+    assert got["qualitative_accuracy"] == 100 and got["quantitative_success"] == 100
+    assert got["quantitative_rel_error"] < 1 and got["unparsed"] == 0 and "left_predicate/accuracy" in got
+    wrong = b.evaluate(_perfect(b, lambda s: "I cannot tell."))
+    assert wrong["qualitative_accuracy"] == 0 and wrong["quantitative_success"] == 0
+    assert wrong["unparsed"] == len(b.samples())
+    # a judge that always says "match" / "1000 meters"
+    judged = bench("spatial", data, judge=lambda prompts: ["1000" if "Meters:" in p else "1" for p in prompts])
+    res = judged.evaluate(_perfect(judged, lambda s: "whatever"))
+    assert res["qualitative_accuracy"] == 100 and res["quantitative_success"] == 0
+
+
+def test_dlc_rules_and_judge(data):
+    b = bench("dlc", data)
+    got = b.evaluate(_perfect(b, lambda s: f"A {s['target']['class_name']} with a thin outline."))
+    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "unparsed": 0, "num_samples": len(b.samples())}
+    silent = b.evaluate(_perfect(b, lambda s: "Something."))
+    assert silent["pos"] == 0 and silent["neg"] == 100
+    # the first choice is the right one for positive questions and the wrong one for negatives
+    judged = bench("dlc", data, judge=lambda prompts: ["A"] * len(prompts))
+    res = judged.evaluate(_perfect(judged, lambda s: "anything"))
+    assert res["pos"] == 100 and res["neg"] == -100 and res["avg"] == 0
+
+
+def test_hf_judge_runs_a_saved_causal_lm(data, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from regionvlm.data.synth import build_tokenizer
+    from regionvlm.evaluation.judges import HFJudge
+
+    tok = build_tokenizer(tmp_path / "judge", vocab_size=300)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "judge")
+    judge = HFJudge(str(tmp_path / "judge"), max_new_tokens=3)
+    replies = judge(["Answer:", "Question: is it red?\nAnswer:"])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    b = bench("dlc", data, judge=judge, limit=2)
+    res = b.evaluate(_perfect(b, lambda s: "a red circle"))
+    assert -100 <= res["avg"] <= 100 and res["num_samples"] == 2
