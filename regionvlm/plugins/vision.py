@@ -40,7 +40,7 @@ def _preprocessor_stats(pretrained: str, default_mean, default_std) -> tuple[tup
     try:
         path = cached_file(pretrained, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
                            _raise_exceptions_for_connection_errors=False)
-    except Exception:  # no preprocessor file reachable: the family's defaults are the documented fallback
+    except (OSError, ValueError):  # no preprocessor file reachable: the family's defaults are the documented fallback
         path = None
     if not path:
         return tuple(default_mean), tuple(default_std)
@@ -130,7 +130,7 @@ class _HFVisionEncoder(nn.Module):
             hidden = hidden[:, prefix:] + hidden[:, :1]
         else:
             hidden = hidden[:, prefix:]
-        b, n, c = hidden.shape
+        b, _, c = hidden.shape
         return hidden.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -192,7 +192,8 @@ class TimmVisionEncoder(nn.Module):
             load_checkpoint(model, pretrained, strict=True)
         self.model = model
         data_cfg = timm.data.resolve_data_config({}, model=model)
-        self.image_size = int(data_cfg["input_size"][-1])
+        # an explicit img_size wins over the pretrained config's nominal input size
+        self.image_size = int(img_size or data_cfg["input_size"][-1])
         self.image_mean = tuple(float(x) for x in data_cfg["mean"])
         self.image_std = tuple(float(x) for x in data_cfg["std"])
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
@@ -211,7 +212,7 @@ class TimmVisionEncoder(nn.Module):
             x = x[:, self.num_prefix_tokens:]
             b, n, c = x.shape
             grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
-            h, w = (int(grid[0]), int(grid[1])) if grid is not None else (math.isqrt(n), math.isqrt(n))
+            h, w = (int(grid[0]), int(grid[1])) if grid is not None else (math.isqrt(n), n // math.isqrt(n))
             return x.transpose(1, 2).reshape(b, c, h, w)
         if self.channels_last_output:
             return x.permute(0, 3, 1, 2)

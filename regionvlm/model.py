@@ -1,0 +1,196 @@
+"""RegionVLM: the registered parts composed into one plain ``nn.Module`` (no Lightning, no tokenizer).
+
+    pixel_values ─ vision_encoder ─ feature_refiner ─┬─ patch merge (adaptive avg pool to global_grid) ─ projector ─┐
+                                                      └─ region_extractor(masks, boxes) ─ region projector ─────────┤
+    input_ids ─ LLM input embeddings ──────────────────────────── fusion (masked_scatter at placeholders) ◀─────────┘
+                                                                                   └─ llm ─ head → loss
+
+Submodule names are the component names the engine freezes/trains by: ``vision_encoder``, ``feature_refiner``,
+``region_extractor``, ``projector``, ``region_projector`` (None when ``share_projector: true``: the region
+branch then uses ``projector``), ``llm``, ``head``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from regionvlm.data.batch import IMAGE_TOKEN, REGION_TOKEN, Batch
+from regionvlm.errors import ConfigError
+from regionvlm.fusion import fuse, ignore_placeholder_labels
+from regionvlm.registry import (
+    FEATURE_REFINERS,
+    HEADS,
+    LLMS,
+    PROJECTORS,
+    REGION_EXTRACTORS,
+    VISION_ENCODERS,
+    to_plain,
+)
+
+#: keys of the ``model:`` node that `build_model` reads
+COMPONENT_KEYS = ("vision_encoder", "feature_refiner", "global_grid", "region_extractor", "projector",
+                  "region_projector", "share_projector", "llm", "head")
+#: keys of the ``model:`` node that belong to the training engine; `build_model` accepts and ignores them
+ENGINE_KEYS = ("init_from", "trainable", "freeze", "generation")
+
+
+class RegionVLM(nn.Module):
+    """A region-level VLM: image tokens at ``<image>``, one (or k) region tokens at each ``<regionK>``."""
+
+    def __init__(self, vision_encoder: nn.Module, feature_refiner: nn.Module, region_extractor: nn.Module,
+                 projector: nn.Module, region_projector: nn.Module | None, llm: nn.Module, head: nn.Module,
+                 image_token_id: int, region_token_id: int, global_grid: tuple[int, int] | None = None,
+                 pad_token_id: int | None = None, eos_token_id: int | list[int] | None = None):
+        super().__init__()
+        self.vision_encoder = vision_encoder
+        self.feature_refiner = feature_refiner
+        self.region_extractor = region_extractor
+        self.projector = projector
+        self.region_projector = region_projector
+        self.llm = llm
+        self.head = head
+        self.image_token_id = int(image_token_id)
+        self.region_token_id = int(region_token_id)
+        self.global_grid = tuple(global_grid) if global_grid is not None else tuple(vision_encoder.grid_size)
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+
+    # -- what the data side needs --------------------------------------------------------------------------
+    @property
+    def num_image_tokens(self) -> int:
+        return self.global_grid[0] * self.global_grid[1]
+
+    @property
+    def tokens_per_region(self) -> int:
+        return int(self.region_extractor.tokens_per_region)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vision_encoder.image_size)
+
+    @property
+    def image_mean(self) -> tuple[float, ...]:
+        return tuple(self.vision_encoder.image_mean)
+
+    @property
+    def image_std(self) -> tuple[float, ...]:
+        return tuple(self.vision_encoder.image_std)
+
+    # -- forward -------------------------------------------------------------------------------------------
+    def encode(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens B×N×D and region tokens R×k×D in the LLM's embedding space."""
+        refined = self.feature_refiner(self.vision_encoder(batch.pixel_values))
+        merged = refined
+        if tuple(refined.shape[-2:]) != self.global_grid:
+            merged = F.adaptive_avg_pool2d(refined, self.global_grid)
+        image_tokens = self.projector(merged.flatten(2).transpose(1, 2))
+        regions = self.region_extractor(refined, batch.region_masks, batch.region_boxes, batch.region_image_index)
+        region_projector = self.region_projector if self.region_projector is not None else self.projector
+        region_tokens = region_projector(regions)
+        return image_tokens, region_tokens
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings B×L×D with image and region features fused in at their placeholders."""
+        image_tokens, region_tokens = self.encode(batch)
+        embeds = self.llm.get_input_embeddings()(batch.input_ids)
+        return fuse(embeds, batch.input_ids, self.image_token_id, image_tokens, self.region_token_id,
+                    region_tokens, batch.region_mentions, region_image_index=batch.region_image_index,
+                    sample_ids=batch.ids or None)
+
+    def forward(self, batch: Batch) -> dict[str, Any]:
+        """``{"loss": scalar or None (no labels), "logits": B×L×V, ...head outputs}``."""
+        embeds = self.embed(batch)
+        need_hidden = bool(getattr(self.head, "needs_hidden_states", False))
+        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, output_hidden_states=need_hidden)
+        result: dict[str, Any] = {"loss": None, "logits": out.logits}
+        if batch.labels is not None:
+            labels = ignore_placeholder_labels(batch.labels, batch.input_ids,
+                                               (self.image_token_id, self.region_token_id))
+            hidden = out.hidden_states[-1] if need_hidden else None
+            result.update(self.head(out.logits, labels, hidden_states=hidden))
+        return result
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int = 32, num_beams: int = 1, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, **kwargs: Any) -> torch.Tensor:
+        """New token ids B×T (prompt excluded; padded with the pad id after EOS), using the LLM's KV cache.
+
+        The batch must be left-padded (the last position of every row is a real token).
+        """
+        if not bool(batch.attention_mask[:, -1].all()):
+            raise ValueError("generate needs a left-padded batch (prompts end at the last position); "
+                             "set the collator's padding side to 'left' for generation")
+        embeds = self.embed(batch)
+        gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "do_sample": do_sample,
+                               "pad_token_id": self.pad_token_id, "eos_token_id": self.eos_token_id}
+        if do_sample:
+            gen.update(temperature=temperature, top_p=top_p)
+        gen.update(kwargs)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=True, **gen)
+
+
+def _grid(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"model.global_grid: expected an int, [h, w] or null, got {value!r}")
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or token_id == tokenizer.unk_token_id or token not in tokenizer.get_vocab():
+        raise ConfigError(f"model.llm: the tokenizer lacks the special token '{token}'; "
+                          f"build it with regionvlm.plugins.llms.build_tokenizer")
+    return int(token_id)
+
+
+def build_model(model_cfg: Mapping[str, Any] | Any, tokenizer: Any) -> RegionVLM:
+    """Build `RegionVLM` from a ``model:`` node (keys: `COMPONENT_KEYS`; `ENGINE_KEYS` are ignored).
+
+    ``feature_refiner`` defaults to identity, ``head`` to lm, ``share_projector`` to true, ``global_grid`` to the
+    encoder's grid; ``region_projector`` (a projector node, used when ``share_projector: false``) defaults to a
+    copy of ``projector``'s node.
+    """
+    cfg = dict(to_plain(model_cfg) or {})
+    unknown = [k for k in cfg if k not in COMPONENT_KEYS + ENGINE_KEYS]
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: unknown key; known: {', '.join(COMPONENT_KEYS + ENGINE_KEYS)}")
+    for key in ("vision_encoder", "region_extractor", "projector", "llm"):
+        if cfg.get(key) is None:
+            raise ConfigError(f"model.{key}: required")
+    share = cfg.get("share_projector", True)
+    if not isinstance(share, bool):
+        raise ConfigError(f"model.share_projector: expected true or false, got {share!r}")
+    if share and cfg.get("region_projector") is not None:
+        raise ConfigError("model.region_projector: set only with share_projector: false")
+
+    vision = VISION_ENCODERS.build(cfg["vision_encoder"], key_path="model.vision_encoder")
+    refiner = FEATURE_REFINERS.build(cfg.get("feature_refiner") or {"type": "identity"},
+                                     key_path="model.feature_refiner", in_channels=vision.out_channels)
+    extractor = REGION_EXTRACTORS.build(cfg["region_extractor"], key_path="model.region_extractor",
+                                        in_channels=refiner.out_channels, image_size=vision.image_size)
+    llm = LLMS.build(cfg["llm"], key_path="model.llm", vocab_size=len(tokenizer))
+    projector = PROJECTORS.build(cfg["projector"], key_path="model.projector",
+                                 in_channels=refiner.out_channels, out_channels=llm.hidden_size)
+    region_projector = None
+    if share:
+        if extractor.out_channels != refiner.out_channels:
+            raise ConfigError(f"model.share_projector: the region extractor gives {extractor.out_channels} channels "
+                              f"but the image branch {refiner.out_channels}; set share_projector: false")
+    else:
+        region_projector = PROJECTORS.build(cfg.get("region_projector") or cfg["projector"],
+                                            key_path="model.region_projector",
+                                            in_channels=extractor.out_channels, out_channels=llm.hidden_size)
+    head = HEADS.build(cfg.get("head") or {"type": "lm"}, key_path="model.head")
+    return RegionVLM(vision, refiner, extractor, projector, region_projector, llm, head,
+                     image_token_id=_token_id(tokenizer, IMAGE_TOKEN), region_token_id=_token_id(tokenizer, REGION_TOKEN),
+                     global_grid=_grid(cfg.get("global_grid")), pad_token_id=tokenizer.pad_token_id,
+                     eos_token_id=tokenizer.eos_token_id)

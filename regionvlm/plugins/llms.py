@@ -1,0 +1,120 @@
+"""Language models: a transformers causal LM that reads ``inputs_embeds``; plus the tokenizer builder.
+
+Contract: built with runtime ``vocab_size`` (the tokenizer's length, special tokens included); attributes
+``hidden_size``; methods ``get_input_embeddings()``, ``forward(inputs_embeds, attention_mask, ...)`` and
+``generate(inputs_embeds=..., attention_mask=..., ...)`` (HF generation with the KV cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from regionvlm.data.batch import SPECIAL_TOKENS
+from regionvlm.errors import ConfigError
+from regionvlm.plugins.vision import _dtype
+from regionvlm.registry import LLMS, to_plain
+
+
+@LLMS.register("hf_causal_lm")
+class HFCausalLM(nn.Module):
+    """Any transformers causal LM (LLaMA/Vicuna, Qwen2, …) via AutoModelForCausalLM.
+
+    Options: ``pretrained`` (hub id or local dir) or ``config`` (a dict with ``model_type``, random init);
+    ``tokenizer`` (tokenizer path when it differs from ``pretrained``; read by `build_tokenizer`); ``dtype``
+    (float32 | bfloat16 | float16; default float32); ``attn_implementation`` (sdpa | eager | flash_attention_2);
+    ``gradient_checkpointing`` (false). Embeddings are resized to ``vocab_size``; new rows get the mean embedding.
+    """
+
+    def __init__(self, vocab_size: int, pretrained: str | None = None, config: dict | None = None,
+                 tokenizer: str | None = None, dtype: str | None = "float32", attn_implementation: str = "sdpa",
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if (pretrained is None) == (config is None):
+            raise ConfigError("model.llm: give exactly one of 'pretrained' (hub id or local dir) or 'config'")
+        torch_dtype = _dtype(dtype) or torch.float32
+        if pretrained is not None:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                pretrained, dtype=torch_dtype, attn_implementation=attn_implementation, output_loading_info=True)
+            missing = info.get("missing_keys") or []
+            if missing:
+                raise ConfigError(f"model.llm.pretrained: checkpoint '{pretrained}' lacks {len(missing)} weights "
+                                  f"(e.g. {', '.join(sorted(missing)[:3])})")
+        else:
+            cfg = dict(config)
+            if "model_type" not in cfg:
+                raise ConfigError("model.llm.config.model_type: required (e.g. llama, qwen2)")
+            hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype,
+                                                     attn_implementation=attn_implementation)
+        self.model = model
+        self.hidden_size = int(model.config.get_text_config().hidden_size)
+        self._resize_embeddings(vocab_size)
+        if gradient_checkpointing:
+            # non-reentrant checkpointing works with inputs_embeds without forcing input grads
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+
+    @torch.no_grad()
+    def _resize_embeddings(self, vocab_size: int) -> None:
+        old = self.model.get_input_embeddings().weight.shape[0]
+        if vocab_size <= old:  # checkpoints often pad their vocabulary; never shrink it
+            return
+        self.model.resize_token_embeddings(vocab_size, mean_resizing=False)
+        inp = self.model.get_input_embeddings().weight
+        inp[old:] = inp[:old].mean(0, keepdim=True)
+        out = self.model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != inp.data_ptr():
+            out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
+            if getattr(out, "bias", None) is not None:
+                out.bias[old:] = out.bias[:old].mean()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[0]
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False, **kwargs: Any) -> Any:
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                          output_hidden_states=output_hidden_states, use_cache=False, **kwargs)
+
+    def generate(self, **kwargs: Any) -> torch.Tensor:
+        return self.model.generate(**kwargs)
+
+
+def build_tokenizer(llm_node: Mapping[str, Any] | Any):
+    """The LLM's tokenizer with IMAGE_TOKEN and REGION_TOKEN added as special tokens and a pad token set.
+
+    Reads ``tokenizer:`` from the ``model.llm`` node if given, else ``pretrained``. A pad token is the unk token
+    when there is one, else a new ``<pad>``. The model's embeddings are resized to ``len(tokenizer)``.
+    """
+    from transformers import AutoTokenizer
+
+    node = to_plain(llm_node) or {}
+    path = node.get("tokenizer") or node.get("pretrained")
+    if not path:
+        raise ConfigError("model.llm.tokenizer: needed when the LLM has no 'pretrained' path to read it from")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except OSError as exc:
+        raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from '{path}': {exc}") from exc
+    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        tok.add_tokens(missing, special_tokens=True)
+    if tok.pad_token is None:
+        if tok.unk_token is not None:
+            tok.pad_token = tok.unk_token
+        else:
+            tok.add_special_tokens({"pad_token": "<pad>"})
+    return tok
