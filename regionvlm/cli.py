@@ -29,7 +29,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "turn a training checkpoint into a self-contained model folder"),
     "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),
     "data": ("data", "bundled synthetic data set and offline tokenizer"),
-    "datagen": ("datagen", "RGPT's automatic region-caption pipeline"),
 }
 
 
@@ -56,6 +55,15 @@ def command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     return parser, module
 
 
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line; a DataLoader worker re-raises with the worker's traceback inside the
+    message, whose last line is the original ``module.Error: message``."""
+    msg = str(exc).strip()
+    if "Original Traceback" in msg:
+        msg = msg.splitlines()[-1].split(": ", 1)[-1]
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -69,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser, module = command_parser(args.command)
-        cmd_args = parser.parse_args(rest)
+        cmd_args = parser.parse_intermixed_args(rest)
         cmd_args.debug = debug
         return int(module.run(cmd_args) or 0)
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Precedence, lowest first: schema defaults < ``_base_`` files (in order, recursively) < the file < CLI overrides.
 - ``_base_: path`` or a list of paths, relative to the file that names them; mappings merge deeply, lists are
-  replaced (not concatenated); cycles are an error.
+  replaced (not concatenated); cycles are an error; a file reached twice is applied once, where first reached.
 - ``{{fileDirname}}`` in a file is replaced by that file's directory (as in mmengine), so a config can point at
   files beside it without machine paths; ``${oc.env:VAR,default}`` and ``${...}`` interpolate as usual.
 - Top-level sections are validated against `RootConfig`: an unknown or mistyped key is an error naming the
@@ -13,7 +13,6 @@ Precedence, lowest first: schema defaults < ``_base_`` files (in order, recursiv
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +117,18 @@ def file_layers(path: str | os.PathLike, _stack: tuple[Path, ...] = ()) -> list[
     return layers
 
 
+def _first_occurrences(layers: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Apply a file reached twice (``_base_: [stage1.yaml, tiny/base.yaml]`` both based on base.yaml) once, at
+    its first position, so that it cannot undo what a file between its two occurrences set."""
+    seen: set[str] = set()
+    out = []
+    for source, layer in layers:
+        if source not in seen:
+            seen.add(source)
+            out.append((source, layer))
+    return out
+
+
 def parse_overrides(overrides: list[str]) -> dict:
     """``["a.b=1", "c=[x,y]"]`` → nested dict; values parsed as YAML, as OmegaConf's dotlist does."""
     from omegaconf import OmegaConf
@@ -160,7 +171,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    layers = file_layers(path)
+    layers = _first_occurrences(file_layers(path))
     if overrides:
         layers.append(("(override)", parse_overrides(list(overrides))))
     cfg = OmegaConf.structured(RootConfig)
@@ -182,20 +193,8 @@ def to_yaml(cfg: Any, resolve: bool = True) -> str:
     return OmegaConf.to_yaml(cfg, resolve=resolve)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Write the resolved config (what a run really used) atomically."""
-    atomic_write_text(path, to_yaml(cfg, resolve=True))
+    from regionvlm.io import write_text
+
+    write_text(path, to_yaml(cfg, resolve=True))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regionvlm.data.batch import IMAGE_TOKEN, REGION_TOKEN, Batch
+from regionvlm.data.batch import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, Batch
 from regionvlm.errors import ConfigError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
 from regionvlm.registry import (
@@ -102,17 +102,31 @@ class RegionVLM(nn.Module):
                     region_tokens, batch.region_mentions, region_image_index=batch.region_image_index,
                     sample_ids=batch.ids or None)
 
-    def forward(self, batch: Batch) -> dict[str, Any]:
-        """``{"loss": scalar or None (no labels), "logits": B×L×V, ...head outputs}``."""
+    def forward(self, batch: Batch, all_logits: bool = False) -> dict[str, Any]:
+        """``{"loss": scalar or None (no labels), "logits": ..., ...head outputs}``.
+
+        With labels, the logits are computed only at the positions whose next token is scored (B×K×V, K = the
+        union over the batch): the full B×L×V logits of a 32k-vocabulary LLM dominate training memory and time.
+        ``all_logits=True`` (or a batch without labels) gives B×L×V.
+        """
         embeds = self.embed(batch)
         need_hidden = bool(getattr(self.head, "needs_hidden_states", False))
-        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, output_hidden_states=need_hidden)
-        result: dict[str, Any] = {"loss": None, "logits": out.logits}
+        labels = keep = None
         if batch.labels is not None:
             labels = ignore_placeholder_labels(batch.labels, batch.input_ids,
                                                (self.image_token_id, self.region_token_id))
+            if not (all_logits or need_hidden):
+                keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+        extra = {} if keep is None else {"logits_to_keep": keep}
+        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, output_hidden_states=need_hidden,
+                       **extra)
+        result: dict[str, Any] = {"loss": None, "logits": out.logits}
+        if labels is not None:
             hidden = out.hidden_states[-1] if need_hidden else None
-            result.update(self.head(out.logits, labels, hidden_states=hidden))
+            if keep is None:
+                result.update(self.head(out.logits, labels, hidden_states=hidden))
+            else:  # logits[:, j] predicts the token at keep[j] + 1
+                result.update(self.head(out.logits, labels[:, keep + 1], hidden_states=hidden, shifted=True))
         return result
 
     @torch.no_grad()

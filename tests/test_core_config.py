@@ -127,3 +127,13 @@ def test_saved_config_is_resolved_and_reloadable(cfgs, tmp_path):
     again = load_config(out)
     assert again.output.name == "base-llm-run" and "${" not in out.read_text()
     assert [p.name for p in out.parent.iterdir()] == ["config.yaml"]  # no temp file left behind
+
+
+def test_diamond_base_applied_once_at_first_position(cfgs):
+    write(cfgs / "root.yaml", "optim: {lr: 1.0, eps: 1.0}\n")
+    write(cfgs / "stage.yaml", "_base_: root.yaml\noptim: {lr: 2.0}\n")
+    write(cfgs / "small.yaml", "_base_: root.yaml\noptim: {eps: 3.0}\n")
+    write(cfgs / "small_stage.yaml", "_base_: [stage.yaml, small.yaml]\n")
+    cfg = load_config(cfgs / "small_stage.yaml")
+    # root.yaml must not be re-applied after stage.yaml (which would reset lr to 1.0)
+    assert (cfg.optim.lr, cfg.optim.eps) == (2.0, 3.0)

@@ -151,3 +151,20 @@ def test_imports_list_registers_components(tmp_path, monkeypatch):
     del reg.HEADS._items["my_test_head"]
     with pytest.raises(UserError, match=r"imports\[0\]: cannot import module 'no_such_mod_xyz'"):
         reg.import_modules(["no_such_mod_xyz"])
+
+
+def test_kwargs_forwarded_to_base_are_checked_by_name():
+    r = Registry("dataset")
+
+    class Base:
+        def __init__(self, image_root=None, seed=0):
+            pass
+
+    @r.register("child")
+    class Child(Base):
+        def __init__(self, ann_file, **kw):
+            super().__init__(**kw)
+
+    r.build({"type": "child", "ann_file": "a", "seed": 1})
+    with pytest.raises(RegistryError, match=r"data.train\[0\].sed: unexpected key for dataset 'child'; did you mean 'seed'\?"):
+        r.build({"type": "child", "ann_file": "a", "sed": 1}, key_path="data.train[0]")

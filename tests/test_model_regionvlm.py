@@ -119,7 +119,7 @@ def test_forward_fuses_features_and_scores_answers(llm_dir):
     model, tok = _build(llm_dir)
     model.eval()
     batch = _batch(tok, model)
-    out = model(batch)
+    out = model(batch, all_logits=True)
     logits = out["logits"]
     assert logits.shape == (*batch.input_ids.shape, len(tok))
     lp = logits[:, :-1].log_softmax(-1)
@@ -143,11 +143,17 @@ def test_forward_fuses_features_and_scores_answers(llm_dir):
     moved.region_masks[0] = torch.roll(moved.region_masks[0], shifts=(12, 0), dims=(0, 1))
     moved.region_boxes[0] += torch.tensor([0.0, 12, 0, 12])
     with torch.no_grad():
-        l2 = model(moved)["logits"]
+        l2 = model(moved, all_logits=True)["logits"]
     first = int((ids[0] == model.region_token_id).nonzero()[2])  # region 0's first token in sample 0
     torch.testing.assert_close(l2[0, :first], logits[0, :first].detach())
     assert (l2[0, first:] - logits[0, first:]).abs().max() > 1e-4
     torch.testing.assert_close(l2[1], logits[1].detach())
+    # by default only the scored positions get logits, with the same loss
+    sparse = model(batch)
+    keep = (batch.labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    assert sparse["logits"].shape == (batch.input_ids.shape[0], len(keep), len(tok))
+    torch.testing.assert_close(sparse["logits"], logits[:, keep])
+    torch.testing.assert_close(sparse["loss"], out["loss"])
 
 
 def test_backward_reaches_every_trainable_part_and_learns_regions(llm_dir):

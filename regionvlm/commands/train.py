@@ -41,18 +41,22 @@ def run(args: argparse.Namespace) -> int:
     from regionvlm.errors import UserError
     from regionvlm.registry import import_modules
 
+    from regionvlm.engine.preflight import check_inputs
+
     cfg = load_config(args.config, args.overrides)
     import_modules(cfg.imports)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_inputs(config)  # missing weights or data: stop now, before creating anything
     run_dir = run_dir_of(cfg)
     ckpt_path = resolve_resume(run_dir, args.resume)
-    if run_dir.exists() and any(run_dir.iterdir()) and ckpt_path is None:
+    started = any((run_dir / d).exists() for d in ("checkpoints", "export", "logs"))
+    if started and ckpt_path is None:
         if not args.overwrite:
             raise UserError(f"{run_dir}: run directory exists; pass --resume last to continue it, "
                             f"--overwrite to start again, or set output.name=...")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    config = OmegaConf.to_container(cfg, resolve=True)
     from regionvlm.engine.trainer import fit
 
     fit(config, run_dir, ckpt_path=ckpt_path)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from regionvlm.errors import DataError
+from regionvlm.io import write_bytes  # noqa: F401  (re-exported: the writers below build on it)
 
 PathLike = str | os.PathLike
 
@@ -61,31 +60,6 @@ def read_jsonl(path: PathLike) -> list[dict]:
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
     return rows
-
-
-def _atomic_write(path: PathLike, write) -> None:
-    """Write to a temp file in the target directory, fsync, then `os.replace`: readers never see half a file
-    and a killed job leaves the previous version intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def write_bytes(path: PathLike, data: bytes) -> None:
-    """Atomically write raw bytes."""
-    _atomic_write(path, lambda f: f.write(data))
 
 
 def write_json(path: PathLike, obj: Any, indent: int | None = None) -> None:

@@ -37,6 +37,7 @@ def build_model_and_tokenizer(model_cfg: dict) -> tuple[Any, Any]:
     if not Path(init_from).is_dir():
         raise ConfigError(f"model.init_from: no export folder at '{init_from}' (train the previous stage first)")
     model, tokenizer, export_cfg = load_export(init_from)
+    model.train()  # exports load in eval mode; Lightning keeps the modes it finds
     for name, node in model_cfg.items():
         theirs = export_cfg["model"].get(name)
         if isinstance(node, dict) and isinstance(theirs, dict) and node.get("type") != theirs.get("type"):
@@ -62,6 +63,7 @@ class RegionVLMModule(L.LightningModule):
         arch["model"] = architecture_config(arch["model"], self.model)
         self.save_hyperparameters({"config": arch}, ignore=["model", "tokenizer"])
         self.generation = dict(self.config.get("generation", {}))
+        self.collector = None  # set by the evaluation loop: gathers predict_step rows from every process
         self._step_start = 0.0
 
     # -- checkpoints carry the tokenizer ------------------------------------------------------------------
@@ -78,18 +80,24 @@ class RegionVLMModule(L.LightningModule):
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        if len(batch) == 0:  # every sample was dropped by truncation (counted by the collator)
+            return None
         loss = self.model(batch)["loss"]
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if len(batch) == 0:
+            return
         seconds = max(time.perf_counter() - self._step_start, 1e-9)
         self.log("train/samples_per_s", len(batch) / seconds, batch_size=len(batch))
         self.log("train/tokens_per_s", float(batch.attention_mask.sum()) / seconds, batch_size=len(batch))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=len(batch))
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        if len(batch) == 0:
+            return None
         loss = self.model(batch)["loss"]
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch))
         return loss
@@ -101,8 +109,10 @@ class RegionVLMModule(L.LightningModule):
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
-        texts = self.generate_text(batch)
-        return [{"id": i, "text": t, "target": tgt} for i, t, tgt in zip(batch.ids, texts, batch.targets)]
+        rows = [{"id": i, "text": t} for i, t in zip(batch.ids, self.generate_text(batch))] if len(batch) else []
+        if self.collector is not None:
+            self.collector.update(rows)
+        return rows
 
     def configure_optimizers(self) -> dict:
         from omegaconf import OmegaConf

@@ -49,7 +49,6 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
 
     from regionvlm.engine.export import save_export
     from regionvlm.engine.module import RegionVLMModule
-
     L.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
     module = RegionVLMModule(config)
     datamodule = build_datamodule(config, module)

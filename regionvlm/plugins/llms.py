@@ -47,6 +47,7 @@ class HFCausalLM(nn.Module):
                                   f"(e.g. {', '.join(sorted(missing)[:3])})")
         else:
             cfg = dict(config)
+            cfg.setdefault("vocab_size", vocab_size)  # random init: exactly the tokenizer's vocabulary
             if "model_type" not in cfg:
                 raise ConfigError("model.llm.config.model_type: required (e.g. llama, qwen2)")
             hf_cfg = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
@@ -108,7 +109,8 @@ def build_tokenizer(llm_node: Mapping[str, Any] | Any):
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except OSError as exc:
-        raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from '{path}': {exc}") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from '{path}': {reason}") from exc
     missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
     if missing:
         tok.add_tokens(missing, special_tokens=True)

@@ -1,0 +1,56 @@
+"""``regionvlm eval CONFIG (--model EXPORT_DIR | --ckpt PATH) [key=value ...]``.
+
+The config's ``eval:`` section: ``benchmarks: {name: {annotations: ..., images: ..., limit: ...}}`` (each
+node overrides the benchmark's YAML in ``benchmarks/``), ``batch_size``, ``num_workers``, ``out_dir``
+(default: the run directory's ``eval/``), ``gallery`` (examples drawn per benchmark). ``trainer:`` picks the
+devices and precision of the predict loop; ``generation:`` the decoding settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config with an eval: section (e.g. projects/rgpt/tiny/eval.yaml)")
+    parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. eval.benchmarks.pope.limit=100")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="an export folder (written by train or export)")
+    source.add_argument("--ckpt", help="a training checkpoint (.ckpt) or run directory")
+
+
+def eval_settings(benchmarks: dict, batch_size: int = 8, num_workers: int = 0, out_dir: str | None = None,
+                  gallery: int = 4) -> dict:
+    return {"benchmarks": benchmarks, "batch_size": batch_size, "num_workers": num_workers, "out_dir": out_dir,
+            "gallery": gallery}
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from regionvlm.config import load_config
+    from regionvlm.registry import construct, import_modules
+
+    cfg = load_config(args.config, args.overrides)
+    import_modules(cfg.imports)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    settings = construct(eval_settings, config["eval"], key_path="eval")
+    out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")
+
+    from regionvlm.engine.checkpoint import load_checkpoint
+    from regionvlm.engine.export import load_export
+    from regionvlm.engine.module import RegionVLMModule
+    from regionvlm.engine.trainer import build_trainer
+    from regionvlm.evaluation.reports import print_results
+    from regionvlm.evaluation.runner import evaluate
+
+    model, tokenizer, model_config = load_export(args.model) if args.model else load_checkpoint(args.ckpt)
+    module = RegionVLMModule({**model_config, "generation": config["generation"]}, model=model, tokenizer=tokenizer)
+    trainer = build_trainer(config, None, enable_progress_bar=False)
+    results = evaluate(module, trainer, out_dir=out_dir, **settings)
+    if trainer.is_global_zero:
+        print_results(results, title=f"results ({args.model or args.ckpt})")
+        print(f"predictions and results written to {out_dir}")
+    return 0

@@ -1,0 +1,94 @@
+"""The evaluation loop behind ``regionvlm eval``: benchmarks' samples → batched generation through Lightning's
+predict loop (every device the Trainer is given) → prediction rows gathered from all processes → scores.
+
+Per benchmark it writes ``<out_dir>/<name>/predictions.jsonl`` (rows that `regionvlm score` reads), and for the
+run ``results.json`` ({benchmark: {metric: value}}) and ``results.md`` (one table).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from regionvlm.errors import ConfigError
+from regionvlm.io import write_text
+
+
+class SampleDataset:
+    """A list of raw evaluation samples, processed (image decode, masks) in DataLoader workers."""
+
+    def __init__(self, samples: list[dict], processor: Any):
+        self.samples, self.processor = samples, processor
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        from regionvlm.data.structures import Regions
+
+        sample = dict(self.samples[i])
+        regions = sample.get("regions")
+        if not isinstance(regions, Regions):
+            sample["regions"] = Regions.from_dicts(regions or [], where=f"sample {sample['id']}.regions")
+        return self.processor.process_sample(sample)
+
+
+def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: int, num_workers: int) -> list[dict]:
+    """``[{"id": sample id, "text": answer}]`` for every sample, from every process, in sample order."""
+    from torch.utils.data import DataLoader
+
+    from regionvlm.data.collate import Collator
+    from regionvlm.data.processing import ImageProcessor
+    from regionvlm.evaluation.collectors import PredictionCollector
+    from regionvlm.inference import inference_settings
+
+    model = module.model
+    settings = inference_settings(module.config)
+    processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
+                               resize_mode=settings["resize_mode"])
+    collator = Collator(module.tokenizer, model.num_image_tokens, model.tokens_per_region,
+                        template=settings["template"], max_length=settings["max_length"],
+                        system_prompt=settings["system_prompt"], for_generation=True)
+    loader = DataLoader(SampleDataset(samples, processor), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, collate_fn=collator)
+    module.collector = PredictionCollector()
+    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    rows = module.collector.compute()
+    module.collector = None
+    order = {s["id"]: i for i, s in enumerate(samples)}
+    return sorted(rows, key=lambda r: order.get(r["id"], len(order)))
+
+
+def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: str | Path,
+             batch_size: int = 8, num_workers: int = 0, gallery: int = 0) -> dict[str, dict[str, float]]:
+    """Run every benchmark in ``benchmarks`` (``{name: node}``, node = the benchmark's YAML overrides such as
+    ``annotations``, ``images``, ``limit``); write predictions and results under ``out_dir``."""
+    from regionvlm.evaluation.benchmark import load_benchmark
+    from regionvlm.evaluation.reports import results_table, write_gallery
+
+    if not benchmarks:
+        raise ConfigError("eval.benchmarks: nothing to evaluate (give {name: {annotations: ..., images: ...}})")
+    out_dir = Path(out_dir)
+    results: dict[str, dict[str, float]] = {}
+    for name, node in benchmarks.items():
+        node = dict(node or {})
+        bench = load_benchmark(node.pop("config", name), **node)
+        samples = bench.samples()
+        by_id = {s["id"]: s for s in samples}
+        rows = generate_rows(module, trainer, samples, batch_size, num_workers)
+        prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
+        results[name] = bench.evaluate(prediction_rows, source=f"{name} predictions")
+        if trainer.is_global_zero:
+            bench_dir = out_dir / name
+            write_text(bench_dir / "predictions.jsonl",
+                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction_rows))
+            if gallery:
+                write_gallery(bench_dir / "gallery.png", [by_id[r["id"]] for r in rows[:gallery]],
+                              [r["text"] for r in rows[:gallery]], title=name)
+            for note in bench.notes:
+                print(f"{name}: {note}")
+    if trainer.is_global_zero:
+        write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text(out_dir / "results.md", results_table(results) + "\n")
+    return results

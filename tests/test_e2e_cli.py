@@ -1,0 +1,159 @@
+"""End to end through the CLI on the tiny preset: synthetic data → stage 1 → stage 2 (init_from) → export →
+reload and generate → eval → score → predict (single and batch, resumable) → pictures.
+
+A few optimisation steps only: this checks the plumbing, not the learning (the README's `make demo` does)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from regionvlm.cli import main
+
+TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
+FAST = ["trainer.max_steps=3", "trainer.limit_val_batches=1", "data.batch_size=4", "data.num_workers=0",
+        "data.val.0.max_samples=4"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    old = {k: os.environ.get(k) for k in ("REGIONVLM_DATA", "REGIONVLM_OUTPUT")}
+    os.environ["REGIONVLM_DATA"] = str(root / "data")
+    os.environ["REGIONVLM_OUTPUT"] = str(root / "runs")
+    torch.manual_seed(0)
+    assert main(["data", "synth", "--out", str(root / "data" / "synth"), "--n", "24", "--n-val", "12"]) == 0
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def stage2(workspace):
+    assert main(["train", str(TINY / "stage1.yaml"), *FAST]) == 0
+    stage1 = workspace / "runs" / "rgpt-tiny-stage1"
+    assert (stage1 / "config.yaml").is_file() and (stage1 / "checkpoints" / "last.ckpt").is_file()
+    assert (stage1 / "logs" / "metrics.csv").is_file()
+    assert main(["train", str(TINY / "stage2.yaml"), *FAST]) == 0
+    return workspace / "runs" / "rgpt-tiny-stage2"
+
+
+def test_stage2_starts_from_stage1_export(stage2, workspace):
+    from safetensors.torch import load_file
+
+    s1 = load_file(str(workspace / "runs" / "rgpt-tiny-stage1" / "export" / "model.safetensors"))
+    s2 = load_file(str(stage2 / "export" / "model.safetensors"))
+    # stage 1 froze the LLM; stage 2 started from stage 1's weights and trained the LLM
+    key = next(k for k in s1 if k.startswith("llm.") and k.endswith("q_proj.weight"))
+    assert not torch.equal(s1[key], s2[key])
+    metrics = (stage2 / "logs" / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "train/samples_per_s" in metrics and "val/loss" in metrics
+
+
+def test_resume_continues_the_run(stage2):
+    assert main(["train", str(TINY / "stage2.yaml"), *FAST, "trainer.max_steps=4", "--resume", "last"]) == 0
+    ckpt = torch.load(stage2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 4
+
+
+def test_existing_run_dir_is_not_overwritten_silently(stage2, capsys):
+    assert main(["train", str(TINY / "stage2.yaml"), *FAST]) == 2
+    assert "run directory exists" in capsys.readouterr().err
+
+
+def test_export_roundtrip_gives_identical_logits(stage2, tmp_path):
+    from regionvlm.engine.checkpoint import load_checkpoint
+    from regionvlm.engine.export import load_export
+    from regionvlm.inference import RegionChat
+
+    assert main(["export", str(stage2), "--out", str(tmp_path / "exp")]) == 0
+    assert main(["export", str(stage2), "--out", str(tmp_path / "exp")]) == 2  # refuses a non-empty folder
+    model_a, tok, cfg = load_checkpoint(stage2)
+    model_b, _, _ = load_export(tmp_path / "exp")
+    chat = RegionChat(model_a, tok, cfg, device="cpu")
+    image = np.zeros((64, 80, 3), dtype=np.uint8)
+    image[10:40, 20:50] = (220, 45, 45)
+    sample = chat.sample(image, [[20, 10, 50, 40]], "What is <region1>?")
+    batch = chat.collator([sample])
+    with torch.no_grad():
+        la, lb = model_a(batch)["logits"], model_b(batch)["logits"]
+    torch.testing.assert_close(la, lb, rtol=0, atol=0)
+    assert isinstance(chat.ask(image, [[20, 10, 50, 40]], "What is <region1>?", max_new_tokens=4), str)
+
+
+def test_every_region_form_gives_the_same_mask():
+    from pycocotools import mask as mask_utils
+
+    from regionvlm.inference import as_regions
+
+    h, w = 40, 50
+    mask = np.zeros((h, w), dtype=bool)
+    mask[5:25, 10:30] = True
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    forms = [[10, 5, 30, 25], mask, [[10, 5, 30, 5, 30, 25, 10, 25]], rle, torch.from_numpy(mask)]
+    masks = [as_regions([f]).with_image_size(h, w).to_masks()[0] for f in forms]
+    for m in masks:
+        assert np.array_equal(m, mask)
+
+
+def test_eval_then_score_give_the_same_numbers(stage2, workspace, capsys):
+    out = workspace / "eval"
+    overrides = [f"eval.out_dir={out}", "eval.benchmarks.coco_cls.limit=6", "eval.benchmarks.pope.limit=6",
+                 "eval.benchmarks.refcocog_caption.limit=4", "eval.benchmarks.refcocog_rec.limit=4",
+                 "eval.benchmarks.vg_caption.limit=4", "eval.batch_size=4", "eval.num_workers=0",
+                 "generation.max_new_tokens=4", "eval.gallery=2"]
+    assert main(["eval", str(TINY / "eval.yaml"), "--model", str(stage2 / "export"), *overrides]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope"}
+    assert "| coco_cls |" in (out / "results.md").read_text()
+    assert (out / "coco_cls" / "gallery.png").is_file()
+    capsys.readouterr()
+    synth = workspace / "data" / "synth"
+    assert main(["score", "coco_cls", "--predictions", str(out / "coco_cls" / "predictions.jsonl"),
+                 "--annotations", str(synth / "annotations" / "instances_val.json"), "--json",
+                 "-o", "limit=6"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored == pytest.approx(results["coco_cls"])
+
+
+def test_predict_single_with_picture(stage2, workspace, tmp_path, capsys):
+    from PIL import Image
+
+    image = sorted((workspace / "data" / "synth" / "images").glob("*.png"))[0]
+    pic = tmp_path / "answer.png"
+    assert main(["predict", "--model", str(stage2 / "export"), "--image", str(image), "--region", "box:10,10,60,60",
+                 "--prompt", "What is <region1>?", "--max-new-tokens", "4", "--viz", str(pic)]) == 0
+    assert capsys.readouterr().out.strip()
+    drawn, original = np.asarray(Image.open(pic).convert("RGB")), np.asarray(Image.open(image).convert("RGB"))
+    assert drawn.shape == original.shape
+    assert (drawn[10:60, 10] != original[10:60, 10]).any()  # the box outline is drawn on its left edge
+    assert main(["predict", "--model", str(stage2 / "export"), "--image", str(image), "--region", "circle:1",
+                 "--prompt", "x"]) == 2
+
+
+def test_predict_batch_is_resumable(stage2, workspace, tmp_path, capsys):
+    image = str(sorted((workspace / "data" / "synth" / "images").glob("*.png"))[0])
+    rows = [{"id": f"q{i}", "image": image, "regions": [{"bbox": [5 + i, 5, 30, 30]}],
+             "conversations": [{"from": "human", "value": "<image>\nWhat is <region1>?"}]} for i in range(5)]
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["predict", "--model", str(stage2 / "export"), "--input", str(inp), "--out", str(out),
+            "--batch-size", "2", "--max-new-tokens", "3"]
+    assert main(args) == 0
+    done = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in done] == [f"q{i}" for i in range(5)]
+    # simulate a run killed after two rows, mid-write of the third
+    out.write_text("".join(json.dumps(r) + "\n" for r in done[:2]) + '{"id": "q2", "ans')
+    assert main(args) == 0
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in again) == [f"q{i}" for i in range(5)]
+    assert again[:2] == done[:2]
+    assert main(["viz", str(out), "--out", str(tmp_path / "pics")]) == 0
+    assert len(list((tmp_path / "pics").glob("*.png"))) == 5
