@@ -9,7 +9,7 @@ category are left out of the mAP submission, as in the reference, and counted in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.metrics import (
@@ -29,9 +29,9 @@ class CocoClassification(Benchmark):
     task = "region_classification"
     id_field = "annotation id"
     annotation_files = "COCO instances json, e.g. instances_val2017.json"
-    default_prompt = "What is the category of <region1>? Answer the question using COCO-80 category names."
+    default_prompt: ClassVar[dict] = {"type": "region_classification", "vocabulary": "COCO-80"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, region: str = "mask", semantic: bool = True,
                  semantic_model: str | None = None, map_iou_type: str = "bbox", include_crowd: bool = False):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
@@ -44,6 +44,9 @@ class CocoClassification(Benchmark):
         from regionvlm.data.formats import CocoInstances
 
         return CocoInstances(self.annotation_paths[0])
+
+    def prompt_runtime(self) -> dict[str, Any]:
+        return {"categories": self.annotations.category_names}   # for `vocabulary: categories`
 
     def build_samples(self) -> list[dict]:
         inst = self.annotations
@@ -60,7 +63,7 @@ class CocoClassification(Benchmark):
                 "image": self.image_path(inst.images[ann["image_id"]]["file_name"]),
                 "image_size": (inst.images[ann["image_id"]]["height"], inst.images[ann["image_id"]]["width"]),
                 "regions": [region],
-                "conversations": self.human_turn(self.prompt),
+                "conversations": self.human_turn(region=1),
                 "target": {"id": ann_id, "answer": inst.category_name(ann)},
                 "task": self.task,
             })

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
@@ -63,9 +63,9 @@ class DLC(Benchmark):
     task = "detailed_caption"
     id_field = "id"
     annotation_files = "DLC-style question jsonl (docs/benchmarks.md)"
-    default_prompt = "Describe <region1> in detail."
+    default_prompt: ClassVar[dict] = {"type": "detailed_caption"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, judge: Any = None):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.judge_node = judge
@@ -95,7 +95,7 @@ class DLC(Benchmark):
             "id": key,
             "image": self.image_path(r["image"]),
             "regions": r["regions"],
-            "conversations": self.human_turn(self.prompt),
+            "conversations": self.human_turn(region=1),
             "target": {"id": r["id"], "class_name": r.get("class_name")},
             "task": self.task,
         } for key, r in self.annotations.items()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
@@ -32,9 +32,9 @@ class Pope(Benchmark):
     id_field = "question_id"
     annotation_files = "POPE question files (coco_pope_{random,popular,adversarial}.json)"
     min_files, max_files = 1, None
-    default_prompt = "{question} Answer the question using a single word or phrase."
+    default_prompt: ClassVar[dict] = {"type": "yes_no"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None, limit: int | None = None):
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None, limit: int | None = None):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.splits = [split_name(p) for p in self.annotation_paths]
         if len(set(self.splits)) != len(self.splits):
@@ -64,7 +64,7 @@ class Pope(Benchmark):
             "id": f"{split}/{q['question_id']}",
             "image": self.image_path(q["image"]),
             "regions": [],
-            "conversations": self.human_turn(self.prompt.format(question=q["text"])),
+            "conversations": self.human_turn(question=q["text"]),
             "target": {"id": q["question_id"], "split": split, "answer": q["label"]},
             "task": self.task,
         } for split, qs in self.annotations.items() for q in qs.values()]

@@ -7,7 +7,7 @@ scorers after its PTBTokenizer, over the scored refs together (CIDEr's document 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.metrics import caption_metrics
@@ -20,7 +20,7 @@ class RefCocoBase(Benchmark):
     annotation_files = "refs(umd).p and instances.json"
     min_files = max_files = 2
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, split: str = "val", region: str = "mask"):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.split, self.region = split, region
@@ -61,9 +61,9 @@ class RefCocogCaption(RefCocoBase):
     name = "refcocog_caption"
     task = "region_caption"
     id_field = "ref_id"
-    default_prompt = "Can you provide a brief description of <region1>? Answer the question using a short phrase."
+    default_prompt: ClassVar[dict] = {"type": "brief_caption"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, split: str = "val", region: str = "mask", spice: bool | str = "auto"):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit, split=split, region=region)
         self.spice = spice
@@ -75,7 +75,7 @@ class RefCocogCaption(RefCocoBase):
             "image": self.image_of(r["image_id"]),
             "image_size": self.size_of(r["image_id"]),
             "regions": [self.region_of(a["instances"].anns[r["ann_id"]])],
-            "conversations": self.human_turn(self.prompt),
+            "conversations": self.human_turn(region=1),
             "target": {"id": r["ref_id"], "captions": [s["sent"] for s in r["sentences"]]},
             "task": self.task,
         } for r in a["refs"]]

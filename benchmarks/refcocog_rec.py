@@ -10,7 +10,7 @@ the order shown to the model, so a file is scored against what the model actuall
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from benchmarks.refcocog_caption import RefCocoBase
 from regionvlm.errors import DataError
@@ -27,10 +27,9 @@ class RefCocogREC(RefCocoBase):
     task = "referring_comprehension"
     id_field = "sent_id"
     row_fields = ("candidates",)
-    default_prompt = ("Which region does the text \"{expression}\" refer to? Candidates: {regions}. "
-                      "Answer the question using the template Region [x].")
+    default_prompt: ClassVar[dict] = {"type": "rec"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, split: str = "val", region: str = "mask",
                  max_candidates: int | None = None, iou_threshold: float = 0.5):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit, split=split, region=region)
@@ -50,7 +49,6 @@ class RefCocogREC(RefCocoBase):
         samples = []
         for ref in self.annotations["refs"]:
             cands = self.candidates(ref)
-            regions_text = ", ".join(f"<region{k + 1}>" for k in range(len(cands)))
             for sent in ref["sentences"]:
                 sent_id = sent.get("sent_id")
                 if sent_id is None:
@@ -60,8 +58,8 @@ class RefCocogREC(RefCocoBase):
                     "image": self.image_of(ref["image_id"]),
                     "image_size": self.size_of(ref["image_id"]),
                     "regions": [self.region_of(inst.anns[c]) for c in cands],
-                    "conversations": self.human_turn(self.prompt.format(expression=sent["sent"],
-                                                                        regions=regions_text)),
+                    "conversations": self.human_turn(expression=sent["sent"], num_candidates=len(cands),
+                                                     with_answer=False),
                     "target": {"id": sent_id, "ann_id": ref["ann_id"], "candidates": cands,
                                "answer": f"Region [{cands.index(ref['ann_id']) + 1}]."},
                     "task": self.task,

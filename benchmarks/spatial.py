@@ -22,7 +22,7 @@ import itertools
 import re
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
@@ -35,11 +35,6 @@ from regionvlm.evaluation.metrics import (
 )
 from regionvlm.registry import BENCHMARKS
 
-INSTRUCTIONS = {
-    "predicate": "Answer the question with yes or no.",
-    "choice": "Answer the question using the template Region [x].",
-    "quantitative": "Answer the question with a number and a unit.",
-}
 JUDGE_QUALITATIVE = (
     "You should help me to evaluate the response given the question and the correct answer.\n"
     "To mark a response, output a single integer: 1 if the response matches the answer, 0 if it does not.\n"
@@ -64,9 +59,9 @@ class Spatial(Benchmark):
     task = "spatial_qa"
     id_field = "id"
     annotation_files = "spatial QA jsonl (docs/benchmarks.md)"
-    default_prompt = "{question} {instruction}"
+    default_prompt: ClassVar[dict] = {"type": "spatial_qa"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, judge: Any = None, per_category: bool = False):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.judge_node, self.per_category = judge, per_category
@@ -99,8 +94,7 @@ class Spatial(Benchmark):
             "id": key,
             "image": self.image_path(r["image"]),
             "regions": r["regions"],
-            "conversations": self.human_turn(self.prompt.format(
-                question=r["question"], instruction=INSTRUCTIONS[question_kind(r["qa_info"])])),
+            "conversations": self.human_turn(question=r["question"], kind=question_kind(r["qa_info"])),
             "target": {"id": r["id"], "answer": r.get("answer"), "qa_info": r["qa_info"]},
             "task": self.task,
         } for key, r in self.annotations.items()]

@@ -8,7 +8,7 @@ Each region's ``phrase`` is its single reference. Metrics as ``refcocog_caption`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
@@ -25,12 +25,15 @@ class VGCaption(Benchmark):
     id_field = "region_id"
     annotation_files = "region_descriptions.json [and a split file of image ids]"
     min_files, max_files = 1, 2
-    default_prompt = "Can you provide a brief description of <region1>? Answer the question using a short phrase."
+    default_prompt: ClassVar[dict] = {"type": "brief_caption"}
 
-    def __init__(self, annotations, images: str | None = None, prompt: str | None = None,
-                 limit: int | None = None, split: str = "test", spice: bool | str = "auto"):
+    def __init__(self, annotations, images: str | None = None, prompt: Any = None,
+                 limit: int | None = None, split: str = "test", spice: bool | str = "auto",
+                 image_file: str = "{image_id}.jpg"):
+        """``image_file``: the image's file name pattern under ``images`` (fields of the region, e.g.
+        ``{image_id}``), as the ``vg_regions`` dataset's option."""
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
-        self.split, self.spice = split, spice
+        self.split, self.spice, self.image_file = split, spice, image_file
 
     def _split_ids(self) -> set[int] | None:
         if len(self.annotation_paths) < 2:
@@ -61,9 +64,9 @@ class VGCaption(Benchmark):
     def build_samples(self) -> list[dict]:
         return [{
             "id": str(rid),
-            "image": self.image_path(f"{r['image_id']}.jpg"),
+            "image": self.image_path(self.image_file.format(**r)),
             "regions": [{"bbox": [r["x"], r["y"], r["width"], r["height"]]}],
-            "conversations": self.human_turn(self.prompt),
+            "conversations": self.human_turn(region=1),
             "target": {"id": rid, "captions": [r["phrase"]]},
             "task": self.task,
         } for rid, r in sorted(self.annotations.items())]

@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         parser, module = command_parser(args.command)
-        cmd_args = parser.parse_intermixed_args(rest)
+        # intermixed: `eval CONFIG --model DIR key=value` (overrides after options); not with sub-commands
+        cmd_args = parser.parse_args(rest) if parser._subparsers else parser.parse_intermixed_args(rest)
         cmd_args.debug = debug
         return int(module.run(cmd_args) or 0)
     except UserError as exc:

@@ -129,18 +129,22 @@ def _first_occurrences(layers: list[tuple[str, dict]]) -> list[tuple[str, dict]]
     return out
 
 
-def parse_overrides(overrides: list[str]) -> dict:
-    """``["a.b=1", "c=[x,y]"]`` → nested dict; values parsed as YAML, as OmegaConf's dotlist does."""
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=[x,y]", "data.train.0.ratio=2"]`` → ``[(key, value)]``, values parsed by OmegaConf's
+    dotlist YAML (``1e-4`` is a float); keys are dotted paths where a number indexes a list."""
     from omegaconf import OmegaConf
 
+    parsed = []
     for item in overrides:
-        key = item.split("=", 1)[0]
-        if "=" not in item or not key or key.strip() != key:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.strip() != key:
             raise ConfigError(f"override '{item}': expected key=value (e.g. trainer.max_steps=10)")
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-    except Exception as exc:
-        raise ConfigError(f"override: {exc}") from exc
+        try:
+            node = OmegaConf.from_dotlist([f"value={value}"])
+            parsed.append((key, OmegaConf.to_container(node)["value"]))
+        except Exception as exc:
+            raise ConfigError(f"override '{item}': invalid value: {exc}") from exc
+    return parsed
 
 
 def _merge_error(source: str, exc: Exception) -> ConfigError:
@@ -171,15 +175,17 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    layers = _first_occurrences(file_layers(path))
-    if overrides:
-        layers.append(("(override)", parse_overrides(list(overrides))))
     cfg = OmegaConf.structured(RootConfig)
-    for source, layer in layers:
+    for source, layer in _first_occurrences(file_layers(path)):
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as exc:
             raise _merge_error(source, exc) from exc
+    for key, value in parse_overrides(list(overrides)):
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as exc:
+            raise _merge_error("(override)", exc) from exc
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:

@@ -191,8 +191,16 @@ def load_entry_point_plugins() -> None:
             raise UserError(f"plugin entry point '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
 
 
-def import_modules(modules: Iterable[str], key_path: str = "imports") -> None:
-    """Import the modules a config lists under ``imports:`` so that they register their components."""
+def import_modules(modules: Iterable[str], key_path: str = "imports", search_dirs: Iterable[str] = ()) -> None:
+    """Import the modules a config lists under ``imports:`` so that they register their components. Modules
+    are found on ``sys.path`` or in ``search_dirs`` (the commands pass the config file's folder), which are
+    added to ``sys.path`` so that DataLoader workers find them too."""
+    import sys
+
+    for folder in search_dirs:
+        folder = str(folder)
+        if folder not in sys.path:
+            sys.path.append(folder)
     for i, module in enumerate(modules):
         try:
             importlib.import_module(module)

@@ -105,8 +105,16 @@ def test_bad_override_syntax():
 
 
 def test_override_values_parse_as_yaml():
-    assert parse_overrides(["a.b=3", "c=[x,y]", "d=true", "e=1e-4"]) == {
-        "a": {"b": 3}, "c": ["x", "y"], "d": True, "e": 1e-4}
+    assert parse_overrides(["a.b=3", "c=[x,y]", "d=true", "e=1e-4", "f="]) == [
+        ("a.b", 3), ("c", ["x", "y"]), ("d", True), ("e", 1e-4), ("f", None)]
+
+
+def test_override_indexes_lists_and_merges_mappings(cfgs):
+    write(cfgs / "lists.yaml", "data: {train: [{type: a, ratio: 1}, {type: b}]}\n")
+    cfg = load_config(cfgs / "lists.yaml", ["data.train.1.ratio=2", "data.train.0.extra={x: 1}"])
+    assert cfg.data.train[1].ratio == 2 and cfg.data.train[0].type == "a" and cfg.data.train[0].extra.x == 1
+    with pytest.raises(ConfigError, match=r"\(override\) data.train.5"):
+        load_config(cfgs / "lists.yaml", ["data.train.5.ratio=2"])
 
 
 def test_unresolvable_interpolation(cfgs):

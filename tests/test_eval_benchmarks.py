@@ -6,10 +6,8 @@ import json
 
 import pytest
 
-from benchmarks.dlc import make_synthetic_dlc
-from benchmarks.spatial import make_synthetic_spatial
 from regionvlm.data.structures import Regions
-from regionvlm.errors import DataError
+from regionvlm.errors import ConfigError, DataError
 from regionvlm.evaluation.benchmark import benchmark_yaml, load_benchmark
 from regionvlm.evaluation.predictions import write_predictions
 from regionvlm.registry import BENCHMARKS
@@ -22,19 +20,14 @@ def data(tmp_path_factory):
     from regionvlm.data.synth import write_synthetic
 
     root = tmp_path_factory.mktemp("synth")
-    paths = write_synthetic(root, n_train=2, n_val=4)
-    paths["spatial"] = root / "spatial_bench.jsonl"
-    paths["dlc"] = root / "dlc_bench.jsonl"
-    make_synthetic_spatial(paths["instances_val"], paths["spatial"])
-    make_synthetic_dlc(paths["instances_val"], paths["dlc"])
-    return paths
+    return write_synthetic(root, n_train=2, n_val=4)   # also writes the spatial and dlc benchmark files
 
 
 def annotations_for(name, p):
     return {"coco_cls": [p["instances_val"]], "refcocog_caption": [p["refcocog_refs"], p["refcocog_instances"]],
             "refcocog_rec": [p["refcocog_refs"], p["refcocog_instances"]],
             "vg_caption": [p["vg_regions"], p["vg_splits"]], "pope": [p["pope_val"]],
-            "spatial": [p["spatial"]], "dlc": [p["dlc"]]}[name]
+            "spatial": [p["spatial_qa_val"]], "dlc": [p["dlc_qa_val"]]}[name]
 
 
 def bench(name, data, **kw):
@@ -65,9 +58,59 @@ def test_samples_follow_the_raw_sample_contract(name, data):
     assert len(b.reference_ids()) == len(set(b.reference_ids())) == len(samples)
 
 
-def test_wrong_annotation_count_is_a_config_error(data):
-    from regionvlm.errors import ConfigError
+def human(sample):
+    return sample["conversations"][0]["value"]
 
+
+def test_prompts_are_the_training_prompts_in_evaluation_phrasing(data):
+    from regionvlm.registry import DATASETS, PROMPTS
+
+    b = bench("coco_cls", data)
+    ds = DATASETS.build({"type": "coco_instances", "ann_file": str(data["instances_val"]), "train": False,
+                         "prompt": {"type": "region_classification", "vocabulary": "COCO-80"}})
+    assert b.samples()[0]["conversations"] == ds[0]["conversations"][:1]   # same node, same first phrasing
+    rec = bench("refcocog_rec", data).samples()[0]
+    assert human(rec) == PROMPTS.build({"type": "rec"}).build(
+        _sentence(data, rec["target"]["id"]), len(rec["regions"]))[0]["value"]
+    assert human(rec).endswith("Answer the question using the template Region [x].")
+    pope = bench("pope", data)
+    q = pope.samples()[0]
+    text = pope.annotations[q["target"]["split"]][str(q["target"]["id"])]["text"]
+    assert human(q) == f"<image>\n{text} Answer the question using a single word or phrase."
+    assert human(bench("dlc", data).samples()[0]) == \
+        "<image>\nDescribe <region1> in detail. Answer the question with a detailed description."
+    by_cat = {s["target"]["qa_info"]["category"]: human(s) for s in bench("spatial", data).samples()}
+    assert by_cat["left_predicate"].endswith("? Answer the question with yes or no.")
+    assert by_cat["left_choice"].endswith("? Answer the question using the template Region [x].")
+    assert by_cat["width_data"].endswith("? Answer the question with a number and a unit.")
+    # `vocabulary: categories` lists the benchmark's own category names
+    listed = bench("coco_cls", data, prompt={"type": "region_classification", "vocabulary": "categories"})
+    assert "one of these category names: red circle," in human(listed.samples()[0])
+
+
+def _sentence(data, sent_id):
+    from regionvlm.data.formats import read_refs
+
+    return next(s["sent"] for r in read_refs(data["refcocog_refs"]) for s in r["sentences"] if s["sent_id"] == sent_id)
+
+
+def test_literal_prompt_strings(data):
+    turn = human(bench("refcocog_rec", data, prompt='Pick "{expression}" from {candidates}.').samples()[0])
+    assert turn.startswith('<image>\nPick "the ') and turn.endswith(">.") and "Answer" not in turn
+    assert human(bench("coco_cls", data, prompt="Name {region}.").samples()[0]) == "<image>\nName <region1>."
+    with pytest.raises(ConfigError, match=r"refcocog_rec: prompt: does not fit .*KeyError: 'regions'"):
+        bench("refcocog_rec", data, prompt="Which of {regions}?").samples()
+    with pytest.raises(Exception, match=r"benchmark.prompt.type"):
+        bench("pope", data, prompt={"type": "no_such_prompt"}).samples()
+
+
+def test_vg_caption_image_file_pattern(data):
+    assert bench("vg_caption", data).samples()[0]["image"].endswith(".jpg")   # VG's own {image_id}.jpg
+    for s in bench("vg_caption", data, image_file="synth_{image_id:06d}.png").samples():
+        assert __import__("os").path.exists(s["image"]), s["image"]
+
+
+def test_wrong_annotation_count_is_a_config_error(data):
     with pytest.raises(ConfigError, match="refcocog_caption: annotations: expected 2 file"):
         load_benchmark("refcocog_caption", annotations=[str(data["refcocog_refs"])])
 

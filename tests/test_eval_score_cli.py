@@ -68,5 +68,5 @@ def test_unknown_benchmark_and_bad_option(data):
 
     with pytest.raises(RegistryError, match="did you mean 'pope'"):
         score.run(parse(["popee", "--predictions", "x", "--annotations", "y"]))
-    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match="override 'split': expected key=value"):
         score.run(parse(["pope", "--predictions", "x", "--annotations", "y", "-o", "split"]))

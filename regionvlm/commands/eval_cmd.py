@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from regionvlm.registry import construct, import_modules
 
     cfg = load_config(args.config, args.overrides)
-    import_modules(cfg.imports)
+    import_modules(cfg.imports, search_dirs=[Path(args.config).resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
     settings = construct(eval_settings, config["eval"], key_path="eval")
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")

@@ -6,9 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
-
-from regionvlm.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,40 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-partial", action="store_true",
                         help="score a file that covers only part of the benchmark (coverage is reported)")
     parser.add_argument("--json", action="store_true", help="print {metric: value} as JSON on stdout")
-
-
-def _parse_options(items: list[str]) -> dict[str, Any]:
-    """``["split=test", "limit=5"]`` → ``{"split": "test", "limit": 5}`` (values read as YAML scalars)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = yaml.safe_load(value) if value else None
-        except yaml.YAMLError:
-            out[key] = value
-    return out
-
-
-def print_table(title: str, results: dict[str, float], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in results.items():
-        table.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
-    (console or Console()).print(table)
+    parser.add_argument("--imports", nargs="*", default=[], help="plugin modules that register the benchmark")
 
 
 def run(args: argparse.Namespace) -> int:
+    from regionvlm.config import parse_overrides
     from regionvlm.evaluation.benchmark import load_benchmark
+    from regionvlm.evaluation.reports import print_results
+    from regionvlm.registry import import_modules
 
-    options = _parse_options(args.option)
+    import_modules(args.imports, key_path="--imports", search_dirs=["."])
+    options = dict(parse_overrides(args.option))
     bench = load_benchmark(args.benchmark, annotations=args.annotations, **options)
     results = bench.score_file(args.predictions, allow_partial=args.allow_partial)
     for note in bench.notes:
@@ -63,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=None))
     else:
-        print_table(f"{bench.name}: {args.predictions}", results)
+        print_results({bench.name: results}, title=str(args.predictions))
     return 0

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from regionvlm.engine.preflight import check_inputs
 
     cfg = load_config(args.config, args.overrides)
-    import_modules(cfg.imports)
+    import_modules(cfg.imports, search_dirs=[Path(args.config).resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
     check_inputs(config)  # missing weights or data: stop now, before creating anything
     run_dir = run_dir_of(cfg)

@@ -52,6 +52,8 @@ The category of an object is "<colour> <shape>" (e.g. "red circle"); the pattern
 | `vg/region_descriptions.json`, `vg/image_data.json`, `vg/densecap_splits.json` | Visual Genome + split file | region captions |
 | `pope/synth_pope_random_{{train,val}}.json` | POPE (JSON lines) | yes/no object existence |
 | `spatial/spatial_{{train,val}}.jsonl` | region conversation jsonl | spatial relation QA |
+| `spatial/spatial_qa_val.jsonl` | SpatialRGPT-Bench-like QA (docs/benchmarks.md) | `spatial` benchmark |
+| `dlc/dlc_qa_val.jsonl` | DLC-Bench-like questions (docs/benchmarks.md) | `dlc` benchmark |
 | `llava/captions_{{train,val}}.json` | LLaVA conversations | image-level captions (stage 1) |
 """
 
@@ -262,6 +264,14 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
     paths["vg_splits"] = out / "vg" / "densecap_splits.json"
     write_json(paths["vg_splits"], {"train": splits["train"], "val": splits["val"], "test": []})
     paths["images"] = out / "images"
+    # the spatial and dlc benchmark files, derived from the val instances
+    from benchmarks.dlc import make_synthetic_dlc
+    from benchmarks.spatial import make_synthetic_spatial
+
+    paths["spatial_qa_val"] = out / "spatial" / "spatial_qa_val.jsonl"
+    make_synthetic_spatial(paths["instances_val"], paths["spatial_qa_val"])
+    paths["dlc_qa_val"] = out / "dlc" / "dlc_qa_val.jsonl"
+    make_synthetic_dlc(paths["instances_val"], paths["dlc_qa_val"])
     write_bytes(out / "README.md", README.format(
         seed=seed, n_train=n_train, n_val=n_val, size=size, shapes=", ".join(SHAPES),
         colours=", ".join(COLOURS), patterns=", ".join(PATTERNS)).encode())
@@ -288,6 +298,7 @@ def corpus_texts() -> list[str]:
         if isinstance(cls, type) and issubclass(cls, prompts.TaskPrompt):
             texts.extend(cls.phrasings)
             texts.append(cls.guidance)
+            texts.extend(getattr(cls, "guidances", {}).values())
     texts += [f"Answer the question using {v} category names." for v in ("COCO-80", "the")]
     return texts
 
@@ -325,4 +336,5 @@ def default_paths(root: str | Path) -> dict[str, Any]:
             "instances_val": root / "annotations/instances_val.json",
             "refcocog_refs": root / "refcocog/refs(umd).p", "refcocog_instances": root / "refcocog/instances.json",
             "vg_regions": root / "vg/region_descriptions.json", "vg_images": root / "vg/image_data.json",
-            "vg_splits": root / "vg/densecap_splits.json"}
+            "vg_splits": root / "vg/densecap_splits.json", "spatial_qa_val": root / "spatial/spatial_qa_val.jsonl",
+            "dlc_qa_val": root / "dlc/dlc_qa_val.jsonl"}

@@ -1,8 +1,9 @@
 """The `Benchmark` base class: a registered evaluation task.
 
 A benchmark reads its official annotation files, turns them into raw evaluation samples with a fixed
-task-guided prompt, post-processes generated answers and scores prediction rows exactly as the reference
-implementation does. The evaluation loop and ``regionvlm score`` share one path::
+task-guided prompt (a `PROMPTS` node, as training uses, in its evaluation phrasing: `Benchmark.prompt`),
+post-processes generated answers and scores prediction rows exactly as the reference implementation does. The
+evaluation loop and ``regionvlm score`` share one path::
 
     bench = load_benchmark("pope", annotations=[...], images="...")   # or BENCHMARKS.build(node)
     for sample in bench.samples():          # raw sample dicts (docs/architecture.md), human turn only
@@ -38,15 +39,15 @@ class Benchmark:
     task: ClassVar[str] = ""
     id_field: ClassVar[str] = "id"          # the official id the prediction rows' ``id`` holds (docs)
     row_fields: ClassVar[tuple[str, ...]] = ()   # extra fields every prediction row must carry
-    default_prompt: ClassVar[str] = ""
+    default_prompt: ClassVar[dict] = {}   # a PROMPTS node: {type: <name>, **kwargs}
     annotation_files: ClassVar[str] = ""    # human description of ``annotations``, used in errors
 
     def __init__(self, annotations: str | os.PathLike | Sequence[str | os.PathLike], images: str | None = None,
-                 prompt: str | None = None, limit: int | None = None):
+                 prompt: str | Mapping | None = None, limit: int | None = None):
         files = [annotations] if isinstance(annotations, (str, os.PathLike)) else list(annotations or [])
         self.annotation_paths = [str(f) for f in files]
         self.images = str(images) if images is not None else None
-        self.prompt = prompt or self.default_prompt
+        self.prompt_config = prompt or self.default_prompt
         self.limit = limit
         self.notes: list[str] = []   # one-line remarks produced while scoring (e.g. "SPICE skipped: ...")
         self._check_annotation_count()
@@ -62,6 +63,10 @@ class Benchmark:
     def build_samples(self) -> list[dict]:
         """All evaluation samples, in a fixed order (before ``limit``)."""
         raise NotImplementedError
+
+    def prompt_runtime(self) -> dict[str, Any]:
+        """Values the benchmark gives its prompt at build time (e.g. its category names)."""
+        return {}
 
     def postprocess(self, text: str) -> str:
         """Clean a generated answer before scoring (default: strip whitespace)."""
@@ -118,8 +123,24 @@ class Benchmark:
     def image_path(self, file_name: str) -> str:
         return str(Path(self.images) / file_name) if self.images else file_name
 
-    def human_turn(self, question: str) -> list[dict]:
-        return [{"from": "human", "value": f"<image>\n{question}"}]
+    @cached_property
+    def prompt(self) -> Any:
+        """The question template, built once. ``prompt:`` is a `PROMPTS` node (``{type: rec, ...}``) or a literal
+        string: the default prompt's type with that one phrasing (its fields filled in) and no guidance suffix."""
+        from regionvlm.registry import PROMPTS
+
+        node = self.prompt_config
+        if isinstance(node, str):
+            node = {"type": self.default_prompt["type"], "phrasings": [node], "task_guidance": False}
+        return PROMPTS.build(node, key_path="benchmark.prompt", **self.prompt_runtime())
+
+    def human_turn(self, **build_args: Any) -> list[dict]:
+        """The human turn in the prompt's evaluation phrasing: ``self.prompt.build(**build_args)``, no rng."""
+        try:
+            return self.prompt.build(**build_args)[:1]
+        except (KeyError, IndexError, TypeError) as e:
+            raise ConfigError(f"{self.name}: prompt: does not fit this benchmark, which fills it with "
+                              f"{', '.join(build_args) or 'nothing'} ({type(e).__name__}: {e})") from None
 
     # -- validation + scoring ---------------------------------------------------------------------------------
     def check(self, rows: Iterable[tuple[int, Any]], source: str, allow_partial: bool = False) -> Predictions:

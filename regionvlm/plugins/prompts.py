@@ -6,13 +6,14 @@ answer formats. Each template has several phrasings: training samples one per ca
 (variety), evaluation uses the first (comparability). ``task_guidance=False`` drops the suffix (the ablation).
 
 ``build(...)`` returns a conversation ``[{"from": "human", ...}, {"from": "gpt", ...}]``; the answer turn is
-omitted when ``answer`` is None (pure inference).
+omitted when ``answer`` is None (pure inference). Training datasets and evaluation benchmarks build their
+questions from the same nodes, so a model is evaluated with the phrasing it was trained on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from regionvlm.registry import PROMPTS
 
@@ -192,3 +193,28 @@ class YesNoPrompt(TaskPrompt):
 
     def build(self, question: str, answer: str | None = None, rng: Any = None) -> list[dict]:
         return self.conversation(self.question(rng, question=question), answer)
+
+
+@PROMPTS.register("spatial_qa")
+class SpatialQAPrompt(YesNoPrompt):
+    """Free-form spatial question about regions (SpatialRGPT-Bench): the question as given plus a scope that
+    depends on its kind — ``predicate`` (yes/no), ``choice`` (Region [x]) or ``quantitative`` (number + unit)."""
+
+    task = "spatial_qa"
+    guidances: ClassVar[dict[str, str]] = {
+        "predicate": "Answer the question with yes or no.",
+        "choice": "Answer the question using the template Region [x].",
+        "quantitative": "Answer the question with a number and a unit.",
+    }
+
+    def __init__(self, guidances: dict[str, str] | None = None, **kw: Any):
+        super().__init__(**kw)
+        if guidances is not None:
+            self.guidances = {**self.guidances, **guidances}
+
+    def guidance_text(self, kind: str = "predicate", **fields: Any) -> str:
+        return self.guidances[kind]
+
+    def build(self, question: str, kind: str = "predicate", answer: str | None = None,
+              rng: Any = None) -> list[dict]:
+        return self.conversation(self.question(rng, question=question, kind=kind), answer)
