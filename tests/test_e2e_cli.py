@@ -14,7 +14,8 @@ import torch
 from regionvlm.cli import main
 
 TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
-FAST = ["trainer.max_steps=3", "trainer.limit_val_batches=1", "data.batch_size=4", "data.num_workers=0",
+FAST = ["trainer.max_steps=3", "trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=3", "data.batch_size=4", "data.num_workers=0",
         "data.val.0.max_samples=4"]
 
 
@@ -107,11 +108,12 @@ def test_eval_then_score_give_the_same_numbers(stage2, workspace, capsys):
     out = workspace / "eval"
     overrides = [f"eval.out_dir={out}", "eval.benchmarks.coco_cls.limit=6", "eval.benchmarks.pope.limit=6",
                  "eval.benchmarks.refcocog_caption.limit=4", "eval.benchmarks.refcocog_rec.limit=4",
-                 "eval.benchmarks.vg_caption.limit=4", "eval.batch_size=4", "eval.num_workers=0",
+                 "eval.benchmarks.vg_caption.limit=4", "eval.benchmarks.spatial.limit=4",
+                 "eval.benchmarks.dlc.limit=4", "eval.batch_size=4", "eval.num_workers=0",
                  "generation.max_new_tokens=4", "eval.gallery=2"]
     assert main(["eval", str(TINY / "eval.yaml"), "--model", str(stage2 / "export"), *overrides]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope"}
+    assert set(results) == {"coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc"}
     assert "| coco_cls |" in (out / "results.md").read_text()
     assert (out / "coco_cls" / "gallery.png").is_file()
     capsys.readouterr()
