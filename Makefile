@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 RV := $(VENV)/bin/regionvlm
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-DATA ?= data/synth
+DATA_ROOT ?= data
 RUNS ?= runs
 
 .PHONY: install demo test test-all lint bench clean
@@ -20,10 +20,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # The embedded default: synthetic data → tiny RGPT stage 1 → stage 2 → every benchmark, one results table.
 demo: install
-	$(RV) data synth --out $(DATA)
-	REGIONVLM_DATA=$(DATA) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage1.yaml
-	REGIONVLM_DATA=$(DATA) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage2.yaml
-	REGIONVLM_DATA=$(DATA) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/tiny/eval.yaml --model $(RUNS)/rgpt-tiny-stage2/export
+	$(RV) data synth --out $(DATA_ROOT)/synth
+	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage1.yaml --overwrite
+	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage2.yaml --overwrite
+	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/tiny/eval.yaml --model $(RUNS)/rgpt-tiny-stage2/export
 
 test: install
 	$(PY) -m pytest -q -m "not slow"
@@ -36,6 +36,8 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/perf/cli_startup.py
+	$(PY) benchmarks/perf/loader_speed.py
+	$(PY) benchmarks/perf/region_pool_speed.py
 
 clean:
-	rm -rf $(RUNS) $(DATA) .pytest_cache
+	rm -rf $(RUNS) $(DATA_ROOT)/synth .pytest_cache

@@ -57,19 +57,10 @@ class RegionChat:
     def __init__(self, model: Any, tokenizer: Any, config: dict, device: str | None = None):
         import torch
 
-        from regionvlm.data.collate import Collator
-        from regionvlm.data.processing import ImageProcessor
-
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-        settings = inference_settings(config)
-        self.processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
-                                        resize_mode=settings["resize_mode"])
-        self.collator = Collator(tokenizer, model.num_image_tokens, model.tokens_per_region,
-                                 template=settings["template"], max_length=settings["max_length"],
-                                 for_generation=True, processor=self.processor,
-                                 system_prompt=settings["system_prompt"])
+        self.collator, self.processor = generation_collator(model, tokenizer, config, process=True)
         self.generation = dict(config.get("generation") or {})
 
     @classmethod
@@ -162,9 +153,16 @@ def find_prompt_node(node: Any, prompt_type: str) -> dict | None:
     return None
 
 
-def inference_settings(config: dict) -> dict:
-    """Chat template, context length and image resizing used in training, read from a run's config."""
+def generation_collator(model: Any, tokenizer: Any, config: dict, process: bool = False) -> tuple[Any, Any]:
+    """``(collator, processor)``: a generation-mode `Collator` that renders prompts as the run's training did
+    (chat template, context length, image resizing, read from its config's ``data:`` section).
+    ``process=True``: it also decodes and processes raw samples; otherwise samples arrive processed."""
+    from regionvlm.data.collate import Collator
+    from regionvlm.data.processing import ImageProcessor
+
     data = config.get("data") or {}
-    return {"template": data.get("template", "vicuna_v1"), "max_length": data.get("max_length", 2048),
-            "system_prompt": data.get("system_prompt"),
-            "resize_mode": (data.get("processor") or {}).get("resize_mode", "pad")}
+    processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
+                               resize_mode=(data.get("processor") or {}).get("resize_mode", "pad"))
+    return Collator(tokenizer, model.num_image_tokens, model.tokens_per_region,
+                    template=data.get("template", "vicuna_v1"), max_length=data.get("max_length", 2048),
+                    for_generation=True, processor=processor if process else None), processor

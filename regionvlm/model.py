@@ -60,6 +60,14 @@ class RegionVLM(nn.Module):
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
 
+    @classmethod
+    def from_pretrained(cls, export_dir: str) -> RegionVLM:
+        """The model of an export folder (written by ``regionvlm train`` or ``regionvlm export``), in eval mode.
+        For text in and out, `regionvlm.RegionChat.from_pretrained` adds the tokenizer and processor."""
+        from regionvlm.engine.export import load_export
+
+        return load_export(export_dir)[0]
+
     # -- what the data side needs --------------------------------------------------------------------------
     @property
     def num_image_tokens(self) -> int:

@@ -55,6 +55,8 @@ def test_stage2_starts_from_stage1_export(stage2, workspace):
     assert not torch.equal(s1[key], s2[key])
     metrics = (stage2 / "logs" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "train/samples_per_s" in metrics and "val/loss" in metrics
+    samples = [json.loads(line) for line in (stage2 / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and all({"step", "id", "prediction", "reference"} <= set(r) for r in samples)
 
 
 def test_resume_continues_the_run(stage2):

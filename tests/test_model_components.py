@@ -11,15 +11,6 @@ from regionvlm.data.batch import IGNORE_INDEX
 from regionvlm.registry import FEATURE_REFINERS, HEADS, PROJECTORS, REGION_EXTRACTORS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops on a shared 2-core box: OpenMP threads contending with other processes make steps ~50x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _regions(seed=0, b=3, r=7, s=32):
     g = torch.Generator().manual_seed(seed)
     image_index = torch.tensor([2, 0, 0, 2, 1, 2, 0])[:r]

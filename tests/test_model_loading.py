@@ -12,15 +12,6 @@ from regionvlm.plugins.llms import build_tokenizer
 from regionvlm.plugins.vision import OPENAI_CLIP_MEAN, SIGLIP_MEAN
 from regionvlm.registry import LLMS, VISION_ENCODERS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops on a shared 2-core box: OpenMP threads contending with other processes make steps ~50x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
           "image_size": 32, "patch_size": 8}
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -9,15 +9,6 @@ from regionvlm.errors import ConfigError
 from regionvlm.model import RegionVLM, build_model
 from regionvlm.plugins.llms import build_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny ops on a shared 2-core box: OpenMP threads contending with other processes make steps ~50x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 S = 32  # image side; CLIP patch 8 → 4×4 grid; rgpt_deconv → 16×16 map
 
 

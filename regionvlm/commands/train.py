@@ -38,10 +38,9 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from regionvlm.config import load_config, save_config
+    from regionvlm.engine.preflight import check_inputs
     from regionvlm.errors import UserError
     from regionvlm.registry import import_modules
-
-    from regionvlm.engine.preflight import check_inputs
 
     cfg = load_config(args.config, args.overrides)
     import_modules(cfg.imports, search_dirs=[Path(args.config).resolve().parent])

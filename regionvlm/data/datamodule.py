@@ -159,6 +159,14 @@ class RegionDataModule(L.LightningDataModule):
         """Generation batches (prompt only, left padded) over the validation datasets."""
         return self._loader(self.val_sets, self.predict_collator, self.val_batch_size)
 
+    def generation_batch(self, n: int):
+        """The first ``n`` validation samples as one generation batch (for a look at what the model says),
+        or None without validation data."""
+        if not self.val_sets:
+            return None
+        data = ConcatDataset([ProcessedDataset(d, self.processor) for d in self.val_sets])
+        return self.predict_collator([data[i] for i in range(min(n, len(data)))])
+
     def _set_dataset_epoch(self, epoch: int) -> None:
         for d in self.train_sets:
             if hasattr(d, "set_epoch"):

@@ -8,6 +8,17 @@ from typing import Any
 from regionvlm.registry import construct
 
 
+def quiet_lightning() -> None:
+    """Hide Lightning's start-up chatter (hardware summary, tips) and two warnings that are expected here: the
+    Batch dataclass moves itself (`transfer_batch_to_device`), and a pytree deprecation inside Lightning."""
+    import logging
+    import warnings
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
     """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument; unknown keys are errors).
     With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``)."""
@@ -15,10 +26,14 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
+    quiet_lightning()
     kwargs = dict(config.get("trainer") or {})
     kwargs.update(overrides)
     runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
     if run_dir is not None:
+        from regionvlm.engine.callbacks import GenerationSamples
+
+        runtime["callbacks"].append(GenerationSamples(run_dir))
         runtime["default_root_dir"] = str(run_dir)
         runtime["logger"] = CSVLogger(str(run_dir), name="", version="logs")
         runtime["callbacks"].append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,

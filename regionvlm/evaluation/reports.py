@@ -60,6 +60,10 @@ def write_gallery(path: str | Path, samples: Sequence[dict], predictions: Sequen
         question = next((t["value"] for t in sample["conversations"] if t["from"] == "human"), "")
         lines = [f"[{title}] {sample['id']}", "Q: " + question.replace("<image>\n", ""), "",
                  "prediction: " + prediction, "reference: " + reference_text(sample.get("target"))]
-        tiles.append(with_text_panel(draw_regions(sample["image"], regions), lines))
+        picture = draw_regions(sample["image"], regions)
+        if picture.height < 256:  # small images (the synthetic set) are enlarged to be readable
+            scale = -(-256 // picture.height)
+            picture = picture.resize((picture.width * scale, picture.height * scale), resample=0)
+        tiles.append(with_text_panel(picture, lines))
     if tiles:
         save_png(grid(tiles, columns), path)

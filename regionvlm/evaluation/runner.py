@@ -38,18 +38,10 @@ def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: in
     """``[{"id": sample id, "text": answer}]`` for every sample, from every process, in sample order."""
     from torch.utils.data import DataLoader
 
-    from regionvlm.data.collate import Collator
-    from regionvlm.data.processing import ImageProcessor
     from regionvlm.evaluation.collectors import PredictionCollector
-    from regionvlm.inference import inference_settings
+    from regionvlm.inference import generation_collator
 
-    model = module.model
-    settings = inference_settings(module.config)
-    processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
-                               resize_mode=settings["resize_mode"])
-    collator = Collator(module.tokenizer, model.num_image_tokens, model.tokens_per_region,
-                        template=settings["template"], max_length=settings["max_length"],
-                        system_prompt=settings["system_prompt"], for_generation=True)
+    collator, processor = generation_collator(module.model, module.tokenizer, module.config)
     loader = DataLoader(SampleDataset(samples, processor), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collator)
     module.collector = PredictionCollector()

@@ -1,0 +1,36 @@
+"""Training callbacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+
+class GenerationSamples(L.Callback):
+    """After each validation, generate answers for the first ``num_samples`` validation prompts and append them
+    (with the reference) to ``<run_dir>/samples.jsonl``, and print them: a loss says how well, a few answers
+    say what."""
+
+    def __init__(self, run_dir: str | Path, num_samples: int = 4):
+        self.path = Path(run_dir) / "samples.jsonl"
+        self.num_samples = num_samples
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        datamodule = trainer.datamodule
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(datamodule, "generation_batch"):
+            return
+        batch = datamodule.generation_batch(self.num_samples)
+        if batch is None or len(batch) == 0:
+            return
+        texts = pl_module.generate_text(batch.to(pl_module.device))
+        from regionvlm.evaluation.reports import reference_text
+
+        rows = [{"step": trainer.global_step, "id": i, "prediction": t, "reference": reference_text(r)}
+                for i, t, r in zip(batch.ids, texts, batch.targets)]
+        with self.path.open("a") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        for r in rows:
+            print(f"[step {r['step']}] {r['id']}: {r['prediction']!r} (reference: {r['reference']!r})")
