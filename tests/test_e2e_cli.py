@@ -4,7 +4,6 @@ reload and generate → eval → score → predict (single and batch, resumable)
 A few optimisation steps only: this checks the plumbing, not the learning (the README's `make demo` does)."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +19,8 @@ FAST = ["trainer.max_steps=3", "trainer.limit_val_batches=1", "trainer.log_every
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    old = {k: os.environ.get(k) for k in ("REGIONVLM_DATA", "REGIONVLM_OUTPUT")}
-    os.environ["REGIONVLM_DATA"] = str(root / "data")
-    os.environ["REGIONVLM_OUTPUT"] = str(root / "runs")
-    torch.manual_seed(0)
-    assert main(["data", "synth", "--out", str(root / "data" / "synth"), "--n", "24", "--n-val", "12"]) == 0
-    yield root
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+def workspace(tiny_workspace):
+    return tiny_workspace
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from regionvlm.cli import main
 
@@ -37,21 +36,8 @@ def counting():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, counting):
-    from regionvlm.data.synth import write_synthetic
-
-    root = tmp_path_factory.mktemp("region_counting")
-    old = {k: os.environ.get(k) for k in ("REGIONVLM_DATA", "REGIONVLM_OUTPUT")}
-    os.environ["REGIONVLM_DATA"] = str(root / "data")
-    os.environ["REGIONVLM_OUTPUT"] = str(root / "runs")
-    torch.manual_seed(0)
-    write_synthetic(root / "data" / "synth", 24, 12)   # what `regionvlm data synth --n 24 --n-val 12` writes
-    yield root
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+def workspace(tiny_workspace, counting):
+    return tiny_workspace
 
 
 # -- the answer parser and the metric ---------------------------------------------------------------------------

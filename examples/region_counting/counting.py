@@ -26,7 +26,7 @@ from regionvlm.data.datasets import RegionDataset
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
-from regionvlm.plugins.prompts import TaskPrompt
+from regionvlm.plugins.prompts import SingleRegionPrompt
 from regionvlm.registry import BENCHMARKS, DATASETS, PROMPTS
 
 MATCH_KEYS = ("category", "supercategory")
@@ -66,7 +66,7 @@ def region_dict(ann: Mapping, region: str = "mask") -> dict:
 
 # -- 1. prompt template ---------------------------------------------------------------------------------------
 @PROMPTS.register("region_counting")
-class RegionCountingPrompt(TaskPrompt):
+class RegionCountingPrompt(SingleRegionPrompt):
     """Region counting: how many objects like <region1> are in the image? Answered with a number."""
 
     task = "region_counting"
@@ -77,9 +77,6 @@ class RegionCountingPrompt(TaskPrompt):
         "What is the number of objects in the image similar to {region}?",
     )
     guidance = "Answer the question using a number."
-
-    def build(self, region: int = 1, answer: str | None = None, rng: Any = None) -> list[dict]:
-        return self.conversation(self.question(rng, region=f"<region{region}>"), answer)
 
 
 # -- 2. dataset loader ----------------------------------------------------------------------------------------

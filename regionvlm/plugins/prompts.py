@@ -67,8 +67,15 @@ class TaskPrompt:
         return self.conversation(self.question(rng, **fields), answer)
 
 
+class SingleRegionPrompt(TaskPrompt):
+    """A question about one region, ``{region}`` in the phrasings (``<region1>`` by default)."""
+
+    def build(self, region: int = 1, answer: str | None = None, rng: Any = None) -> list[dict]:
+        return self.conversation(self.question(rng, region=f"<region{region}>"), answer)
+
+
 @PROMPTS.register("region_classification")
-class RegionClassificationPrompt(TaskPrompt):
+class RegionClassificationPrompt(SingleRegionPrompt):
     """Region classification: "What is <region1>?" scoped to a vocabulary (named, listed, or free)."""
 
     task = "region_classification"
@@ -99,12 +106,9 @@ class RegionClassificationPrompt(TaskPrompt):
             return f"Answer the question using one of these category names: {', '.join(v)}."
         return "Answer the question using a single word or phrase."
 
-    def build(self, region: int = 1, answer: str | None = None, rng: Any = None) -> list[dict]:
-        return self.conversation(self.question(rng, region=f"<region{region}>"), answer)
-
 
 @PROMPTS.register("brief_caption")
-class BriefCaptionPrompt(TaskPrompt):
+class BriefCaptionPrompt(SingleRegionPrompt):
     """Brief region caption: a short phrase describing <region1>."""
 
     task = "brief_caption"
@@ -115,9 +119,6 @@ class BriefCaptionPrompt(TaskPrompt):
         "Write a short caption for {region}.",
     )
     guidance = "Answer the question using a short phrase."
-
-    def build(self, region: int = 1, answer: str | None = None, rng: Any = None) -> list[dict]:
-        return self.conversation(self.question(rng, region=f"<region{region}>"), answer)
 
 
 @PROMPTS.register("detailed_caption")
