@@ -32,7 +32,7 @@ test-all: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check regionvlm benchmarks tests
+	$(VENV)/bin/ruff check regionvlm benchmarks tests examples
 
 bench: install
 	$(PY) benchmarks/perf/cli_startup.py

@@ -82,7 +82,8 @@ class Spatial(Benchmark):
                 raise DataError(f"{where}.qa_info.value: a quantitative question needs a number (metres)")
             if kind == "predicate" and info.get("label") not in ("yes", "no"):
                 raise DataError(f"{where}.qa_info.label: expected 'yes' or 'no'")
-            if kind == "choice" and not (isinstance(info.get("label"), int) and 1 <= info["label"] <= len(r["regions"])):
+            label = info.get("label")
+            if kind == "choice" and not (isinstance(label, int) and 1 <= label <= len(r["regions"])):
                 raise DataError(f"{where}.qa_info.label: expected a region number 1..{len(r['regions'])}")
             if str(r["id"]) in out:
                 raise DataError(f"{where}: duplicate id {r['id']!r}")

@@ -213,6 +213,7 @@ def build_model(model_cfg: Mapping[str, Any] | Any, tokenizer: Any) -> RegionVLM
                                             in_channels=extractor.out_channels, out_channels=llm.hidden_size)
     head = HEADS.build(cfg.get("head") or {"type": "lm"}, key_path="model.head")
     return RegionVLM(vision, refiner, extractor, projector, region_projector, llm, head,
-                     image_token_id=_token_id(tokenizer, IMAGE_TOKEN), region_token_id=_token_id(tokenizer, REGION_TOKEN),
+                     image_token_id=_token_id(tokenizer, IMAGE_TOKEN),
+                     region_token_id=_token_id(tokenizer, REGION_TOKEN),
                      global_grid=_grid(cfg.get("global_grid")), pad_token_id=tokenizer.pad_token_id,
                      eos_token_id=tokenizer.eos_token_id)

@@ -62,7 +62,8 @@ def main() -> None:
     loop = sync(lambda: naive_mask_pool(features, masks, image_index))
     err = (vec() - loop()).abs().max().item()
     t_vec, t_loop = timed(vec, args.repeat), timed(loop, args.repeat)
-    print(f"mask_pool on {args.device}: {b} images × {args.regions} regions, map {args.channels}×{args.grid}×{args.grid}, "
+    print(f"mask_pool on {args.device}: {b} images × {args.regions} regions, "
+          f"map {args.channels}×{args.grid}×{args.grid}, "
           f"masks {s}×{s}")
     print(f"  vectorised (one bmm): {t_vec * 1e3:9.2f} ms")
     print(f"  naive per-region loop: {t_loop * 1e3:9.2f} ms")

@@ -86,7 +86,8 @@ class CocoInstancesDataset(RegionDataset):
     """Region classification from a COCO-format instances json (COCO, V3Det, ...): one sample per annotation."""
 
     task = "region_classification"
-    default_prompt: ClassVar[dict | None] = {"type": "region_classification"}  # "a single word or phrase"; set a vocabulary in YAML
+    # "... a single word or phrase"; set a vocabulary in YAML
+    default_prompt: ClassVar[dict | None] = {"type": "region_classification"}
 
     def __init__(self, ann_file: str, image_root: str | None = None, skip_crowd: bool = True,
                  min_area: float = 0.0, region: str = "mask", **kw: Any):

@@ -15,7 +15,8 @@ def find_checkpoint(source: str | os.PathLike) -> Path:
     source = Path(source)
     path = source / "checkpoints" / "last.ckpt" if source.is_dir() else source
     if not path.is_file():
-        raise UserError(f"{source}: no checkpoint found (expected a .ckpt file or a run dir with checkpoints/last.ckpt)")
+        raise UserError(f"{source}: no checkpoint found "
+                        f"(expected a .ckpt file or a run dir with checkpoints/last.ckpt)")
     return path
 
 
