@@ -63,3 +63,10 @@ def test_internal_error_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(cmd, "run", lambda args: 1 / 0)
     assert main(["config", "x.yaml"]) == 1
     assert "internal error: ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_list_shows_docs_verbatim(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["list", "prompt"]) == 0
+    out = capsys.readouterr().out
+    assert "region_classification" in out and 'answer "Region [k]."' in out  # brackets are not rich markup

@@ -12,6 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from regionvlm.registry import REGISTRIES, first_doc_line, import_modules, registry_for
@@ -24,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("description")
     for registry in registries:
         for name, obj in registry.items():
-            table.add_row(registry.kind, name, first_doc_line(obj))
+            table.add_row(registry.kind, name, escape(first_doc_line(obj)))  # docs say "Region [x]"
     Console().print(table)
     return 0

@@ -97,7 +97,7 @@ class RegionVLMModule(L.LightningModule):
         seconds = max(time.perf_counter() - self._step_start, 1e-9)
         self.log("train/samples_per_s", len(batch) / seconds, batch_size=len(batch))
         self.log("train/tokens_per_s", float(batch.attention_mask.sum()) / seconds, batch_size=len(batch))
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, batch_size=len(batch))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))  # CSV: bar rounds it
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         if len(batch) == 0:
