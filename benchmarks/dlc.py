@@ -71,24 +71,15 @@ class DLC(Benchmark):
         self.judge_node = judge
 
     def load_annotations(self) -> dict[str, dict]:
-        from regionvlm.data.formats import read_jsonl
+        return self.read_rows_by_id(("id", "image", "regions", "questions"), check=self._check_row)
 
-        path = self.annotation_paths[0]
-        out: dict[str, dict] = {}
-        for i, r in enumerate(read_jsonl(path), 1):
-            where = f"{path}: line {i}"
-            for k in ("id", "image", "regions", "questions"):
-                if k not in r:
-                    raise DataError(f"{where}: missing field '{k}'")
-            for j, q in enumerate(r["questions"]):
-                if q.get("type") not in ("positive", "negative"):
-                    raise DataError(f"{where}.questions[{j}].type: expected 'positive' or 'negative'")
-                if not q.get("choices") or not all(isinstance(c, dict) and "score" in c for c in q["choices"]):
-                    raise DataError(f"{where}.questions[{j}].choices: expected objects with 'text' and 'score'")
-            if str(r["id"]) in out:
-                raise DataError(f"{where}: duplicate id {r['id']!r}")
-            out[str(r["id"])] = r
-        return out
+    @staticmethod
+    def _check_row(r: dict, where: str) -> None:
+        for j, q in enumerate(r["questions"]):
+            if q.get("type") not in ("positive", "negative"):
+                raise DataError(f"{where}.questions[{j}].type: expected 'positive' or 'negative'")
+            if not q.get("choices") or not all(isinstance(c, dict) and "score" in c for c in q["choices"]):
+                raise DataError(f"{where}.questions[{j}].choices: expected objects with 'text' and 'score'")
 
     def build_samples(self) -> list[dict]:
         return [{

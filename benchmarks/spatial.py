@@ -67,28 +67,19 @@ class Spatial(Benchmark):
         self.judge_node, self.per_category = judge, per_category
 
     def load_annotations(self) -> dict[str, dict]:
-        from regionvlm.data.formats import read_jsonl
+        return self.read_rows_by_id(("id", "image", "regions", "question", "qa_info"), check=self._check_row)
 
-        path = self.annotation_paths[0]
-        out: dict[str, dict] = {}
-        for i, r in enumerate(read_jsonl(path), 1):
-            where = f"{path}: line {i}"
-            for k in ("id", "image", "regions", "question", "qa_info"):
-                if k not in r:
-                    raise DataError(f"{where}: missing field '{k}'")
-            info = r["qa_info"]
-            kind = question_kind(info)
-            if kind == "quantitative" and not isinstance(info.get("value"), (int, float)):
-                raise DataError(f"{where}.qa_info.value: a quantitative question needs a number (metres)")
-            if kind == "predicate" and info.get("label") not in ("yes", "no"):
-                raise DataError(f"{where}.qa_info.label: expected 'yes' or 'no'")
-            label = info.get("label")
-            if kind == "choice" and not (isinstance(label, int) and 1 <= label <= len(r["regions"])):
-                raise DataError(f"{where}.qa_info.label: expected a region number 1..{len(r['regions'])}")
-            if str(r["id"]) in out:
-                raise DataError(f"{where}: duplicate id {r['id']!r}")
-            out[str(r["id"])] = r
-        return out
+    @staticmethod
+    def _check_row(r: dict, where: str) -> None:
+        info = r["qa_info"]
+        kind = question_kind(info)
+        if kind == "quantitative" and not isinstance(info.get("value"), (int, float)):
+            raise DataError(f"{where}.qa_info.value: a quantitative question needs a number (metres)")
+        if kind == "predicate" and info.get("label") not in ("yes", "no"):
+            raise DataError(f"{where}.qa_info.label: expected 'yes' or 'no'")
+        label = info.get("label")
+        if kind == "choice" and not (isinstance(label, int) and 1 <= label <= len(r["regions"])):
+            raise DataError(f"{where}.qa_info.label: expected a region number 1..{len(r['regions'])}")
 
     def build_samples(self) -> list[dict]:
         return [{

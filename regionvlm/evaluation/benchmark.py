@@ -120,6 +120,25 @@ class Benchmark:
         """Fields besides ``id``/``text`` that scoring needs (see `row_fields`)."""
         return {}
 
+    def read_rows_by_id(self, required: tuple[str, ...], check=None) -> dict[str, dict]:
+        """The first annotation file as JSON lines keyed by their ``id`` (as a string): every row must have the
+        ``required`` fields and a unique id; ``check(row, where)`` adds the benchmark's own field checks."""
+        from regionvlm.data.formats import read_jsonl
+
+        path = self.annotation_paths[0]
+        out: dict[str, dict] = {}
+        for i, row in enumerate(read_jsonl(path), 1):
+            where = f"{path}: line {i}"
+            for k in required:
+                if k not in row:
+                    raise DataError(f"{where}: missing field '{k}'")
+            if check is not None:
+                check(row, where)
+            if str(row["id"]) in out:
+                raise DataError(f"{where}: duplicate id {row['id']!r}")
+            out[str(row["id"])] = row
+        return out
+
     def image_path(self, file_name: str) -> str:
         return str(Path(self.images) / file_name) if self.images else file_name
 
