@@ -34,3 +34,28 @@ def test_check_inputs_one_line_with_hint(tmp_path, monkeypatch):
     assert "\n" not in msg and msg.startswith("model.llm.pretrained: 'org/llm'")
     assert "(and 1 more: data.train[0].path" in msg and msg.endswith("make demo (projects/rgpt/tiny)")
     check_inputs({"model": {}, "data": {}})  # nothing to check: no error
+
+
+def test_unknown_component_names_come_first_with_the_file(tmp_path):
+    cfg = {"model": {"region_extractor": {"type": "mask_pol"}},
+           "data": {"train": [{"type": "coco_instances", "ann_file": str(tmp_path / "missing.json"),
+                               "prompt": {"type": "region_clasification"}}]}}
+    with pytest.raises(ConfigError, match=r"^cfg.yaml model.region_extractor.type: no region_extractor named "
+                                          r"'mask_pol'; did you mean 'mask_pool'\?"):
+        check_inputs(cfg, "cfg.yaml")
+    cfg["model"]["region_extractor"]["type"] = "mask_pool"
+    with pytest.raises(ConfigError, match=r"^cfg.yaml data.train\[0\].prompt.type: no prompt named "
+                                          r"'region_clasification'; did you mean 'region_classification'\?"):
+        check_inputs(cfg, "cfg.yaml")
+
+
+def test_readme_error_example(capsys, monkeypatch):
+    from pathlib import Path
+
+    from regionvlm.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the README runs it from the repository root
+    assert main(["train", "projects/rgpt/stage2.yaml", "model.region_extractor.type=mask_pol"]) == 2
+    assert capsys.readouterr().err == (
+        "error: projects/rgpt/stage2.yaml model.region_extractor.type: no region_extractor named 'mask_pol'; "
+        "did you mean 'mask_pool'? known: mask_pool, roi_align, zero\n")

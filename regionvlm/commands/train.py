@@ -37,7 +37,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from regionvlm.config import load_config, save_config
+    from regionvlm.config import display_path, load_config, save_config
     from regionvlm.engine.preflight import check_inputs
     from regionvlm.errors import UserError
     from regionvlm.registry import import_modules
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     import_modules(cfg.imports, search_dirs=[Path(args.config).resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
-    check_inputs(config)  # missing weights or data: stop now, before creating anything
+    check_inputs(config, display_path(args.config))  # typos, missing weights or data: stop before anything
     run_dir = run_dir_of(cfg)
     ckpt_path = resolve_resume(run_dir, args.resume)
     started = any((run_dir / d).exists() for d in ("checkpoints", "export", "logs"))

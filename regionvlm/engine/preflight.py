@@ -52,9 +52,40 @@ def missing_weights(model_cfg: dict) -> list[str]:
     return out
 
 
-def check_inputs(config: dict) -> None:
-    """Raise one `ConfigError` listing every missing weight and data file of a training config."""
+# model: node key → registry kind of the component it names
+MODEL_COMPONENT_KINDS = {"vision_encoder": "vision_encoder", "feature_refiner": "feature_refiner",
+                         "region_extractor": "region_extractor", "projector": "projector",
+                         "region_projector": "projector", "llm": "llm", "head": "head"}
+
+
+def check_component_names(config: dict) -> None:
+    """Every ``type:`` of the model's components, the datasets and their prompts names a registered component
+    (a typo is reported before any file is checked or any weight is loaded)."""
+    from regionvlm.registry import DATASETS, PROMPTS, registry_for
+
+    model = config.get("model") or {}
+    for key, kind in MODEL_COMPONENT_KINDS.items():
+        node = model.get(key)
+        if isinstance(node, dict) and "type" in node:
+            registry_for(kind).get(node["type"], key_path=f"model.{key}.type")
+    for split in ("train", "val"):
+        for i, node in enumerate((config.get("data") or {}).get(split) or []):
+            if isinstance(node, dict) and "type" in node:
+                DATASETS.get(node["type"], key_path=f"data.{split}[{i}].type")
+                prompt = node.get("prompt")
+                if isinstance(prompt, dict) and "type" in prompt:
+                    PROMPTS.get(prompt["type"], key_path=f"data.{split}[{i}].prompt.type")
+
+
+def check_inputs(config: dict, source: str = "") -> None:
+    """Raise one `ConfigError` (prefixed with the config file ``source``) for an unknown component name, or
+    listing every missing weight and data file of a training config."""
+    prefix = f"{source} " if source else ""
+    try:
+        check_component_names(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}{exc}") from exc
     problems = missing_weights(config.get("model") or {}) + missing_data(config)
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-        raise ConfigError(f"{problems[0]}{more}; {TINY_HINT}")
+        raise ConfigError(f"{prefix}{problems[0]}{more}; {TINY_HINT}")
