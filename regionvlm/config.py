@@ -129,13 +129,20 @@ def _first_occurrences(layers: list[tuple[str, dict]]) -> list[tuple[str, dict]]
     return out
 
 
+DELETE = object()  # override value: remove the key
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    """``["a.b=1", "c=[x,y]", "data.train.0.ratio=2"]`` → ``[(key, value)]``, values parsed by OmegaConf's
-    dotlist YAML (``1e-4`` is a float); keys are dotted paths where a number indexes a list."""
+    """``["a.b=1", "c=[x,y]", "data.train.0.ratio=2", "~model.x"]`` → ``[(key, value)]``, values parsed by
+    OmegaConf's dotlist YAML (``1e-4`` is a float); keys are dotted paths where a number indexes a list.
+    ``~key`` deletes the key (value `DELETE`): mappings merge, so replacing a node means deleting keys first."""
     from omegaconf import OmegaConf
 
-    parsed = []
+    parsed: list[tuple[str, Any]] = []
     for item in overrides:
+        if item.startswith("~") and "=" not in item and len(item) > 1:
+            parsed.append((item[1:], DELETE))
+            continue
         key, sep, value = item.partition("=")
         if not sep or not key or key.strip() != key:
             raise ConfigError(f"override '{item}': expected key=value (e.g. trainer.max_steps=10)")
@@ -145,6 +152,17 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         except Exception as exc:
             raise ConfigError(f"override '{item}': invalid value: {exc}") from exc
     return parsed
+
+
+def _delete(cfg: Any, key: str) -> None:
+    from omegaconf import OmegaConf, open_dict
+
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    if parent is None or leaf not in parent:
+        raise ConfigError(f"(override) ~{key}: no such key to delete")
+    with open_dict(parent):
+        del parent[leaf]
 
 
 def _merge_error(source: str, exc: Exception) -> ConfigError:
@@ -183,7 +201,10 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
             raise _merge_error(source, exc) from exc
     for key, value in parse_overrides(list(overrides)):
         try:
-            OmegaConf.update(cfg, key, value, merge=True)
+            if value is DELETE:
+                _delete(cfg, key)
+            else:
+                OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as exc:
             raise _merge_error("(override)", exc) from exc
     try:

@@ -145,3 +145,10 @@ def test_diamond_base_applied_once_at_first_position(cfgs):
     cfg = load_config(cfgs / "small_stage.yaml")
     # root.yaml must not be re-applied after stage.yaml (which would reset lr to 1.0)
     assert (cfg.optim.lr, cfg.optim.eps) == (2.0, 3.0)
+
+
+def test_override_deletes_a_key_to_replace_a_node(cfgs):
+    cfg = load_config(cfgs / "base.yaml", ["~model.projector.depth", "model.projector.type=linear"])
+    assert dict(cfg.model.projector) == {"type": "linear"}
+    with pytest.raises(ConfigError, match=r"\(override\) ~model.projector.nope: no such key to delete"):
+        load_config(cfgs / "base.yaml", ["~model.projector.nope"])
