@@ -65,6 +65,11 @@ def test_export_roundtrip_gives_identical_logits(stage2, tmp_path):
 
     assert main(["export", str(stage2), "--out", str(tmp_path / "exp")]) == 0
     assert main(["export", str(stage2), "--out", str(tmp_path / "exp")]) == 2  # refuses a non-empty folder
+    assert main(["export", str(stage2), "--out", str(tmp_path / "exp16"), "--dtype", "bf16"]) == 0
+    from safetensors.torch import load_file
+
+    assert {t.dtype for t in load_file(str(tmp_path / "exp16" / "model.safetensors")).values()} == {torch.bfloat16}
+    load_export(tmp_path / "exp16")  # loads (cast back into the fp32 model) without missing keys
     model_a, tok, cfg = load_checkpoint(stage2)
     model_b, _, _ = load_export(tmp_path / "exp")
     chat = RegionChat(model_a, tok, cfg, device="cpu")
