@@ -77,7 +77,7 @@ def generation_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def read_done_ids(out_path: Path) -> list[dict]:
+def read_done_rows(out_path: Path) -> list[dict]:
     """Complete rows of an earlier, possibly killed run (a torn last line is dropped)."""
     if not out_path.exists():
         return []
@@ -125,7 +125,7 @@ def run_batch(chat: Any, args: argparse.Namespace) -> int:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{args.input}: duplicate id {dup!r}")
     out_path = Path(args.out)
-    done = read_done_ids(out_path)
+    done = read_done_rows(out_path)
     done_ids = {str(r["id"]) for r in done}
     # rewrite the complete rows atomically (drops a torn line), then append batch by batch
     from regionvlm.data.formats import write_jsonl

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,23 +42,29 @@ def read_json(path: PathLike) -> Any:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def read_jsonl(path: PathLike) -> list[dict]:
-    """Parse JSON lines (blank lines skipped); each row must be an object. Errors name the 1-based line."""
-    rows = []
+def iter_jsonl(path: PathLike) -> Iterator[tuple[int, Any]]:
+    """``(1-based line number, parsed value)`` for each non-blank line; invalid JSON or text that is not UTF-8
+    is a `DataError` naming the file (and the line)."""
     with _open_text(path) as f:
         try:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    yield lineno, json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}: line {lineno}: invalid JSON: {exc.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
         except UnicodeDecodeError as exc:
             raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def read_jsonl(path: PathLike) -> list[dict]:
+    """Parse JSON lines (blank lines skipped); each row must be an object. Errors name the 1-based line."""
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 

@@ -12,7 +12,6 @@ reported with the results, never hidden).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -79,29 +78,10 @@ def index_predictions(
     return Predictions(rows=out, expected=len(expected), source=source)
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, Any]]:
-    """``(line number, parsed row)`` for each non-blank line; invalid JSON is a `DataError` naming the line."""
-    try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115 (closed by the `with f:` below)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    with f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {lineno}: invalid JSON: {exc.msg}") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
-
-
 def read_predictions(path: str | os.PathLike, expected_ids: Collection[str], **kwargs) -> Predictions:
     """Read and validate a predictions file (keyword arguments as `index_predictions`)."""
+    from regionvlm.data.formats import iter_jsonl
+
     return index_predictions(iter_jsonl(path), expected_ids, source=str(path), **kwargs)
 
 
