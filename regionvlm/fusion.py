@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from regionvlm.data.batch import IGNORE_INDEX
+from regionvlm.tokens import IGNORE_INDEX
 
 
 class FusionError(ValueError):

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regionvlm.data.batch import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, Batch
+from regionvlm.data.batch import Batch
+from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 from regionvlm.errors import ConfigError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
 from regionvlm.registry import (

@@ -217,7 +217,7 @@ LLMS = Registry("llm", ("regionvlm.plugins.llms",))
 HEADS = Registry("head", ("regionvlm.plugins.heads",))
 PROMPTS = Registry("prompt", ("regionvlm.plugins.prompts",))
 DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
-BENCHMARKS = Registry("benchmark", ("benchmarks",))
+BENCHMARKS = Registry("benchmark", ("regionvlm.benchmarks",))
 CAPTIONERS = Registry("captioner")  # no built-in captioner yet; plugins register here
 JUDGES = Registry("judge", ("regionvlm.evaluation.judges",))
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from regionvlm.data.batch import IGNORE_INDEX
+from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.data.collate import VICUNA_SYSTEM, Collator
 from regionvlm.errors import DataError
 

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
-from regionvlm.data.batch import IGNORE_INDEX
+from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.registry import FEATURE_REFINERS, HEADS, PROJECTORS, REGION_EXTRACTORS
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from regionvlm.data.batch import IGNORE_INDEX
+from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.fusion import FusionError, fuse, ignore_placeholder_labels
 
 IMG, REG, PAD = 90, 91, 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from regionvlm.data.batch import IMAGE_TOKEN, REGION_TOKEN
+from regionvlm.tokens import IMAGE_TOKEN, REGION_TOKEN
 from regionvlm.errors import ConfigError, RegistryError
 from regionvlm.plugins.llms import build_tokenizer
 from regionvlm.plugins.vision import OPENAI_CLIP_MEAN, SIGLIP_MEAN

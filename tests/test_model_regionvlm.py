@@ -4,7 +4,8 @@ import pytest
 import torch
 import transformers
 
-from regionvlm.data.batch import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, Batch
+from regionvlm.data.batch import Batch
+from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 from regionvlm.errors import ConfigError
 from regionvlm.model import RegionVLM, build_model
 from regionvlm.plugins.llms import build_tokenizer

@@ -1,10 +1,8 @@
 """The contract between data and model: what the collator produces and `RegionVLM` consumes.
 
-Token conventions (the collator is the only place that knows about tokens):
-- ``<image>`` in a prompt is expanded to ``num_image_tokens`` copies of ``IMAGE_TOKEN``.
-- ``<regionK>`` (1-based K) is expanded to ``tokens_per_region`` copies of ``REGION_TOKEN`` and recorded as a
-  *mention* of region K-1 of that sample. A region may be mentioned several times or not at all.
-- ``labels`` are ``IGNORE_INDEX`` everywhere except the assistant's answer tokens (and their end token).
+Token conventions (`regionvlm.tokens`; the collator is the only place that knows about tokens): ``<regionK>``
+(1-based K) is recorded as a *mention* of region K-1 of that sample; a region may be mentioned several times or
+not at all.
 """
 
 from __future__ import annotations
@@ -13,11 +11,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
-
-IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image_patch>"      # placeholder token the `<image>` tag expands to
-REGION_TOKEN = "<region_feat>"     # placeholder token each `<regionK>` tag expands to
-SPECIAL_TOKENS = (IMAGE_TOKEN, REGION_TOKEN)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from regionvlm.data.batch import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, SPECIAL_TOKENS, Batch
+from regionvlm.data.batch import Batch
+from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, SPECIAL_TOKENS
 from regionvlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

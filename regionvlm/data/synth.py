@@ -265,8 +265,8 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
     write_json(paths["vg_splits"], {"train": splits["train"], "val": splits["val"], "test": []})
     paths["images"] = out / "images"
     # the spatial and dlc benchmark files, derived from the val instances
-    from benchmarks.dlc import make_synthetic_dlc
-    from benchmarks.spatial import make_synthetic_spatial
+    from regionvlm.benchmarks.dlc import make_synthetic_dlc
+    from regionvlm.benchmarks.spatial import make_synthetic_spatial
 
     paths["spatial_qa_val"] = out / "spatial" / "spatial_qa_val.jsonl"
     make_synthetic_spatial(paths["instances_val"], paths["spatial_qa_val"])
@@ -310,7 +310,7 @@ def build_tokenizer(out_dir: str | Path, texts: list[str] | None = None, vocab_s
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from regionvlm.data.batch import SPECIAL_TOKENS
+    from regionvlm.tokens import SPECIAL_TOKENS
 
     texts = corpus_texts() if texts is None else list(texts)
     specials = ["<unk>", "<s>", "</s>", "<pad>", *SPECIAL_TOKENS]

@@ -192,7 +192,7 @@ class Benchmark:
 # -- finding benchmarks -----------------------------------------------------------------------------------------
 def benchmark_yaml(name: str) -> Path | None:
     """The shipped YAML of a registered benchmark (``benchmarks/<name>.yaml``), if there is one."""
-    import benchmarks
+    from regionvlm import benchmarks
 
     for root in benchmarks.__path__:
         p = Path(root) / f"{name}.yaml"

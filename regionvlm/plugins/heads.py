@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regionvlm.data.batch import IGNORE_INDEX
+from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.registry import HEADS
 
 

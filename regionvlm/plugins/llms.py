@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from regionvlm.data.batch import SPECIAL_TOKENS
+from regionvlm.tokens import SPECIAL_TOKENS
 from regionvlm.errors import ConfigError
 from regionvlm.plugins.vision import _dtype
 from regionvlm.registry import LLMS, to_plain
