@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from regionvlm.benchmarks.refcocog_caption import RefCocoBase
+
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import require_int_list
 from regionvlm.evaluation.metrics import box_iou_xywh, parse_region_index

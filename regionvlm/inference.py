@@ -65,7 +65,7 @@ class RegionChat:
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike, device: str | None = None) -> RegionChat:
-        from regionvlm.engine.export import load_export
+        from regionvlm.hub import load_export
 
         model, tokenizer, config = load_export(export_dir)
         return cls(model, tokenizer, config, device=device)

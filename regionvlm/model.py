@@ -20,7 +20,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from regionvlm.data.batch import Batch
-from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 from regionvlm.errors import ConfigError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
 from regionvlm.registry import (
@@ -32,6 +31,7 @@ from regionvlm.registry import (
     VISION_ENCODERS,
     to_plain,
 )
+from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 
 #: keys of the ``model:`` node that `build_model` reads
 COMPONENT_KEYS = ("vision_encoder", "feature_refiner", "global_grid", "region_extractor", "projector",
@@ -65,7 +65,7 @@ class RegionVLM(nn.Module):
     def from_pretrained(cls, export_dir: str) -> RegionVLM:
         """The model of an export folder (written by ``regionvlm train`` or ``regionvlm export``), in eval mode.
         For text in and out, `regionvlm.RegionChat.from_pretrained` adds the tokenizer and processor."""
-        from regionvlm.engine.export import load_export
+        from regionvlm.hub import load_export
 
         return load_export(export_dir)[0]
 

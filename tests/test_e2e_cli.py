@@ -60,7 +60,7 @@ def test_existing_run_dir_is_not_overwritten_silently(stage2, capsys):
 
 def test_export_roundtrip_gives_identical_logits(stage2, tmp_path):
     from regionvlm.engine.checkpoint import load_checkpoint
-    from regionvlm.engine.export import load_export
+    from regionvlm.hub import load_export
     from regionvlm.inference import RegionChat
 
     assert main(["export", str(stage2), "--out", str(tmp_path / "exp")]) == 0

@@ -7,8 +7,8 @@ import torch
 from torch.nn import functional as F
 from torchvision.ops import roi_align
 
-from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.registry import FEATURE_REFINERS, HEADS, PROJECTORS, REGION_EXTRACTORS
+from regionvlm.tokens import IGNORE_INDEX
 
 
 def _regions(seed=0, b=3, r=7, s=32):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.fusion import FusionError, fuse, ignore_placeholder_labels
+from regionvlm.tokens import IGNORE_INDEX
 
 IMG, REG, PAD = 90, 91, 0
 D = 4

@@ -6,11 +6,11 @@ import pytest
 import torch
 import transformers
 
-from regionvlm.tokens import IMAGE_TOKEN, REGION_TOKEN
 from regionvlm.errors import ConfigError, RegistryError
 from regionvlm.plugins.llms import build_tokenizer
 from regionvlm.plugins.vision import OPENAI_CLIP_MEAN, SIGLIP_MEAN
 from regionvlm.registry import LLMS, VISION_ENCODERS
+from regionvlm.tokens import IMAGE_TOKEN, REGION_TOKEN
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 2,
           "image_size": 32, "patch_size": 8}

@@ -5,10 +5,10 @@ import torch
 import transformers
 
 from regionvlm.data.batch import Batch
-from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 from regionvlm.errors import ConfigError
 from regionvlm.model import RegionVLM, build_model
 from regionvlm.plugins.llms import build_tokenizer
+from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 
 S = 32  # image side; CLIP patch 8 → 4×4 grid; rgpt_deconv → 16×16 map
 

@@ -40,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")
 
     from regionvlm.engine.checkpoint import load_checkpoint
-    from regionvlm.engine.export import load_export
     from regionvlm.engine.module import RegionVLMModule
     from regionvlm.engine.trainer import build_trainer
     from regionvlm.evaluation.reports import print_results
     from regionvlm.evaluation.runner import evaluate
+    from regionvlm.hub import load_export
 
     model, tokenizer, model_config = load_export(args.model) if args.model else load_checkpoint(args.ckpt)
     module = RegionVLMModule({**model_config, "generation": config["generation"]}, model=model, tokenizer=tokenizer)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from regionvlm.data.batch import Batch
-from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, SPECIAL_TOKENS
 from regionvlm.errors import ConfigError, DataError
+from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, SPECIAL_TOKENS
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
 
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
                       overwrite: bool = False) -> Path:
-    from regionvlm.engine.export import save_export
+    from regionvlm.hub import save_export
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:  # fail before the slow load

@@ -62,8 +62,8 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
     """Train per ``config`` into ``run_dir``; writes ``run_dir/export`` at the end. Returns the export folder."""
     import lightning as L
 
-    from regionvlm.engine.export import save_export
     from regionvlm.engine.module import RegionVLMModule
+    from regionvlm.hub import save_export
     L.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
     module = RegionVLMModule(config)
     datamodule = build_datamodule(config, module)

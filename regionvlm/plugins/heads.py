@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regionvlm.tokens import IGNORE_INDEX
 from regionvlm.registry import HEADS
+from regionvlm.tokens import IGNORE_INDEX
 
 
 @HEADS.register("lm")

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from regionvlm.tokens import SPECIAL_TOKENS
 from regionvlm.errors import ConfigError
 from regionvlm.plugins.vision import _dtype
 from regionvlm.registry import LLMS, to_plain
+from regionvlm.tokens import SPECIAL_TOKENS
 
 
 @LLMS.register("hf_causal_lm")

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from regionvlm.errors import UserError
+from regionvlm.errors import ConfigError, UserError
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -112,3 +112,26 @@ def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> tup
                         f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")
     model.eval()
     return model, tokenizer, cfg
+
+
+def build_model_and_tokenizer(model_cfg: dict) -> tuple[Any, Any, dict]:
+    """``(model, tokenizer, model_cfg)`` from the ``model:`` node. With ``init_from: EXPORT_DIR`` architecture and
+    weights come from that export (each component's ``type`` in the config must match it) and the returned
+    config is the export's architecture plus this stage's engine keys (``trainable`` ...)."""
+    from regionvlm.model import ENGINE_KEYS, build_model
+    from regionvlm.plugins.llms import build_tokenizer
+
+    init_from = model_cfg.get("init_from")
+    if not init_from:
+        tokenizer = build_tokenizer(model_cfg["llm"])
+        return build_model(model_cfg, tokenizer), tokenizer, model_cfg
+    if not Path(init_from).is_dir():
+        raise ConfigError(f"model.init_from: no export folder at '{init_from}' (train the previous stage first)")
+    model, tokenizer, export_cfg = load_export(init_from)
+    model.train()  # exports load in eval mode; Lightning keeps the modes it finds
+    for name, node in model_cfg.items():
+        theirs = export_cfg["model"].get(name)
+        if isinstance(node, dict) and isinstance(theirs, dict) and node.get("type") != theirs.get("type"):
+            raise ConfigError(f"model.{name}.type: '{node.get('type')}' differs from the init_from export's "
+                              f"'{theirs.get('type')}' ({init_from})")
+    return model, tokenizer, {**export_cfg["model"], **{k: model_cfg[k] for k in ENGINE_KEYS if k in model_cfg}}
