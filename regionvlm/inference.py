@@ -54,21 +54,24 @@ def as_regions(regions: Iterable[Any] | Regions | None) -> Regions:
 class RegionChat:
     """A loaded model with its tokenizer, image processor and chat template: text in, text out."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: dict, device: str | None = None):
+    def __init__(self, model: Any, tokenizer: Any, card: dict, device: str | None = None):
         import torch
 
-        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        from regionvlm.hub import as_model_card
+
+        self.model, self.tokenizer, self.card = model.eval(), tokenizer, as_model_card(card, model)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
-        self.collator, self.processor = generation_collator(model, tokenizer, config, process=True)
-        self.generation = dict(config.get("generation") or {})
+        self.collator, self.processor = generation_collator(model, tokenizer, self.card, process=True)
+        self.generation = dict(self.card.get("generation") or {})
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike, device: str | None = None) -> RegionChat:
+        """Model, tokenizer, processing, chat template and task prompts, all read from the export folder."""
         from regionvlm.hub import load_export
 
-        model, tokenizer, config = load_export(export_dir)
-        return cls(model, tokenizer, config, device=device)
+        model, tokenizer, card = load_export(export_dir)
+        return cls(model, tokenizer, card, device=device)
 
     # -- asking -------------------------------------------------------------------------------------------
     def sample(self, image: Any, regions: Any = None, prompt: str = "", sample_id: str = "0") -> dict:
@@ -106,12 +109,12 @@ class RegionChat:
 
     # -- task shortcuts (the registered task-guided prompts, evaluation phrasing) --------------------------
     def task_question(self, prompt_type: str, **fields: Any) -> str:
-        """The evaluation phrasing of a registered prompt, configured as in training when the training data
-        used that prompt (same vocabulary and guidance), else with its defaults."""
+        """The evaluation phrasing of a registered prompt, configured as the model was trained with it (the
+        card's ``prompts:``: same vocabulary and guidance), else with the prompt's defaults."""
         from regionvlm.registry import PROMPTS
 
-        node = find_prompt_node(self.config.get("data"), prompt_type) or {"type": prompt_type}
-        return PROMPTS.build(node, key_path=f"prompt.{prompt_type}").build(**fields)[0]["value"]
+        node = self.card["prompts"].get(prompt_type) or {"type": prompt_type}
+        return PROMPTS.build(node, key_path=f"prompts.{prompt_type}").build(**fields)[0]["value"]
 
     def _per_region(self, image: Any, regions: Any, question: str, **generation: Any) -> list[str]:
         items = [{"image": image, "regions": Regions([r]), "prompt": question} for r in as_regions(regions).items]
@@ -136,33 +139,17 @@ class RegionChat:
         return k if 0 <= k < len(candidates) else None
 
 
-def find_prompt_node(node: Any, prompt_type: str) -> dict | None:
-    """The first ``{type: prompt_type, ...}`` mapping anywhere under ``node`` (a training ``data:`` section)."""
-    if isinstance(node, dict):
-        if node.get("type") == prompt_type:
-            return node
-        children = node.values()
-    elif isinstance(node, list):
-        children = node
-    else:
-        return None
-    for child in children:
-        found = find_prompt_node(child, prompt_type)
-        if found is not None:
-            return found
-    return None
-
-
-def generation_collator(model: Any, tokenizer: Any, config: dict, process: bool = False) -> tuple[Any, Any]:
-    """``(collator, processor)``: a generation-mode `Collator` that renders prompts as the run's training did
-    (chat template, context length, image resizing, read from its config's ``data:`` section).
-    ``process=True``: it also decodes and processes raw samples; otherwise samples arrive processed."""
+def generation_collator(model: Any, tokenizer: Any, card: dict, process: bool = False) -> tuple[Any, Any]:
+    """``(collator, processor)``: a generation-mode `Collator` that renders prompts as the model was trained
+    (chat template, context length, image processing: the model card's ``text:`` and ``processor:``; a training
+    config is turned into its card). ``process=True``: it also decodes and processes raw samples; otherwise
+    samples arrive processed."""
     from regionvlm.data.collate import Collator
     from regionvlm.data.processing import ImageProcessor
+    from regionvlm.hub import as_model_card
 
-    data = config.get("data") or {}
-    processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
-                               resize_mode=(data.get("processor") or {}).get("resize_mode", "pad"))
-    return Collator(tokenizer, model.num_image_tokens, model.tokens_per_region,
-                    template=data.get("template", "vicuna_v1"), max_length=data.get("max_length", 2048),
-                    for_generation=True, processor=processor if process else None), processor
+    card = as_model_card(card, model)
+    processor = ImageProcessor(**card["processor"])
+    return Collator(tokenizer, model.num_image_tokens, model.tokens_per_region, template=card["text"]["template"],
+                    max_length=card["text"]["max_length"], for_generation=True,
+                    processor=processor if process else None), processor

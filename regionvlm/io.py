@@ -1,13 +1,24 @@
-"""Atomic file writes: every output goes to a temporary file beside its target, is fsynced, then renamed
-into place, so readers never see half a file and a killed job leaves the previous version intact."""
+"""Atomic file writes: every output goes to a temporary file (or folder) beside its target, is fsynced, then
+renamed into place, so readers never see half a file and a killed job leaves the previous version intact.
+
+Temporary names come from `tempfile`, which creates them readable by their owner only (0600/0700); the final
+file or folder gets the mode the user's umask gives anything else they create (0644/0755 with umask 022), so a
+team on a shared cluster can read what regionvlm writes."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
@@ -16,6 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -32,3 +44,32 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def make_temp_dir(target: str | os.PathLike) -> Path:
+    """An empty folder beside ``target`` to fill and then `publish_dir`, with an ordinary folder's mode."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def publish_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Rename the filled folder ``tmp`` to ``target``; an existing ``target`` is moved aside first and removed
+    after, so at every moment either the old or the new complete folder is in place. Whatever libraries wrote
+    into ``tmp`` (safetensors writes 0600 files) gets the modes of ordinary files and folders first."""
+    target = Path(target)
+    umask = current_umask()
+    for root, dirs, files in os.walk(tmp):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~umask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~umask)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

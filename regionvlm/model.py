@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from regionvlm.data.batch import Batch
 from regionvlm.errors import ConfigError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
+from regionvlm.hub import ENGINE_KEYS
 from regionvlm.registry import (
     FEATURE_REFINERS,
     HEADS,
@@ -36,8 +37,6 @@ from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 #: keys of the ``model:`` node that `build_model` reads
 COMPONENT_KEYS = ("vision_encoder", "feature_refiner", "global_grid", "region_extractor", "projector",
                   "region_projector", "share_projector", "llm", "head")
-#: keys of the ``model:`` node that belong to the training engine; `build_model` accepts and ignores them
-ENGINE_KEYS = ("init_from", "trainable", "freeze", "generation")
 
 
 class RegionVLM(nn.Module):

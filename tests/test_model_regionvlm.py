@@ -42,7 +42,7 @@ def _cfg(llm_dir, **over):
         "share_projector": True,
         "llm": {"type": "hf_causal_lm", "pretrained": llm_dir},
         "head": {"type": "lm"},
-        "init_from": None, "trainable": ["projector"], "freeze": None, "generation": {},  # engine keys: ignored
+        "init_from": None, "trainable": ["projector"], "freeze": None,  # engine keys: ignored
     }
     cfg.update(over)
     return cfg

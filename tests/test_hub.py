@@ -1,0 +1,147 @@
+"""Export folders as model cards: what they hold, loading from the folder alone, init_from, file modes."""
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from regionvlm.config import load_config
+from regionvlm.errors import ConfigError, UserError
+from regionvlm.hub import (
+    CONFIG_FILE,
+    TRAINING_CONFIG_FILE,
+    build_model_and_tokenizer,
+    init_from_architecture,
+    load_export,
+    read_export_config,
+    save_export,
+)
+
+TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
+QUESTION = "What is <region1>?"
+
+
+def tiny_training_config(**data_overrides) -> dict:
+    cfg = OmegaConf.to_container(load_config(TINY / "stage1.yaml"), resolve=True)
+    cfg["data"].update({"template": "plain", "max_length": 200, "processor": {"resize_mode": "resize"}})
+    cfg["data"]["train"][0]["prompt"] = {"type": "region_classification", "vocabulary": ["red circle", "blue square"]}
+    cfg["data"].update(data_overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-init tiny model and its export, written from a training config whose data section sets a
+    non-default template, context length, resize mode and prompt vocabulary."""
+    torch.manual_seed(0)
+    config = tiny_training_config()
+    model, tokenizer, _ = build_model_and_tokenizer(config["model"])
+    out = tmp_path_factory.mktemp("export") / "export"
+    save_export(out, model, tokenizer, config)
+    return model.eval(), tokenizer, config, out
+
+
+def test_the_export_is_a_model_card(tiny):
+    model, _, config, out = tiny
+    card = yaml.safe_load((out / CONFIG_FILE).read_text())
+    assert list(card) == ["model", "processor", "text", "prompts", "generation", "export"]
+    assert card["processor"] == {"image_size": model.image_size, "mean": list(model.image_mean),
+                                 "std": list(model.image_std), "resize_mode": "resize"}
+    assert card["text"] == {"template": "plain", "max_length": 200}
+    assert card["prompts"]["region_classification"]["vocabulary"] == ["red circle", "blue square"]
+    assert "init_from" not in card["model"] and "tokenizer" not in card["model"]["llm"]
+    assert "data" not in card and "synth" not in (out / CONFIG_FILE).read_text()  # no data paths in the card
+    assert yaml.safe_load((out / TRAINING_CONFIG_FILE).read_text())["data"]["template"] == "plain"
+    assert read_export_config(out)["text"]["template"] == "plain"
+
+
+def test_an_export_copied_alone_answers_as_the_original(tiny, tmp_path, monkeypatch):
+    from regionvlm import RegionChat
+    from regionvlm.inference import generation_collator
+
+    model, tokenizer, config, out = tiny
+    alone = tmp_path / "somewhere" / "model"
+    shutil.copytree(out, alone)
+    (alone / TRAINING_CONFIG_FILE).unlink()  # provenance only: loading must not need it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REGIONVLM_DATA", str(tmp_path / "no-data-here"))
+    chat = RegionChat.from_pretrained(alone, device="cpu")
+    assert chat.processor.resize_mode == "resize" and chat.collator.template == "plain"
+    assert chat.collator.max_length == 200
+    image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    answer = chat.ask(image, [[10, 20, 60, 70]], QUESTION, max_new_tokens=6)
+    assert isinstance(answer, str)
+    # the same question through the in-memory model and the training config's processing gives the same answer
+    collator, _ = generation_collator(model, tokenizer, config, process=True)
+    batch = collator([chat.sample(image, [[10, 20, 60, 70]], QUESTION)])
+    ids = model.generate(batch, max_new_tokens=6)
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip() == answer
+
+
+def test_task_questions_use_the_prompts_the_model_was_trained_with(tiny):
+    from regionvlm import RegionChat
+
+    chat = RegionChat.from_pretrained(tiny[3], device="cpu")
+    question = chat.task_question("region_classification")
+    assert "red circle" in question and "blue square" in question
+    assert "Region [x]" in chat.task_question("rec", expression="the dog", num_candidates=2)  # untrained: defaults
+
+
+def test_an_old_export_without_a_card_is_a_clear_error(tiny, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny[3], old)
+    (old / CONFIG_FILE).write_text(yaml.safe_dump(tiny[2]))  # the whole training config, as before the card
+    with pytest.raises(UserError, match=r"config.yaml: not a regionvlm model card \(missing section 'processor'\)"):
+        load_export(old)
+
+
+def test_init_from_applies_the_stages_keys_and_starts_from_the_exports_weights(tiny):
+    model, _, config, out = tiny
+    stage = {**config["model"], "init_from": str(out), "trainable": ["llm"]}
+    stage["llm"] = {**stage["llm"], "gradient_checkpointing": True}
+    built, _, model_cfg = build_model_and_tokenizer(stage)
+    assert model_cfg["llm"]["gradient_checkpointing"] is True and model_cfg["trainable"] == ["llm"]
+    assert built.llm.model.model.gradient_checkpointing
+    for (name, a), (_, b) in zip(model.state_dict().items(), built.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_init_from_rejects_what_the_weights_cannot_fit(tiny):
+    _, _, config, out = tiny
+    stage = {**config["model"], "init_from": str(out)}
+    stage["llm"] = {**stage["llm"], "config": {**stage["llm"]["config"], "num_hidden_layers": 2}}
+    with pytest.raises(ConfigError, match=r"model.init_from: the export's weights do not fit .*"
+                                          r"llm.config.num_hidden_layers=2"):
+        build_model_and_tokenizer(stage)
+    stage = {**config["model"], "init_from": str(out), "region_extractor": {"type": "roi_align"}}
+    with pytest.raises(ConfigError, match="model.region_extractor.type: 'roi_align' differs from the init_from"):
+        build_model_and_tokenizer(stage)
+
+
+def test_init_from_architecture_merges_and_lists_changes():
+    export = {"llm": {"type": "x", "config": {"a": 1, "b": 2}}, "global_grid": 4}
+    stage = {"llm": {"type": "x", "pretrained": "hub/id", "config": {"b": 3}}, "global_grid": 4, "init_from": "e"}
+    merged, changed = init_from_architecture(stage, export, "e")
+    assert merged == {"llm": {"type": "x", "config": {"a": 1, "b": 3}}, "global_grid": 4}
+    assert changed == ["llm.config.b=3"]  # pretrained is superseded by the export's weights, not a change
+
+
+def test_outputs_get_the_users_umask(tiny, tmp_path):
+    from regionvlm.io import write_text
+
+    model, tokenizer, config, _ = tiny
+    old = os.umask(0o022)
+    try:
+        out = save_export(tmp_path / "export", model, tokenizer, config)
+        write_text(tmp_path / "results.md", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for path in [*out.iterdir(), tmp_path / "results.md"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
