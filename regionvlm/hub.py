@@ -161,9 +161,13 @@ def read_export_config(export_dir: str | os.PathLike) -> dict:
 
 def _load_weights(model: Any, path: Path, device: str = "cpu") -> None:
     """Load a safetensors file strictly; a mismatch names the first missing/unexpected keys."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(model, str(path), strict=False, device=device)
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False, device=device)
+    except SafetensorError as exc:  # the user's file is bad (a copy cut short, another format): not our bug
+        raise UserError(f"{path}: truncated or not a safetensors file ({exc})") from None
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match the config "
                         f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")

@@ -3,15 +3,12 @@
 import os
 import shutil
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
 
-from regionvlm.config import load_config
 from regionvlm.errors import ConfigError, UserError
 from regionvlm.hub import (
     CONFIG_FILE,
@@ -23,28 +20,12 @@ from regionvlm.hub import (
     save_export,
 )
 
-TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
 QUESTION = "What is <region1>?"
 
 
-def tiny_training_config(**data_overrides) -> dict:
-    cfg = OmegaConf.to_container(load_config(TINY / "stage1.yaml"), resolve=True)
-    cfg["data"].update({"template": "plain", "max_length": 200, "processor": {"resize_mode": "resize"}})
-    cfg["data"]["train"][0]["prompt"] = {"type": "region_classification", "vocabulary": ["red circle", "blue square"]}
-    cfg["data"].update(data_overrides)
-    return cfg
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random-init tiny model and its export, written from a training config whose data section sets a
-    non-default template, context length, resize mode and prompt vocabulary."""
-    torch.manual_seed(0)
-    config = tiny_training_config()
-    model, tokenizer, _ = build_model_and_tokenizer(config["model"])
-    out = tmp_path_factory.mktemp("export") / "export"
-    save_export(out, model, tokenizer, config)
-    return model.eval(), tokenizer, config, out
+def tiny(tiny_export):
+    return tiny_export
 
 
 def test_the_export_is_a_model_card(tiny):
@@ -99,6 +80,24 @@ def test_an_old_export_without_a_card_is_a_clear_error(tiny, tmp_path):
     (old / CONFIG_FILE).write_text(yaml.safe_dump(tiny[2]))  # the whole training config, as before the card
     with pytest.raises(UserError, match=r"config.yaml: not a regionvlm model card \(missing section 'processor'\)"):
         load_export(old)
+
+
+@pytest.mark.parametrize("cut", [40, -10])
+def test_a_truncated_weights_file_is_a_user_error(tiny, tmp_path, cut):
+    from regionvlm.cli import main
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny[3], bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:cut])
+    with pytest.raises(UserError, match=r"model.safetensors: truncated or not a safetensors file"):
+        load_export(bad)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    assert main(["predict", "--model", str(bad), "--image", str(image), "--region", "box:1,1,9,9",
+                 "--prompt", QUESTION]) == 2
 
 
 def test_init_from_applies_the_stages_keys_and_starts_from_the_exports_weights(tiny):

@@ -78,17 +78,24 @@ def generation_overrides(args: argparse.Namespace) -> dict:
 
 
 def read_done_rows(out_path: Path) -> list[dict]:
-    """Complete rows of an earlier, possibly killed run (a torn last line is dropped)."""
+    """Complete rows of an earlier, possibly killed run. A torn last line (the kill case: no newline yet) is cut
+    off the file; any other line that is not a JSON object with an ``id`` is an error naming it, and the file is
+    left as it is."""
     if not out_path.exists():
         return []
+    data = out_path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
     rows = []
-    for line in out_path.read_text().splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
+    for n, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{out_path}: line {n}: not valid JSON ({exc.msg}); fix or remove it to resume") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise DataError(f"{out_path}: line {n}: expected a JSON object with an 'id'; fix or remove it to resume")
+        rows.append(row)
+    if len(complete) < len(data):
+        os.truncate(out_path, len(complete))  # drop the torn tail only: the complete rows stay untouched
     return rows
 
 
@@ -125,12 +132,8 @@ def run_batch(chat: Any, args: argparse.Namespace) -> int:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise DataError(f"{args.input}: duplicate id {dup!r}")
     out_path = Path(args.out)
-    done = read_done_rows(out_path)
-    done_ids = {str(r["id"]) for r in done}
-    # rewrite the complete rows atomically (drops a torn line), then append batch by batch
-    from regionvlm.data.formats import write_jsonl
-
-    write_jsonl(out_path, done)
+    done_ids = {str(r["id"]) for r in read_done_rows(out_path)}
+    # rows are appended batch by batch (fsynced): a killed run leaves complete rows and at most one torn line
     todo = [r for r in rows if str(r["id"]) not in done_ids]
     samples = batch_samples(todo, args.image_root, args.input)
     settings = generation_overrides(args)
