@@ -103,6 +103,20 @@ def as_model_card(config: dict, model: Any) -> dict:
     return config if is_model_card(config) else model_card(config, model)
 
 
+def export_view(model: Any) -> Any:
+    """The model as an export stores it: components with LoRA adapters merged into their base weights (unless
+    their ``lora.merge_on_export`` is false). A shallow copy: the other components are shared, not copied."""
+    merge = [name for name, child in model.named_children()
+             if getattr(child, "lora", None) and child.lora.get("merge_on_export", True)]
+    if not merge:
+        return model
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # a shallow copy shares the dict of submodules: give it its own
+    for name in merge:
+        view._modules[name] = model._modules[name].merged()
+    return view
+
+
 def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dict,
                 dtype: str | None = None, overwrite: bool = False) -> Path:
     """Write ``model`` + ``tokenizer`` + the card of ``cfg`` (a resolved training config, or a card read from
@@ -118,6 +132,7 @@ def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dic
         raise UserError(f"{out_dir}: export folder exists and is not empty (pass --overwrite to replace it)")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype: unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    model = export_view(model)
     card = {k: copy.deepcopy(cfg[k]) for k in CARD_SECTIONS if k in cfg} if is_model_card(cfg) \
         else model_card(cfg, model)
     card["export"] = {"dtype": dtype or "fp32"}
@@ -245,12 +260,18 @@ def build_model_and_tokenizer(model_cfg: dict) -> tuple[Any, Any, dict]:
     arch, changed = init_from_architecture(model_cfg, export_model_cfg, str(init_from))
     if changed:
         print(f"init_from {init_from}: applying this stage's {', '.join(changed)}")
+    # adapters this stage adds (LoRA on an export without it) go on after the export's weights are in
+    adapters = {name: node["lora"] for name, node in arch.items()
+                if isinstance(node, dict) and node.get("lora") and not (export_model_cfg.get(name) or {}).get("lora")}
+    base_arch = {k: ({kk: vv for kk, vv in v.items() if kk != "lora"} if k in adapters else v) for k, v in arch.items()}
     tokenizer = AutoTokenizer.from_pretrained(str(init_from))
-    model = build_model(arch, tokenizer)
+    model = build_model(base_arch, tokenizer)
     try:
         _load_weights(model, Path(init_from) / WEIGHTS_FILE)
     except (UserError, RuntimeError) as exc:  # RuntimeError: a shape mismatch
         detail = str(exc).strip().splitlines()[0]
         raise ConfigError(f"model.init_from: the export's weights do not fit this stage's architecture "
                           f"(it changes {', '.join(changed) or 'nothing'}): {detail}") from None
+    for name, lora in adapters.items():
+        getattr(model, name).add_lora(lora)
     return model, tokenizer, {**arch, **{k: model_cfg[k] for k in ENGINE_KEYS if k in model_cfg}}

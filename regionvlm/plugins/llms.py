@@ -26,12 +26,13 @@ class HFCausalLM(nn.Module):
     Options: ``pretrained`` (hub id or local dir) or ``config`` (a dict with ``model_type``, random init);
     ``tokenizer`` (tokenizer path when it differs from ``pretrained``; read by `build_tokenizer`); ``dtype``
     (float32 | bfloat16 | float16; default float32); ``attn_implementation`` (sdpa | eager | flash_attention_2);
-    ``gradient_checkpointing`` (false). Embeddings are resized to ``vocab_size``; new rows get the mean embedding.
+    ``gradient_checkpointing`` (false); ``lora`` (a `LoraSettings` mapping: LoRA adapters through peft).
+    Embeddings are resized to ``vocab_size``; new rows get the mean embedding.
     """
 
     def __init__(self, vocab_size: int, pretrained: str | None = None, config: dict | None = None,
                  tokenizer: str | None = None, dtype: str | None = "float32", attn_implementation: str = "sdpa",
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, lora: Mapping[str, Any] | None = None):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -63,6 +64,47 @@ class HFCausalLM(nn.Module):
             else:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
+        self.lora: dict | None = None
+        if lora:
+            self.add_lora(lora)
+
+    # -- LoRA ------------------------------------------------------------------------------------------------------
+    def add_lora(self, settings: Mapping[str, Any]) -> None:
+        """Wrap the LM with peft LoRA adapters (peft freezes the base weights; the engine's ``trainable`` patterns
+        decide what trains, e.g. ``llm.*lora_*``). ``init_from`` calls this after loading an export without them."""
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ConfigError("model.llm.lora: needs the peft package (pip install 'regionvlm[lora]')") from None
+        from regionvlm.registry import construct
+
+        lora = construct(LoraSettings, settings, key_path="model.llm.lora", what="LoRA settings").as_dict()
+        self.model = get_peft_model(self.model, LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]), bias="none"))
+        self.lora = lora
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The transformers model without adapters' wrapping."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def merged(self) -> HFCausalLM:
+        """A copy with the LoRA adapters merged into the base weights (what an export stores by default)."""
+        import copy
+
+        out = copy.deepcopy(self)
+        out.model = out.model.merge_and_unload()
+        out.lora = None
+        return out
+
+    def architecture_node(self, node: dict) -> dict:
+        """The export's node: the full transformers config instead of a hub id; ``lora`` only while unmerged."""
+        node = {k: v for k, v in node.items() if k not in ("pretrained", "lora")}
+        node["config"] = self.base_model.config.to_dict()
+        if self.lora is not None:
+            node["lora"] = dict(self.lora)
+        return node
 
     @torch.no_grad()
     def _resize_embeddings(self, vocab_size: int) -> None:
@@ -83,7 +125,7 @@ class HFCausalLM(nn.Module):
         return self.model.get_input_embeddings().weight.shape[0]
 
     def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
+        return self.base_model.get_input_embeddings()
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, **kwargs: Any) -> Any:
@@ -92,6 +134,23 @@ class HFCausalLM(nn.Module):
 
     def generate(self, **kwargs: Any) -> torch.Tensor:
         return self.model.generate(**kwargs)
+
+
+class LoraSettings:
+    """``model.llm.lora``: rank ``r``, scaling ``alpha``, ``dropout``, the ``target_modules`` (module-name suffixes,
+    LLaMA's attention projections by default) and ``merge_on_export`` (default true: an export stores merged
+    weights and loads without peft; false keeps the adapters separate)."""
+
+    def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05,
+                 target_modules: list[str] | tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+                 merge_on_export: bool = True):
+        if int(r) < 1:
+            raise ConfigError(f"model.llm.lora.r: expected a positive rank, got {r!r}")
+        self.r, self.alpha, self.dropout = int(r), alpha, float(dropout)
+        self.target_modules, self.merge_on_export = list(target_modules), bool(merge_on_export)
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def build_tokenizer(llm_node: Mapping[str, Any] | Any):
