@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("score", "score a predictions file against official annotations (no model)"),
     "predict": ("predict", "ask a trained model about regions of your images"),
     "export": ("export", "turn a training checkpoint into a self-contained model folder"),
+    "plan": ("plan", "parameters, memory per GPU and FLOPs of a training config, before it runs"),
     "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),
     "data": ("data", "bundled synthetic data set and offline tokenizer"),
 }
