@@ -25,14 +25,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from regionvlm.errors import DataError
+from regionvlm.evaluation.answers import parse_region_index, parse_yes_no
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
-from regionvlm.evaluation.metrics import (
-    parse_length_m,
-    parse_region_index,
-    parse_yes_no,
-    quantitative_success,
-)
+from regionvlm.evaluation.lengths import parse_length_m, quantitative_success
 from regionvlm.registry import BENCHMARKS
 
 JUDGE_QUALITATIVE = (

@@ -49,7 +49,7 @@ def test_table_output_and_partial(data, tmp_path, capsys):
 def test_caption_benchmark_with_option(data, tmp_path, capsys):
     """refcocog_caption through the CLI: the first reference as prediction gives ROUGE-L 100 (pycocoevalcap's
     ROUGE-L takes the best reference); SPICE is skipped with a one-line note when its jars are missing."""
-    from regionvlm.evaluation.metrics import spice_unavailable_reason
+    from regionvlm.evaluation.captions import spice_unavailable_reason
 
     ann = [str(data["refcocog_refs"]), str(data["refcocog_instances"])]
     b = load_benchmark("refcocog_caption", annotations=ann, split="train")
