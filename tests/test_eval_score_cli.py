@@ -15,7 +15,7 @@ from regionvlm.evaluation.predictions import write_predictions
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from regionvlm.data.synth import write_synthetic
+    from regionvlm.data.synth.writers import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("synth"), n_train=2, n_val=3)
 

@@ -1,17 +1,6 @@
-"""The bundled synthetic region set and the tiny preset's tokenizer.
-
-Why synthetic: the tiny preset must train and be evaluated on 2 CPU cores in minutes, without downloads, on
-data where the *region* matters — each image holds several objects, so "what is <region1>?" cannot be
-answered from the image alone. Objects differ in colour, shape, size and fill pattern; the pattern (solid,
-striped, dotted) is visible only in the pixels (a mask alone reveals the shape, not the pattern), and objects
-overlap or nest, so masks differ from boxes (occluded objects keep only their visible part, a container gets
-a hole).
-
-Everything is written **in the official formats** (COCO instances, RefCOCOg refs pickle + instances, VG region
-descriptions, POPE jsonl, LLaVA json, the region-conversation jsonl), so the real loaders read it unchanged.
-Masks are rasterised by pycocotools from the same polygons that are written, so pixels and annotations agree.
-Generation is deterministic per (seed, image index).
-"""
+"""`write_synthetic`: the whole synthetic set, in the official formats (COCO instances, RefCOCOg refs pickle +
+instances, VG region descriptions, POPE jsonl, LLaVA json, the region-conversation jsonl, and the `spatial` and
+`dlc` benchmark files), and `default_paths`, where each file lands."""
 
 from __future__ import annotations
 
@@ -23,18 +12,20 @@ from typing import Any
 import numpy as np
 
 from regionvlm.data.formats import write_bytes, write_json, write_jsonl, write_pickle
+from regionvlm.data.synth.benchmark_files import make_synthetic_dlc, make_synthetic_spatial
+from regionvlm.data.synth.scenes import (
+    CAT_ID,
+    CATEGORIES,
+    COLOURS,
+    PATTERNS,
+    SHAPES,
+    layout_scene,
+    phrase,
+    relation,
+    render_scene,
+)
 
-SHAPES = ("circle", "square", "triangle", "diamond")
-COLOURS = {"red": (220, 45, 45), "green": (40, 165, 60), "blue": (45, 85, 220), "yellow": (235, 205, 40),
-           "purple": (150, 60, 190)}
-PATTERNS = ("solid", "striped", "dotted")
-SIZES = {"small": (5, 7), "medium": (9, 17), "large": (19, 30)}  # half-size (radius) range in px at 128 px
-SIZE_P = (0.25, 0.45, 0.30)
-RELATIONS = ("left of", "right of", "above", "below")
 SPATIAL_ANSWERS = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
-CATEGORIES = [{"id": i + 1, "name": f"{c} {s}", "supercategory": s}
-              for i, (s, c) in enumerate(itertools.product(SHAPES, COLOURS))]
-CAT_ID = {c["name"]: c["id"] for c in CATEGORIES}
 FILE_PATTERN = "synth_{image_id:06d}.png"
 
 README = """# Synthetic region set (regionvlm)
@@ -58,87 +49,6 @@ The category of an object is "<colour> <shape>" (e.g. "red circle"); the pattern
 """
 
 
-# -- one image ------------------------------------------------------------------------------------------------
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[float]:
-    if shape == "circle":
-        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        pts = np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
-    elif shape == "square":
-        pts = np.array([[cx - r, cy - r], [cx + r, cy - r], [cx + r, cy + r], [cx - r, cy + r]])
-    elif shape == "triangle":
-        pts = np.array([[cx, cy - r], [cx + r, cy + r], [cx - r, cy + r]])
-    else:  # diamond
-        pts = np.array([[cx, cy - r], [cx + r, cy], [cx, cy + r], [cx - r, cy]])
-    return np.round(pts, 2).ravel().tolist()
-
-
-def _layout(rng: np.random.Generator, size: int) -> list[dict]:
-    """Objects (bottom to top) with full and visible masks; every object keeps ≥ 50 % of itself visible."""
-    from pycocotools import mask as mask_utils
-
-    n_target = int(rng.integers(2, 7))
-    objects: list[dict] = []
-    used = set()
-    for _ in range(n_target * 8):
-        if len(objects) == n_target:
-            break
-        shape, colour, pattern = SHAPES[rng.integers(4)], list(COLOURS)[rng.integers(len(COLOURS))], \
-            PATTERNS[rng.integers(3)]
-        if (shape, colour, pattern) in used:  # keeps referring expressions unique within an image
-            continue
-        size_name = list(SIZES)[rng.choice(3, p=SIZE_P)]
-        r = float(rng.uniform(*SIZES[size_name]))
-        big = [o for o in objects if o["r"] > r * 2.2]
-        if big and rng.random() < 0.35:  # nest inside a bigger object
-            host = big[rng.integers(len(big))]
-            cx, cy = host["cx"] + rng.uniform(-0.3, 0.3) * host["r"], host["cy"] + rng.uniform(-0.3, 0.3) * host["r"]
-        else:
-            cx, cy = rng.uniform(r + 1, size - r - 1, size=2)
-        poly = _polygon(shape, cx, cy, r)
-        full = mask_utils.decode(mask_utils.frPyObjects([poly], size, size)[0]).astype(bool)
-        if full.sum() < 12:
-            continue
-        if any((o["visible"] & ~full).sum() < 0.5 * o["full"].sum() for o in objects):
-            continue
-        for o in objects:
-            o["visible"] = o["visible"] & ~full
-        used.add((shape, colour, pattern))
-        objects.append({"shape": shape, "colour": colour, "pattern": pattern, "size": size_name, "r": r,
-                        "cx": float(cx), "cy": float(cy), "poly": poly, "full": full, "visible": full.copy()})
-    return objects
-
-
-def _render(rng: np.random.Generator, objects: list[dict], size: int) -> np.ndarray:
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = rng.uniform(150, 205)
-    grad = rng.uniform(-15, 15) * (yy / size - 0.5) + rng.uniform(-15, 15) * (xx / size - 0.5)
-    img = np.repeat((base + grad)[:, :, None], 3, axis=2)
-    stripes = ((xx + yy) // 3) % 2 == 1
-    dots = (xx % 4 < 2) & (yy % 4 < 2)
-    for o in objects:
-        colour = np.clip(np.array(COLOURS[o["colour"]]) + rng.uniform(-12, 12, 3), 0, 255)
-        img[o["full"]] = colour
-        shade = {"solid": None, "striped": stripes, "dotted": dots}[o["pattern"]]
-        if shade is not None:
-            img[o["full"] & shade] = colour * 0.45
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
-
-
-def _relation(a: dict, b: dict) -> str | None:
-    """Where a is relative to b, by the dominant axis of the centre offset; None if too close to call."""
-    dx, dy = a["cx"] - b["cx"], a["cy"] - b["cy"]
-    if max(abs(dx), abs(dy)) < 12 or abs(abs(dx) - abs(dy)) < 6:
-        return None
-    if abs(dx) > abs(dy):
-        return "left of" if dx < 0 else "right of"
-    return "above" if dy < 0 else "below"
-
-
-def _phrase(o: dict) -> str:
-    return f"{o['pattern']} {o['colour']} {o['shape']}"
-
-
-# -- the whole set --------------------------------------------------------------------------------------------
 def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, seed: int = 0,
                     image_size: int = 128) -> dict[str, Path]:
     """Write the synthetic set under ``out_dir`` (layout in the README written there); returns the main paths.
@@ -161,8 +71,8 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
         split = "train" if idx < n_train else "val"
         image_id = idx + 1
         rng = np.random.default_rng([seed, idx])
-        objects = _layout(rng, size)
-        pixels = _render(rng, objects, size)
+        objects = layout_scene(rng, size)
+        pixels = render_scene(rng, objects, size)
         file_name = FILE_PATTERN.format(image_id=image_id)
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
@@ -188,7 +98,7 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
             o["ann"] = ann
             region_id += 1
             size_word = {"small": "small ", "medium": "", "large": "large "}[o["size"]]
-            regions.append({"region_id": region_id, "image_id": image_id, "phrase": f"a {size_word}{_phrase(o)}",
+            regions.append({"region_id": region_id, "image_id": image_id, "phrase": f"a {size_word}{phrase(o)}",
                             "x": int(x), "y": int(y), "width": max(int(round(w)), 1), "height": max(int(round(h)), 1)})
         coco[split]["annotations"].extend(anns)
         vg_regions.append({"id": image_id, "regions": regions})
@@ -196,11 +106,11 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
         # referring expressions: one ref per object, two sentences (attributes; attributes + relation)
         for o in objects:
             ref_id += 1
-            sents = [f"the {_phrase(o)}"]
-            others = [p for p in objects if p is not o and _relation(o, p)]
+            sents = [f"the {phrase(o)}"]
+            others = [p for p in objects if p is not o and relation(o, p)]
             if others:
                 p = others[rng.integers(len(others))]
-                sents.append(f"the {_phrase(o)} {_relation(o, p)} the {p['colour']} {p['shape']}")
+                sents.append(f"the {phrase(o)} {relation(o, p)} the {p['colour']} {p['shape']}")
             sentences = []
             for s in sents:
                 sent_id += 1
@@ -223,10 +133,10 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
 
         # spatial QA in the general region-conversation format (regions as COCO segmentations + bbox)
         pairs = [(a, b) for a, b in itertools.permutations(range(len(objects)), 2)
-                 if _relation(objects[a], objects[b])]
+                 if relation(objects[a], objects[b])]
         for n_q, pi in enumerate(rng.permutation(len(pairs))[:2]):
             a, b = pairs[pi]
-            rel = _relation(objects[a], objects[b])
+            rel = relation(objects[a], objects[b])
             spatial[split].append({
                 "id": f"spatial-{image_id}-{n_q}", "image": file_name,
                 "regions": [{"bbox": objects[i]["ann"]["bbox"], "segmentation": objects[i]["ann"]["segmentation"]}
@@ -236,7 +146,7 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
                                                "Answer the question using one of: left, right, above, below."},
                     {"from": "gpt", "value": SPATIAL_ANSWERS[rel]}]})
 
-        names = [f"a {_phrase(o)}" for o in objects]
+        names = [f"a {phrase(o)}" for o in objects]
         llava[split].append({"id": f"synth-{image_id}", "image": file_name, "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image briefly."},
             {"from": "gpt", "value": f"There are {len(objects)} objects: {', '.join(names[:-1])} and {names[-1]}."}]})
@@ -265,9 +175,6 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
     write_json(paths["vg_splits"], {"train": splits["train"], "val": splits["val"], "test": []})
     paths["images"] = out / "images"
     # the spatial and dlc benchmark files, derived from the val instances
-    from regionvlm.benchmarks.dlc import make_synthetic_dlc
-    from regionvlm.benchmarks.spatial import make_synthetic_spatial
-
     paths["spatial_qa_val"] = out / "spatial" / "spatial_qa_val.jsonl"
     make_synthetic_spatial(paths["instances_val"], paths["spatial_qa_val"])
     paths["dlc_qa_val"] = out / "dlc" / "dlc_qa_val.jsonl"
@@ -276,57 +183,6 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
         seed=seed, n_train=n_train, n_val=n_val, size=size, shapes=", ".join(SHAPES),
         colours=", ".join(COLOURS), patterns=", ".join(PATTERNS)).encode())
     return paths
-
-
-# -- tokenizer ------------------------------------------------------------------------------------------------
-def corpus_texts() -> list[str]:
-    """Texts the tiny tokenizer is trained on: every phrase the synthetic set can produce, every prompt
-    phrasing and guidance, and the chat templates' words."""
-    from regionvlm.data.collate import VICUNA_SYSTEM
-    from regionvlm.plugins import prompts
-
-    texts = [VICUNA_SYSTEM, "USER: ASSISTANT:", "Describe the image briefly.", "There are 2 3 4 5 6 objects:",
-             "Is there a in the image? yes no", "Where is relative to? left right above below",
-             "Region [1]. Region [2]. Region [3]. Region [4]. Region [5]. Region [6].",
-             prompts.ReferringExpressionPrompt.negative_answer]
-    for shape, colour, pattern in itertools.product(SHAPES, COLOURS, PATTERNS):
-        for size_word in ("small ", "", "large "):
-            texts.append(f"a {size_word}{pattern} {colour} {shape}")
-        for rel in RELATIONS:
-            texts.append(f"the {pattern} {colour} {shape} {rel} the {colour} {shape}")
-    for cls in vars(prompts).values():
-        if isinstance(cls, type) and issubclass(cls, prompts.TaskPrompt):
-            texts.extend(cls.phrasings)
-            texts.append(cls.guidance)
-            texts.extend(getattr(cls, "guidances", {}).values())
-    texts += [f"Answer the question using {v} category names." for v in ("COCO-80", "the")]
-    return texts
-
-
-def build_tokenizer(out_dir: str | Path, texts: list[str] | None = None, vocab_size: int = 1024):
-    """Train a byte-level BPE on ``texts`` (default `corpus_texts`) and save it as a transformers
-    ``PreTrainedTokenizerFast`` (``save_pretrained``) with ``<s>``, ``</s>``, ``<pad>``, ``<unk>`` and the image
-    and region placeholder tokens. Byte-level: any text tokenises, no unknowns. Returns the tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from regionvlm.tokens import SPECIAL_TOKENS
-
-    texts = corpus_texts() if texts is None else list(texts)
-    specials = ["<unk>", "<s>", "</s>", "<pad>", *SPECIAL_TOKENS]
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    # repeat the corpus so that frequent chat words merge before rare ones
-    tok.train_from_iterator(texts * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", additional_special_tokens=list(SPECIAL_TOKENS),
-                                   model_max_length=2048, clean_up_tokenization_spaces=False)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))
-    return fast
 
 
 def default_paths(root: str | Path) -> dict[str, Any]:
