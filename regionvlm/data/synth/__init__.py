@@ -12,7 +12,6 @@ descriptions, POPE jsonl, LLaVA json, the region-conversation jsonl), so the rea
 Masks are rasterised by pycocotools from the same polygons that are written, so pixels and annotations agree.
 Generation is deterministic per (seed, image index).
 
-Modules: `scenes` (the object vocabulary, one scene's layout and pixels), `writers` (`write_synthetic`,
-`default_paths`), `benchmark_files` (the `spatial` and `dlc` question files), `tokenizer`
-(`train_tiny_tokenizer`).
+Modules: `scenes` (the object vocabulary, one scene's layout and pixels), `writers` (`write_synthetic`),
+`benchmark_files` (the `spatial` and `dlc` question files), `tokenizer` (`train_tiny_tokenizer`).
 """

@@ -1,13 +1,12 @@
 """`write_synthetic`: the whole synthetic set, in the official formats (COCO instances, RefCOCOg refs pickle +
 instances, VG region descriptions, POPE jsonl, LLaVA json, the region-conversation jsonl, and the `spatial` and
-`dlc` benchmark files), and `default_paths`, where each file lands."""
+`dlc` benchmark files)."""
 
 from __future__ import annotations
 
 import io
 import itertools
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -183,14 +182,3 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
         seed=seed, n_train=n_train, n_val=n_val, size=size, shapes=", ".join(SHAPES),
         colours=", ".join(COLOURS), patterns=", ".join(PATTERNS)).encode())
     return paths
-
-
-def default_paths(root: str | Path) -> dict[str, Any]:
-    """Where `write_synthetic` puts each file under ``root`` (for configs and tests)."""
-    root = Path(root)
-    return {"images": root / "images", "instances_train": root / "annotations/instances_train.json",
-            "instances_val": root / "annotations/instances_val.json",
-            "refcocog_refs": root / "refcocog/refs(umd).p", "refcocog_instances": root / "refcocog/instances.json",
-            "vg_regions": root / "vg/region_descriptions.json", "vg_images": root / "vg/image_data.json",
-            "vg_splits": root / "vg/densecap_splits.json", "spatial_qa_val": root / "spatial/spatial_qa_val.jsonl",
-            "dlc_qa_val": root / "dlc/dlc_qa_val.jsonl"}
