@@ -17,6 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from regionvlm.data import formats
+from regionvlm.data.geometry import box_iou_xywh
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
 from regionvlm.plugins.prompts import ReferringExpressionPrompt
@@ -194,7 +195,7 @@ class RefCocoDataset(RegionDataset):
             items = [_ann_region(p, self.region) for p in props]
             cand_ids = [None] * len(props)
             boxes = np.array([p["bbox"] for p in props], dtype=float).reshape(-1, 4)
-            ious = _box_iou_xywh(boxes, np.asarray(ann["bbox"], dtype=float))
+            ious = box_iou_xywh(boxes, np.asarray(ann["bbox"], dtype=float))
             answer = int(np.argmax(ious)) if len(ious) and ious.max() >= 0.5 else None
         else:
             anns = sorted(self.coco.anns_by_image[ref["image_id"]], key=lambda a: a["id"])
@@ -215,13 +216,6 @@ class RefCocoDataset(RegionDataset):
                            "candidate_ann_ids": cand_ids, "answer": ReferringExpressionPrompt.answer_for(
                                None if answer is None else answer + 1), "gt_box": [x, y, x + w, y + h]},
                 "task": self.task}
-
-
-def _box_iou_xywh(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    a0, a1 = boxes[:, :2], boxes[:, :2] + boxes[:, 2:]
-    b0, b1 = box[:2], box[:2] + box[2:]
-    inter = np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None).prod(1)
-    return inter / (boxes[:, 2:].prod(1) + box[2:].prod() - inter + 1e-9)
 
 
 # -- Visual Genome --------------------------------------------------------------------------------------------
@@ -339,10 +333,6 @@ class PopeDataset(RegionDataset):
         return {"id": str(q["question_id"]), "image": self.image_path(q["image"]), "regions": Regions(),
                 "conversations": self.prompt.build(question=q["text"], answer=q.get("label"), rng=self.rng(i)),
                 "target": q.get("label"), "task": self.task}
-
-
-def dataset_names() -> list[str]:
-    return DATASETS.names()
 
 
 __all__ = [
