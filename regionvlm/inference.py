@@ -14,7 +14,6 @@ or COCO RLE dicts (``{"size": [h, w], "counts": ...}``); images may be paths, PI
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -133,10 +132,9 @@ class RegionChat:
         """Index (0-based) of the candidate region the expression refers to, or None if the answer names none."""
         candidates = as_regions(candidates)
         question = self.task_question("rec", expression=expression, num_candidates=len(candidates))
-        answer = self.ask(image, candidates, question, **generation)
-        match = re.search(r"Region\s*\[?\s*(\d+)", answer)
-        k = int(match.group(1)) - 1 if match else -1
-        return k if 0 <= k < len(candidates) else None
+        from regionvlm.evaluation.answers import parse_region_index
+
+        return parse_region_index(self.ask(image, candidates, question, **generation), len(candidates))
 
 
 def generation_collator(model: Any, tokenizer: Any, card: dict, process: bool = False) -> tuple[Any, Any]:
