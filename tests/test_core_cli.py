@@ -65,6 +65,20 @@ def test_internal_error_exit_1(monkeypatch, capsys):
     assert "internal error: ZeroDivisionError" in capsys.readouterr().err
 
 
+def test_plugin_error_exit_1_names_the_plugin(monkeypatch, capsys):
+    import regionvlm.commands.config_cmd as cmd
+    from regionvlm.errors import PluginError
+
+    def run(args):
+        raise PluginError("internal error in projector 'foo' (my_pkg.components:Foo), built at model.projector: "
+                          "ValueError: boom")
+
+    monkeypatch.setattr(cmd, "run", run)
+    assert main(["config", "x.yaml"]) == 1
+    assert capsys.readouterr().err == ("internal error in projector 'foo' (my_pkg.components:Foo), built at "
+                                       "model.projector: ValueError: boom (rerun with --debug for the traceback)\n")
+
+
 def test_list_shows_docs_verbatim(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["list", "prompt"]) == 0
