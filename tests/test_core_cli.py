@@ -47,7 +47,7 @@ def test_exit_codes(tmp_path, capsys):
     assert "lr: 0.5" in out and "seed: 3" in out
 
     assert main(["config", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml: cannot read config" in capsys.readouterr().err
+    assert "missing.yaml: no such config file or installed recipe" in capsys.readouterr().err
     assert main(["list", "projectr"]) == 2
     assert "did you mean 'projector'?" in capsys.readouterr().err
 
