@@ -13,6 +13,7 @@ No torch import: the CLI reads this module before anything heavy.
 
 from __future__ import annotations
 
+import collections.abc
 import typing
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -93,15 +94,16 @@ def _matches(value: Any, expected: Any) -> bool:
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(v, args[0]) for v in value)
         return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
-    if origin is not None and origin.__module__ == "collections.abc" and origin.__name__ == "Callable":
+    if origin is collections.abc.Callable:
         return callable(value)
     return isinstance(value, expected)
 
 
 def _describe(expected: Any) -> str:
-    if typing.get_origin(expected) is not None and typing.get_origin(expected).__name__ == "Callable":
+    origin = typing.get_origin(expected)
+    if origin is collections.abc.Callable:
         return "a method"
-    return getattr(expected, "__name__", None) if typing.get_origin(expected) is None else str(expected)
+    return str(expected) if origin is not None else expected.__name__
 
 
 def contract_violation(obj: Any, contract: type) -> str | None:

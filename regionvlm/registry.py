@@ -135,7 +135,7 @@ class Registry:
         where = f"{key_path}: " if key_path else ""
         try:
             built = obj(**kwargs)
-        except UserError:
+        except (UserError, PluginError):  # the user's mistake, or a nested component's bug already named
             raise
         except Exception as exc:  # the plugin's own bug, not the user's: say which plugin
             raise PluginError(f"internal error in {what} ({qualified_name(obj)}), built at {key_path or self.kind}: "

@@ -299,3 +299,21 @@ def test_kwargs_forwarded_to_base_are_checked_by_name():
     r.build({"type": "child", "ann_file": "a", "seed": 1})
     with pytest.raises(RegistryError, match=r"data.train\[0\].sed: unexpected key for dataset 'child'; did you mean 'seed'\?"):
         r.build({"type": "child", "ann_file": "a", "sed": 1}, key_path="data.train[0]")
+
+
+def test_nested_plugin_error_is_not_wrapped_again():
+    """A dataset building its prompt: the prompt's bug is reported as the prompt's, not re-wrapped as the dataset's."""
+    prompts, datasets = Registry("prompt"), Registry("dataset")
+
+    @prompts.register("bad_prompt")
+    def bad_prompt():
+        raise KeyError("template")
+
+    @datasets.register("uses_prompt")
+    def uses_prompt():
+        return prompts.build({"type": "bad_prompt"}, key_path="prompt")
+
+    with pytest.raises(PluginError) as e:
+        datasets.build({"type": "uses_prompt"}, key_path="data.train[0]")
+    assert str(e.value).startswith("internal error in prompt 'bad_prompt' (test_core_registry:")
+    assert "dataset" not in str(e.value)

@@ -108,6 +108,9 @@ def test_unknown_keys_are_reported_before_missing_files(capsys, monkeypatch):
                                  "did you mean 'image_root'?"),
     ("~data.train.0.ann_file", "data.train[0].ann_file: required key missing for dataset 'coco_instances'"),
     ("data.train.0.prompt.vocabulary=[a]", None),
+    ("trainer.logger=true", "trainer.logger: is set by the code at build time"),
+    ("eval.benchmarks.poep={limit: 3}", "eval.benchmarks.poep: no benchmark named 'poep'; did you mean 'pope'?"),
+    ("eval.benchmarks.pope={limit: 3}", None),
     ("data.train.0.prompt.vocabularry=x", "data.train[0].prompt.vocabularry: unexpected key for prompt "
                                           "'region_classification'; did you mean 'vocabulary'?"),
 ])

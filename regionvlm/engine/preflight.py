@@ -95,17 +95,31 @@ def _check_trainer(trainer: dict) -> None:
 
     from regionvlm.registry import checked_kwargs
 
-    checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False)
+    # engine.trainer.build_trainer sets these (train and eval alike)
+    checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False,
+                   runtime=dict.fromkeys(("callbacks", "logger")))
+
+
+def _check_eval(eval_cfg: dict) -> None:
+    from regionvlm.registry import BENCHMARKS
+
+    benchmarks = eval_cfg.get("benchmarks") or {}
+    if not isinstance(benchmarks, dict):
+        raise ConfigError(f"eval.benchmarks: expected a mapping of benchmark name → settings, got {benchmarks!r}")
+    for name in benchmarks:
+        if not str(name).endswith((".yaml", ".yml")):  # a path names a benchmark YAML of one's own
+            BENCHMARKS.get(str(name), key_path=f"eval.benchmarks.{name}")
 
 
 def check_config(config: dict, source: str = "") -> None:
-    """Check every registered name (``type:``) and every key of the ``model``, ``data`` and ``trainer`` sections
-    against the constructors' signatures, the way building them would, without building anything or looking for
-    weights or data. Raises one `ConfigError` prefixed with the config file ``source``."""
+    """Check every registered name (``type:``, ``eval.benchmarks``) and every key of the ``model``, ``data`` and
+    ``trainer`` sections against the constructors' signatures, the way building them would, without building
+    anything or looking for weights or data. Raises one `ConfigError` prefixed with the config file ``source``."""
     try:
         _check_model(config.get("model") or {})
         _check_data(config.get("data") or {})
         _check_trainer(config.get("trainer") or {})
+        _check_eval(config.get("eval") or {})
     except ConfigError as exc:
         raise ConfigError(f"{source} {exc}" if source else str(exc)) from exc
 
