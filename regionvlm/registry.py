@@ -119,9 +119,8 @@ class Registry:
         return sorted(self._items.items())
 
     # -- construction -------------------------------------------------------------------------------------
-    def build(self, node: Any, key_path: str = "", **runtime: Any) -> Any:
-        """Construct ``node`` = ``{type: name, **kwargs}`` (a dict or DictConfig), adding ``runtime`` values
-        that the constructor accepts. ``key_path`` (e.g. ``model.projector``) names the node in errors."""
+    def _parse(self, node: Any, key_path: str) -> tuple[str, Any, dict[str, Any]]:
+        """``node`` (``{type: name, **kwargs}``, a DictConfig or a bare name) → (name, registered object, kwargs)."""
         node = to_plain(node)
         if isinstance(node, str):
             node = {"type": node}
@@ -129,10 +128,14 @@ class Registry:
             raise RegistryError(f"{key_path or self.kind}: expected a mapping with a 'type' key, got {node!r}")
         kwargs = dict(node)
         name = kwargs.pop("type")
-        obj = self.get(name, key_path=f"{key_path}.type" if key_path else "")
+        return name, self.get(name, key_path=f"{key_path}.type" if key_path else ""), kwargs
+
+    def build(self, node: Any, key_path: str = "", **runtime: Any) -> Any:
+        """Construct ``node`` = ``{type: name, **kwargs}`` (a dict or DictConfig), adding ``runtime`` values
+        that the constructor accepts. ``key_path`` (e.g. ``model.projector``) names the node in errors."""
+        name, obj, kwargs = self._parse(node, key_path)
         what = f"{self.kind} '{name}'"
         kwargs = checked_kwargs(obj, kwargs, key_path=key_path, what=what, runtime=runtime)
-        where = f"{key_path}: " if key_path else ""
         try:
             built = obj(**kwargs)
         except (UserError, PluginError):  # the user's mistake, or a nested component's bug already named
@@ -142,22 +145,15 @@ class Registry:
                               f"{type(exc).__name__}: {exc}") from exc
         problem = contract_violation(built, self.contract) if self.contract is not None else None
         if problem:
-            raise PluginError(f"{where}{what} ({qualified_name(obj)}) breaks the {self.kind} contract "
-                              f"(regionvlm.contracts.{self.contract.__name__}): {problem}")
+            raise PluginError(f"{key_path or self.kind}: {what} ({qualified_name(obj)}) breaks the {self.kind} "
+                              f"contract (regionvlm.contracts.{self.contract.__name__}): {problem}")
         return built
 
     def check_node(self, node: Any, key_path: str, runtime_keys: Iterable[str] = (), require: bool = True) -> None:
         """Check ``node``'s type name and keys as `build` would, without constructing anything (``runtime_keys``:
         the arguments the code supplies; ``require=False``: skip the missing-key check, for nodes whose runtime
         values are not known here)."""
-        node = to_plain(node)
-        if isinstance(node, str):
-            node = {"type": node}
-        if not isinstance(node, Mapping) or "type" not in node:
-            raise RegistryError(f"{key_path}: expected a mapping with a 'type' key, got {node!r}")
-        kwargs = dict(node)
-        name = kwargs.pop("type")
-        obj = self.get(name, key_path=f"{key_path}.type")
+        name, obj, kwargs = self._parse(node, key_path)
         checked_kwargs(obj, kwargs, key_path=key_path, what=f"{self.kind} '{name}'",
                        runtime=dict.fromkeys(runtime_keys), require=require)
 
