@@ -104,8 +104,6 @@ def recipe_names() -> list[str]:
 def resolve_config_path(name: str | os.PathLike) -> Path:
     """``name`` when such a file exists; else the installed recipe of that name (``.yaml`` optional). An unknown
     name is one `ConfigError` line with the close recipe names."""
-    import difflib
-
     path = Path(name)
     if path.exists():
         return path
@@ -116,10 +114,8 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
                 return candidate
     names = recipe_names()
     stem = str(name)[: -len(path.suffix)] if path.suffix in RECIPE_SUFFIXES else str(name)
-    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     known = f" installed recipes: {', '.join(names)}" if names else " (no recipes are installed)"
-    raise ConfigError(f"{name}: no such config file or installed recipe{hint}{known}")
+    raise ConfigError(f"{name}: no such config file or installed recipe{_did_you_mean(stem, names)}{known}")
 
 
 def _read_layer(path: Path) -> dict:
