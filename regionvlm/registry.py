@@ -69,6 +69,7 @@ class Registry:
         self.contract = contract  # a `regionvlm.contracts` Protocol that every built component must meet
         self._items: dict[str, Any] = {}
         self._loaded = False
+        self._loading = False  # a built-in module that looks names up while it is being imported
 
     # -- registration -------------------------------------------------------------------------------------
     def register(self, name: str | None = None) -> Callable[[Any], Any]:
@@ -88,12 +89,16 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
-        if self._loaded:
+        if self._loaded or self._loading:
             return
-        for module in self.builtin_modules:
-            importlib.import_module(module)
-        load_entry_point_plugins()
-        self._loaded = True  # only now: a failed import is raised again at the next lookup
+        self._loading = True
+        try:
+            for module in self.builtin_modules:
+                importlib.import_module(module)
+            load_entry_point_plugins()
+            self._loaded = True  # only now: a failed import is raised again at the next lookup
+        finally:
+            self._loading = False
 
     def names(self) -> list[str]:
         self._ensure_loaded()

@@ -174,6 +174,7 @@ def test_failed_builtin_import_is_raised_again_not_an_empty_registry(tmp_path, m
     mod = tmp_path / "flaky_builtin_mod.py"
     mod.write_text("from tests_registry_target import R\n"
                    "@R.register('ok')\nclass Ok:\n    pass\n"
+                   "assert R.names() == ['ok']\n"  # a lookup while the module is being imported
                    "raise RuntimeError('half-written plugin module')\n")
     target = types.ModuleType("tests_registry_target")
     target.R = Registry("thing", ("flaky_builtin_mod",))
