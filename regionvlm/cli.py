@@ -5,7 +5,8 @@ Each command lives in ``regionvlm/commands/<module>.py`` exposing ``add_argument
 instant (no torch, lightning or transformers).
 
 Exit codes: 0 success; 2 user error (bad config, argument or input; one line on stderr, no traceback unless
-``--debug``); 1 internal error; 130 interrupted.
+``--debug``); 1 internal error (a `PluginError` names the component at fault and where it is defined);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0 if not argv or argv == ["--debug"] else 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from regionvlm.errors import UserError
+    from regionvlm.errors import PluginError, UserError
 
     try:
         parser, module = command_parser(args.command)
@@ -90,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: say so, keep the traceback one flag away
+    except Exception as exc:  # a bug: say so (and whose, for a plugin's), keep the traceback one flag away
         if debug:
             traceback.print_exc()
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
+        msg = str(exc) if isinstance(exc, PluginError) else f"internal error: {type(exc).__name__}: {exc}"
+        print(f"{msg} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
 
 

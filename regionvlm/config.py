@@ -1,5 +1,8 @@
 """Layered YAML configs on OmegaConf.
 
+A config is a YAML file, or the name of a recipe installed with the package (``rgpt/tiny/stage2``: the
+repository's ``projects/rgpt/tiny/stage2.yaml``, shipped as ``regionvlm.recipes``); a file of that name wins.
+
 Precedence, lowest first: schema defaults < ``_base_`` files (in order, recursively) < the file < CLI overrides.
 - ``_base_: path`` or a list of paths, relative to the file that names them; mappings merge deeply, lists are
   replaced (not concatenated); cycles are an error; a file reached twice is applied once, where first reached.
@@ -62,8 +65,6 @@ class RootConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: dict[str, Any] = field(default_factory=dict)
-    predict: dict[str, Any] = field(default_factory=dict)
-    datagen: dict[str, Any] = field(default_factory=dict)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -73,6 +74,48 @@ def display_path(path: str | os.PathLike) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def recipes_root() -> Path | None:
+    """The folder of the installed recipes (package ``regionvlm.recipes``: the repository's ``projects/``, mapped
+    by pyproject.toml), or None when the installation has none."""
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("regionvlm.recipes")
+    except ImportError:
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
+
+
+def recipe_names() -> list[str]:
+    """Every installed recipe, as the name that `resolve_config_path` accepts (``rgpt/tiny/stage2``)."""
+    root = recipes_root()
+    if root is None:
+        return []
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*")
+                  if p.suffix in RECIPE_SUFFIXES and p.is_file())
+
+
+def resolve_config_path(name: str | os.PathLike) -> Path:
+    """``name`` when such a file exists; else the installed recipe of that name (``.yaml`` optional). An unknown
+    name is one `ConfigError` line with the close recipe names."""
+    path = Path(name)
+    if path.exists():
+        return path
+    root = recipes_root()
+    if root is not None and not path.is_absolute():
+        for candidate in (root / path, *(root / f"{path}{s}" for s in RECIPE_SUFFIXES)):
+            if candidate.suffix in RECIPE_SUFFIXES and candidate.is_file():
+                return candidate
+    names = recipe_names()
+    stem = str(name)[: -len(path.suffix)] if path.suffix in RECIPE_SUFFIXES else str(name)
+    known = f" installed recipes: {', '.join(names)}" if names else " (no recipes are installed)"
+    raise ConfigError(f"{name}: no such config file or installed recipe{_did_you_mean(stem, names)}{known}")
 
 
 def _read_layer(path: Path) -> dict:
@@ -189,10 +232,12 @@ def _schema_keys(dotted: str) -> list[str]:
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """Load ``path`` with its bases and CLI ``overrides`` into a validated `DictConfig` (interpolations kept)."""
+    """Load ``path`` (a file or a recipe name, see `resolve_config_path`) with its bases and CLI ``overrides`` into a
+    validated `DictConfig` (interpolations kept)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    path = resolve_config_path(path)
     cfg = OmegaConf.structured(RootConfig)
     for source, layer in _first_occurrences(file_layers(path)):
         try:

@@ -10,6 +10,12 @@ the known names and close matches.
 
 Nothing heavy happens at import: built-in plugins are imported on the first lookup of their registry,
 third-party plugins come from the ``regionvlm.plugins`` entry-point group or a config's ``imports:`` list.
+A registry counts as loaded only once its built-in modules imported without error (a failed import is raised
+again at the next lookup). Entry-point plugins load one by one: a broken one is a warning (once), named again
+when a lookup misses, and does not stop the others from registering.
+
+A component that raises inside its constructor (anything but a `UserError`) or breaks its kind's contract
+(`regionvlm.contracts`) is a `PluginError`: a bug of that plugin, reported with its name and defining place.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from regionvlm.errors import RegistryError, UserError
+from regionvlm.contracts import CONTRACTS, contract_violation
+from regionvlm.errors import PluginError, RegistryError, UserError
 
 ENTRY_POINT_GROUP = "regionvlm.plugins"
 
@@ -37,6 +45,16 @@ def _where(obj: Any) -> str:
         return getattr(obj, "__module__", "?")
 
 
+def qualified_name(obj: Any) -> str:
+    """``package.module:Class`` — where a registered component is defined."""
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+    """True for the same class or function defined again by re-importing its module (after a failed import)."""
+    return qualified_name(a) == qualified_name(b) and "<locals>" not in qualified_name(a)
+
+
 def first_doc_line(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -45,11 +63,13 @@ def first_doc_line(obj: Any) -> str:
 class Registry:
     """Name → class (or factory function) for one kind of component."""
 
-    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = ()):
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...] = (), contract: type | None = None):
         self.kind = kind
         self.builtin_modules = builtin_modules
+        self.contract = contract  # a `regionvlm.contracts` Protocol that every built component must meet
         self._items: dict[str, Any] = {}
         self._loaded = False
+        self._loading = False  # a built-in module that looks names up while it is being imported
 
     # -- registration -------------------------------------------------------------------------------------
     def register(self, name: str | None = None) -> Callable[[Any], Any]:
@@ -57,7 +77,7 @@ class Registry:
 
         def deco(obj: Any) -> Any:
             key = name or obj.__name__
-            if key in self._items and self._items[key] is not obj:
+            if key in self._items and not _same_definition(self._items[key], obj):
                 raise RegistryError(
                     f"{self.kind} '{key}' is already registered (first at {_where(self._items[key])}); "
                     f"cannot register it again at {_where(obj)}"
@@ -69,12 +89,16 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------------------
     def _ensure_loaded(self) -> None:
-        if self._loaded:
+        if self._loaded or self._loading:
             return
-        self._loaded = True
-        for module in self.builtin_modules:
-            importlib.import_module(module)
-        load_entry_point_plugins()
+        self._loading = True
+        try:
+            for module in self.builtin_modules:
+                importlib.import_module(module)
+            load_entry_point_plugins()
+            self._loaded = True  # only now: a failed import is raised again at the next lookup
+        finally:
+            self._loading = False
 
     def names(self) -> list[str]:
         self._ensure_loaded()
@@ -89,8 +113,9 @@ class Registry:
         if name not in self._items:
             where = f"{key_path}: " if key_path else ""
             known = ", ".join(sorted(self._items)) or "(none)"
+            broken = "".join(f"; note: {line}" for line in _plugin_failures)  # perhaps the name lives there
             raise RegistryError(
-                f"{where}no {self.kind} named '{name}'{_did_you_mean(name, self._items)} known: {known}"
+                f"{where}no {self.kind} named '{name}'{_did_you_mean(name, self._items)} known: {known}{broken}"
             )
         return self._items[name]
 
@@ -99,9 +124,8 @@ class Registry:
         return sorted(self._items.items())
 
     # -- construction -------------------------------------------------------------------------------------
-    def build(self, node: Any, key_path: str = "", **runtime: Any) -> Any:
-        """Construct ``node`` = ``{type: name, **kwargs}`` (a dict or DictConfig), adding ``runtime`` values
-        that the constructor accepts. ``key_path`` (e.g. ``model.projector``) names the node in errors."""
+    def _parse(self, node: Any, key_path: str) -> tuple[str, Any, dict[str, Any]]:
+        """``node`` (``{type: name, **kwargs}``, a DictConfig or a bare name) → (name, registered object, kwargs)."""
         node = to_plain(node)
         if isinstance(node, str):
             node = {"type": node}
@@ -109,14 +133,43 @@ class Registry:
             raise RegistryError(f"{key_path or self.kind}: expected a mapping with a 'type' key, got {node!r}")
         kwargs = dict(node)
         name = kwargs.pop("type")
-        obj = self.get(name, key_path=f"{key_path}.type" if key_path else "")
-        return construct(obj, kwargs, key_path=key_path, what=f"{self.kind} '{name}'", **runtime)
+        return name, self.get(name, key_path=f"{key_path}.type" if key_path else ""), kwargs
+
+    def build(self, node: Any, key_path: str = "", **runtime: Any) -> Any:
+        """Construct ``node`` = ``{type: name, **kwargs}`` (a dict or DictConfig), adding ``runtime`` values
+        that the constructor accepts. ``key_path`` (e.g. ``model.projector``) names the node in errors."""
+        name, obj, kwargs = self._parse(node, key_path)
+        what = f"{self.kind} '{name}'"
+        kwargs = checked_kwargs(obj, kwargs, key_path=key_path, what=what, runtime=runtime)
+        try:
+            built = obj(**kwargs)
+        except (UserError, PluginError):  # the user's mistake, or a nested component's bug already named
+            raise
+        except Exception as exc:  # the plugin's own bug, not the user's: say which plugin
+            raise PluginError(f"internal error in {what} ({qualified_name(obj)}), built at {key_path or self.kind}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        problem = contract_violation(built, self.contract) if self.contract is not None else None
+        if problem:
+            raise PluginError(f"{key_path or self.kind}: {what} ({qualified_name(obj)}) breaks the {self.kind} "
+                              f"contract (regionvlm.contracts.{self.contract.__name__}): {problem}")
+        return built
+
+    def check_node(self, node: Any, key_path: str, runtime_keys: Iterable[str] = (), require: bool = True) -> None:
+        """Check ``node``'s type name and keys as `build` would, without constructing anything (``runtime_keys``:
+        the arguments the code supplies; ``require=False``: skip the missing-key check, for nodes whose runtime
+        values are not known here)."""
+        name, obj, kwargs = self._parse(node, key_path)
+        checked_kwargs(obj, kwargs, key_path=key_path, what=f"{self.kind} '{name}'",
+                       runtime=dict.fromkeys(runtime_keys), require=require)
 
 
-def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", **runtime: Any) -> Any:
-    """Call ``obj(**kwargs, **runtime)`` after checking the keys against its signature, with errors that name
-    ``key_path``: unexpected keys (with close matches), missing required keys, and keys that the code sets."""
+def checked_kwargs(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "",
+                   runtime: Mapping[str, Any] | None = None, require: bool = True) -> dict[str, Any]:
+    """``kwargs`` + the ``runtime`` values ``obj`` accepts, after checking the keys against its signature, with
+    errors that name ``key_path``: unexpected keys (with close matches), keys that the code sets, and (with
+    ``require``) missing required keys."""
     kwargs = dict(to_plain(kwargs) or {})
+    runtime = dict(runtime or {})
     what = what or getattr(obj, "__name__", str(obj))
     params, accepts_any = signature_params(obj)
     prefix = f"{key_path}." if key_path else ""
@@ -130,18 +183,22 @@ def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str
             )
     for key in runtime:
         if key in kwargs:
-            raise RegistryError(
-                f"{prefix}{key}: is set by the code at build time ({runtime[key]!r}); remove it from the config"
-            )
+            raise RegistryError(f"{prefix}{key}: is set by the code at build time; remove it from the config")
     kwargs.update({k: v for k, v in runtime.items() if accepts_any or k in params})
     missing = [
         p for p, param in params.items()
         if param.default is inspect.Parameter.empty and p not in kwargs
         and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
     ]
-    if missing:
+    if missing and require:
         raise RegistryError(f"{prefix}{missing[0]}: required key missing for {what}")
-    return obj(**kwargs)
+    return kwargs
+
+
+def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", **runtime: Any) -> Any:
+    """Call ``obj(**kwargs, **runtime)`` after `checked_kwargs`; for the engine's own classes (Lightning's Trainer,
+    the data module): their exceptions pass through unchanged."""
+    return obj(**checked_kwargs(obj, kwargs, key_path=key_path, what=what, runtime=runtime))
 
 
 def signature_params(obj: Any) -> tuple[dict[str, inspect.Parameter], bool]:
@@ -174,13 +231,15 @@ def to_plain(node: Any) -> Any:
 
 # -- plugin discovery -----------------------------------------------------------------------------------------
 _entry_points_loaded = False
+_plugin_failures: list[str] = []  # one line per entry point that failed to import
 
 
-def load_entry_point_plugins() -> None:
-    """Import every module named in the ``regionvlm.plugins`` entry-point group (once)."""
+def load_entry_point_plugins() -> list[str]:
+    """Import every module named in the ``regionvlm.plugins`` entry-point group (once), each on its own: a
+    broken plugin is warned about once and does not stop the others. Returns the failures, one line each."""
     global _entry_points_loaded
     if _entry_points_loaded:
-        return
+        return _plugin_failures
     _entry_points_loaded = True
     from importlib.metadata import entry_points
 
@@ -188,7 +247,10 @@ def load_entry_point_plugins() -> None:
         try:
             ep.load()
         except Exception as exc:  # a broken third-party plugin must say which one it is
-            raise UserError(f"plugin entry point '{ep.name}' ({ep.value}) failed to import: {exc}") from exc
+            line = f"plugin entry point '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+            _plugin_failures.append(line)
+            warnings.warn(line, RuntimeWarning, stacklevel=2)
+    return _plugin_failures
 
 
 def import_modules(modules: Iterable[str], key_path: str = "imports", search_dirs: Iterable[str] = ()) -> None:
@@ -209,22 +271,21 @@ def import_modules(modules: Iterable[str], key_path: str = "imports", search_dir
 
 
 # -- the registries -------------------------------------------------------------------------------------------
-VISION_ENCODERS = Registry("vision_encoder", ("regionvlm.plugins.vision",))
-FEATURE_REFINERS = Registry("feature_refiner", ("regionvlm.plugins.refiners",))
-REGION_EXTRACTORS = Registry("region_extractor", ("regionvlm.plugins.regions",))
-PROJECTORS = Registry("projector", ("regionvlm.plugins.projectors",))
-LLMS = Registry("llm", ("regionvlm.plugins.llms",))
-HEADS = Registry("head", ("regionvlm.plugins.heads",))
+VISION_ENCODERS = Registry("vision_encoder", ("regionvlm.plugins.vision",), CONTRACTS["vision_encoder"])
+FEATURE_REFINERS = Registry("feature_refiner", ("regionvlm.plugins.refiners",), CONTRACTS["feature_refiner"])
+REGION_EXTRACTORS = Registry("region_extractor", ("regionvlm.plugins.regions",), CONTRACTS["region_extractor"])
+PROJECTORS = Registry("projector", ("regionvlm.plugins.projectors",), CONTRACTS["projector"])
+LLMS = Registry("llm", ("regionvlm.plugins.llms",), CONTRACTS["llm"])
+HEADS = Registry("head", ("regionvlm.plugins.heads",), CONTRACTS["head"])
 PROMPTS = Registry("prompt", ("regionvlm.plugins.prompts",))
 DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
 BENCHMARKS = Registry("benchmark", ("regionvlm.benchmarks",))
-CAPTIONERS = Registry("captioner")  # no built-in captioner yet; plugins register here
 JUDGES = Registry("judge", ("regionvlm.evaluation.judges",))
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
     for r in (VISION_ENCODERS, FEATURE_REFINERS, REGION_EXTRACTORS, PROJECTORS, LLMS, HEADS, PROMPTS,
-              DATASETS, BENCHMARKS, CAPTIONERS, JUDGES)
+              DATASETS, BENCHMARKS, JUDGES)
 }
 
 

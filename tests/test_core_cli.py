@@ -47,7 +47,7 @@ def test_exit_codes(tmp_path, capsys):
     assert "lr: 0.5" in out and "seed: 3" in out
 
     assert main(["config", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml: cannot read config" in capsys.readouterr().err
+    assert "missing.yaml: no such config file or installed recipe" in capsys.readouterr().err
     assert main(["list", "projectr"]) == 2
     assert "did you mean 'projector'?" in capsys.readouterr().err
 
@@ -65,8 +65,53 @@ def test_internal_error_exit_1(monkeypatch, capsys):
     assert "internal error: ZeroDivisionError" in capsys.readouterr().err
 
 
+def test_plugin_error_exit_1_names_the_plugin(monkeypatch, capsys):
+    import regionvlm.commands.config_cmd as cmd
+    from regionvlm.errors import PluginError
+
+    def run(args):
+        raise PluginError("internal error in projector 'foo' (my_pkg.components:Foo), built at model.projector: "
+                          "ValueError: boom")
+
+    monkeypatch.setattr(cmd, "run", run)
+    assert main(["config", "x.yaml"]) == 1
+    assert capsys.readouterr().err == ("internal error in projector 'foo' (my_pkg.components:Foo), built at "
+                                       "model.projector: ValueError: boom (rerun with --debug for the traceback)\n")
+
+
 def test_list_shows_docs_verbatim(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["list", "prompt"]) == 0
     out = capsys.readouterr().out
     assert "region_classification" in out and 'answer "Region [k]."' in out  # brackets are not rich markup
+
+
+def test_plugin_constructor_bug_through_train_is_internal_error(tmp_path, capsys):
+    """A projector whose constructor crashes: exit 1 naming it and its module; a misspelt key of the same
+    projector stays the user's error: exit 2, before anything is built."""
+    from pathlib import Path
+
+    tiny_base = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny" / "base.yaml"
+    (tmp_path / "buggy_projector_plugin.py").write_text(
+        "from regionvlm.registry import PROJECTORS\n"
+        "@PROJECTORS.register('buggy_test_projector')\n"
+        "class Buggy:\n"
+        "    def __init__(self, in_channels, out_channels, depth=2):\n"
+        "        raise ValueError(f'cannot build {depth} layers')\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"_base_: {tiny_base}\nimports: [buggy_projector_plugin]\n"
+                   "model: {projector: {type: buggy_test_projector}}\n"
+                   f"data: {{train: [], val: []}}\noutput: {{root: {tmp_path / 'runs'}, name: t}}\n")
+    try:
+        assert main(["train", str(cfg), "model.projector.depht=3"]) == 2
+        assert "model.projector.depht: unexpected key for projector 'buggy_test_projector'; did you mean 'depth'?" \
+            in capsys.readouterr().err
+        assert main(["train", str(cfg)]) == 1
+        assert capsys.readouterr().err == (
+            "internal error in projector 'buggy_test_projector' (buggy_projector_plugin:Buggy), built at "
+            "model.projector: ValueError: cannot build 2 layers (rerun with --debug for the traceback)\n")
+    finally:
+        from regionvlm.registry import PROJECTORS
+
+        PROJECTORS._items.pop("buggy_test_projector", None)
+        sys.modules.pop("buggy_projector_plugin", None)

@@ -94,6 +94,15 @@ def test_unknown_top_level_key_from_override(cfgs):
         load_config(cfgs / "base.yaml", ["trainr.max_steps=1"])
 
 
+@pytest.mark.parametrize("section", ["predict", "datagen"])
+def test_sections_without_a_feature_are_unknown(cfgs, section):
+    """Only sections something reads exist (the predict command takes flags; there is no datagen command yet)."""
+    write(cfgs / "extra.yaml", f"{section}: {{batch_size: 2}}\n")
+    with pytest.raises(ConfigError, match=rf"extra.yaml {section}: unknown key(; did you mean 'data'\?)? known: imports, "
+                                          r"seed, model, data, trainer, optim, generation, eval, output$"):
+        load_config(cfgs / "extra.yaml")
+
+
 def test_mistyped_value(cfgs):
     with pytest.raises(ConfigError, match=r"\(override\) optim.lr: .*could not be converted to Float"):
         load_config(cfgs / "base.yaml", ["optim.lr=fast"])

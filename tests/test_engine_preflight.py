@@ -27,7 +27,8 @@ def test_missing_weights_only_when_offline_and_uncached(tmp_path, monkeypatch):
 
 def test_check_inputs_one_line_with_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = {"model": {"llm": {"pretrained": "org/llm"}}, "data": {"train": [{"path": str(tmp_path / "a.json")}]}}
+    cfg = {"model": {"llm": {"type": "hf_causal_lm", "pretrained": "org/llm"}},
+           "data": {"train": [{"type": "llava", "path": str(tmp_path / "a.json")}]}}
     with pytest.raises(ConfigError) as e:
         check_inputs(cfg)
     msg = str(e.value)
@@ -59,3 +60,71 @@ def test_readme_error_example(capsys, monkeypatch):
     assert capsys.readouterr().err == (
         "error: projects/rgpt/stage2.yaml model.region_extractor.type: no region_extractor named 'mask_pol'; "
         "did you mean 'mask_pool'? known: mask_pool, roi_align, zero\n")
+
+
+def _repo_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
+
+
+def test_config_is_the_dry_run_of_train(capsys, monkeypatch):
+    """`regionvlm config` checks names and keys as train does (exit 2, one line), without looking for weights or
+    data: the full-scale recipe, whose weights and data are absent here, prints fine."""
+    from regionvlm.cli import main
+
+    monkeypatch.chdir(_repo_root())
+    assert main(["config", "projects/rgpt/stage2.yaml", "model.region_extractor.type=mask_pol"]) == 2
+    assert capsys.readouterr().err == (
+        "error: projects/rgpt/stage2.yaml model.region_extractor.type: no region_extractor named 'mask_pol'; "
+        "did you mean 'mask_pool'? known: mask_pool, roi_align, zero\n")
+    assert main(["config", "projects/rgpt/stage2.yaml", "model.projector.depht=3"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: projects/rgpt/stage2.yaml model.projector.depht: unexpected key for projector 'mlp2x_gelu' known: ")
+    assert main(["config", "projects/rgpt/stage2.yaml"]) == 0
+    assert "lmsys/vicuna-7b-v1.5" in capsys.readouterr().out
+
+
+def test_unknown_keys_are_reported_before_missing_files(capsys, monkeypatch):
+    from regionvlm.cli import main
+
+    monkeypatch.chdir(_repo_root())
+    assert main(["train", "projects/rgpt/stage2.yaml", "trainer.max_stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: projects/rgpt/stage2.yaml trainer.max_stepz: unexpected key for Lightning Trainer; "
+                          "did you mean 'max_steps'")
+    assert len(err.splitlines()) == 1 and "no such file" not in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.vision_encoder.select_layr=-2",
+     "model.vision_encoder.select_layr: unexpected key for vision_encoder 'hf_clip'; did you mean 'select_layer'"),
+    ("model.projector.in_channels=3", "model.projector.in_channels: is set by the code at build time"),
+    ("model.share_projectr=false", "model.share_projectr: unknown key; did you mean 'share_projector'"),
+    ("data.batch_sise=2", "data.batch_sise: unexpected key for the data module; did you mean 'batch_size'"),
+    ("data.processor.resize=pad", "data.processor.resize: unexpected key for the image processor; "
+                                  "did you mean 'resize_mode'?"),
+    ("data.train.0.image_rot=x", "data.train[0].image_rot: unexpected key for dataset 'coco_instances'; "
+                                 "did you mean 'image_root'?"),
+    ("~data.train.0.ann_file", "data.train[0].ann_file: required key missing for dataset 'coco_instances'"),
+    ("data.train.0.prompt.vocabulary=[a]", None),
+    ("trainer.logger=true", "trainer.logger: is set by the code at build time"),
+    ("eval.benchmarks.poep={limit: 3}", "eval.benchmarks.poep: no benchmark named 'poep'; did you mean 'pope'?"),
+    ("eval.benchmarks.pope={limit: 3}", None),
+    ("data.train.0.prompt.vocabularry=x", "data.train[0].prompt.vocabularry: unexpected key for prompt "
+                                          "'region_classification'; did you mean 'vocabulary'?"),
+])
+def test_check_config_covers_every_section(override, message):
+    from omegaconf import OmegaConf
+
+    from regionvlm.config import load_config
+    from regionvlm.engine.preflight import check_config
+
+    config = OmegaConf.to_container(load_config(_repo_root() / "projects/rgpt/tiny/stage2.yaml", [override]),
+                                    resolve=True)
+    if message is None:
+        check_config(config, "stage2.yaml")
+        return
+    with pytest.raises(ConfigError) as e:
+        check_config(config, "stage2.yaml")
+    assert str(e.value).startswith(f"stage2.yaml {message}")

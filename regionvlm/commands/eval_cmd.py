@@ -30,11 +30,12 @@ def run(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from regionvlm.config import load_config
+    from regionvlm.config import load_config, resolve_config_path
     from regionvlm.registry import construct, import_modules
 
-    cfg = load_config(args.config, args.overrides)
-    import_modules(cfg.imports, search_dirs=[Path(args.config).resolve().parent])
+    path = resolve_config_path(args.config)  # a file or an installed recipe's name
+    cfg = load_config(path, args.overrides)
+    import_modules(cfg.imports, search_dirs=[path.resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
     settings = construct(eval_settings, config["eval"], key_path="eval")
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")

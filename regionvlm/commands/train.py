@@ -13,7 +13,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config file (e.g. projects/rgpt/tiny/stage1.yaml)")
+    parser.add_argument("config", help="YAML config file (e.g. projects/rgpt/tiny/stage1.yaml) or an installed "
+                                       "recipe's name (rgpt/tiny/stage1; see regionvlm list recipes)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. trainer.max_steps=10")
     parser.add_argument("--resume", metavar="last|PATH", help="continue from the run's last checkpoint or a path")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
@@ -37,15 +38,16 @@ def resolve_resume(run_dir: Path, resume: str | None) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from regionvlm.config import display_path, load_config, save_config
+    from regionvlm.config import display_path, load_config, resolve_config_path, save_config
     from regionvlm.engine.preflight import check_inputs
     from regionvlm.errors import UserError
     from regionvlm.registry import import_modules
 
-    cfg = load_config(args.config, args.overrides)
-    import_modules(cfg.imports, search_dirs=[Path(args.config).resolve().parent])
+    path = resolve_config_path(args.config)
+    cfg = load_config(path, args.overrides)
+    import_modules(cfg.imports, search_dirs=[path.resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
-    check_inputs(config, display_path(args.config))  # typos, missing weights or data: stop before anything
+    check_inputs(config, display_path(path))  # names and keys, then missing weights or data: stop before anything
     run_dir = run_dir_of(cfg)
     ckpt_path = resolve_resume(run_dir, args.resume)
     started = any((run_dir / d).exists() for d in ("checkpoints", "export", "logs"))

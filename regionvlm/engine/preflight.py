@@ -1,5 +1,8 @@
-"""Checks that run before anything heavy: a full-scale recipe without its weights or data stops at once with
-a message naming every missing file, instead of failing after minutes of loading.
+"""Checks that run before anything heavy, in this order: every registered name and every key of the config
+(`check_config`: what ``regionvlm config`` runs as the user's dry run), then weights and data files
+(`check_inputs`, for ``train``): a misspelt key is reported before the missing files of a full-scale recipe, and
+a recipe without its weights or data stops at once with a message naming every missing file, instead of failing
+after minutes of loading.
 
 Conventions checked: dataset node keys named ``path`` or ending in ``_file`` / ``_root`` are paths; component
 nodes with ``pretrained: <str>`` name a local folder or a hub id (a hub id must be in the local cache when the
@@ -11,6 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from regionvlm.contracts import MODEL_COMPONENTS, RUNTIME_KEYS
 from regionvlm.errors import ConfigError
 
 TINY_HINT = "to try regionvlm without downloads, run the tiny preset: make demo (projects/rgpt/tiny)"
@@ -52,39 +56,79 @@ def missing_weights(model_cfg: dict) -> list[str]:
     return out
 
 
-# model: node key → registry kind of the component it names
-MODEL_COMPONENT_KINDS = {"vision_encoder": "vision_encoder", "feature_refiner": "feature_refiner",
-                         "region_extractor": "region_extractor", "projector": "projector",
-                         "region_projector": "projector", "llm": "llm", "head": "head"}
+def _check_model(model: dict) -> None:
+    from regionvlm.model import COMPONENT_KEYS, ENGINE_KEYS
+    from regionvlm.registry import _did_you_mean, registry_for
+
+    known = COMPONENT_KEYS + ENGINE_KEYS
+    for key in model:
+        if key not in known:
+            raise ConfigError(f"model.{key}: unknown key{_did_you_mean(key, known)} known: {', '.join(known)}")
+    for key, kind in MODEL_COMPONENTS.items():
+        if model.get(key) is not None:
+            registry_for(kind).check_node(model[key], f"model.{key}", RUNTIME_KEYS[kind])
 
 
-def check_component_names(config: dict) -> None:
-    """Every ``type:`` of the model's components, the datasets and their prompts names a registered component
-    (a typo is reported before any file is checked or any weight is loaded)."""
-    from regionvlm.registry import DATASETS, PROMPTS, registry_for
+def _check_data(data: dict) -> None:
+    from regionvlm.data.datamodule import RegionDataModule
+    from regionvlm.data.processing import ImageProcessor
+    from regionvlm.registry import DATASETS, PROMPTS, checked_kwargs
 
-    model = config.get("model") or {}
-    for key, kind in MODEL_COMPONENT_KINDS.items():
-        node = model.get(key)
-        if isinstance(node, dict) and "type" in node:
-            registry_for(kind).get(node["type"], key_path=f"model.{key}.type")
+    # the same runtime values as engine.trainer.build_datamodule gives
+    checked_kwargs(ImageProcessor, data.get("processor") or {}, key_path="data.processor", what="the image processor",
+                   runtime=dict.fromkeys(("image_size", "mean", "std")))
+    checked_kwargs(RegionDataModule, {k: v for k, v in data.items() if k != "processor"}, key_path="data",
+                   what="the data module", require=False,
+                   runtime=dict.fromkeys(("tokenizer", "processor", "num_image_tokens", "tokens_per_region")))
     for split in ("train", "val"):
-        for i, node in enumerate((config.get("data") or {}).get(split) or []):
-            if isinstance(node, dict) and "type" in node:
-                DATASETS.get(node["type"], key_path=f"data.{split}[{i}].type")
-                prompt = node.get("prompt")
-                if isinstance(prompt, dict) and "type" in prompt:
-                    PROMPTS.get(prompt["type"], key_path=f"data.{split}[{i}].prompt.type")
+        for i, node in enumerate(data.get(split) or []):
+            key = f"data.{split}[{i}]"
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: expected a mapping with 'type', got {node!r}")
+            DATASETS.check_node({k: v for k, v in node.items() if k != "ratio"}, key)
+            if node.get("prompt") is not None:  # the dataset gives its prompt runtime values: no missing-key check
+                PROMPTS.check_node(node["prompt"], f"{key}.prompt", require=False)
+
+
+def _check_trainer(trainer: dict) -> None:
+    import lightning as L
+
+    from regionvlm.registry import checked_kwargs
+
+    # engine.trainer.build_trainer sets these (train and eval alike)
+    checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False,
+                   runtime=dict.fromkeys(("callbacks", "logger")))
+
+
+def _check_eval(eval_cfg: dict) -> None:
+    from regionvlm.registry import BENCHMARKS
+
+    benchmarks = eval_cfg.get("benchmarks") or {}
+    if not isinstance(benchmarks, dict):
+        raise ConfigError(f"eval.benchmarks: expected a mapping of benchmark name → settings, got {benchmarks!r}")
+    for name in benchmarks:
+        if not str(name).endswith((".yaml", ".yml")):  # a path names a benchmark YAML of one's own
+            BENCHMARKS.get(str(name), key_path=f"eval.benchmarks.{name}")
+
+
+def check_config(config: dict, source: str = "") -> None:
+    """Check every registered name (``type:``, ``eval.benchmarks``) and every key of the ``model``, ``data`` and
+    ``trainer`` sections against the constructors' signatures, the way building them would, without building
+    anything or looking for weights or data. Raises one `ConfigError` prefixed with the config file ``source``."""
+    try:
+        _check_model(config.get("model") or {})
+        _check_data(config.get("data") or {})
+        _check_trainer(config.get("trainer") or {})
+        _check_eval(config.get("eval") or {})
+    except ConfigError as exc:
+        raise ConfigError(f"{source} {exc}" if source else str(exc)) from exc
 
 
 def check_inputs(config: dict, source: str = "") -> None:
-    """Raise one `ConfigError` (prefixed with the config file ``source``) for an unknown component name, or
-    listing every missing weight and data file of a training config."""
+    """`check_config`, then raise one `ConfigError` (prefixed with the config file ``source``) listing every
+    missing weight and data file of a training config."""
     prefix = f"{source} " if source else ""
-    try:
-        check_component_names(config)
-    except ConfigError as exc:
-        raise ConfigError(f"{prefix}{exc}") from exc
+    check_config(config, source)
     problems = missing_weights(config.get("model") or {}) + missing_data(config)
     if problems:
         more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
