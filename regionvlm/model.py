@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from regionvlm.contracts import MODEL_COMPONENTS
 from regionvlm.data.batch import Batch
 from regionvlm.errors import ConfigError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
@@ -34,9 +35,8 @@ from regionvlm.registry import (
 )
 from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
 
-#: keys of the ``model:`` node that `build_model` reads
-COMPONENT_KEYS = ("vision_encoder", "feature_refiner", "global_grid", "region_extractor", "projector",
-                  "region_projector", "share_projector", "llm", "head")
+#: keys of the ``model:`` node that `build_model` reads: the components (`contracts.MODEL_COMPONENTS`) and two settings
+COMPONENT_KEYS = (*MODEL_COMPONENTS, "global_grid", "share_projector")
 
 
 class RegionVLM(nn.Module):
