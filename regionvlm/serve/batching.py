@@ -13,8 +13,8 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from regionvlm.errors import DataError
@@ -41,7 +41,7 @@ class Batcher:
 
     # -- request side ------------------------------------------------------------------------------------
     def submit(self, question: Question) -> Future:
-        """A future of the result (see ``finish``), or `APIError` 429 when ``max_in_flight`` questions are already waiting."""
+        """A future of the result (see ``finish``); `APIError` 429 when ``max_in_flight`` questions wait already."""
         with self._lock:
             if self._stopping:
                 raise APIError(503, "server is shutting down", "server_error")
@@ -109,7 +109,7 @@ class Batcher:
             log.exception("generate failed")
             answers = [APIError(500, f"internal error while generating: {type(exc).__name__}: {exc}",
                                 "server_error")] * len(group)
-        for (question, future), answer in zip(group, answers):
+        for (_, future), answer in zip(group, answers):
             with self._lock:
                 self._in_flight -= 1
             if isinstance(answer, Exception):

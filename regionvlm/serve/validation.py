@@ -172,7 +172,8 @@ def generation_settings(data: dict, limits: Limits, default_max_new_tokens: int)
     out: dict = {}
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     if max_tokens is not None:
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= limits.max_new_tokens:
+        if (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                or not 1 <= max_tokens <= limits.max_new_tokens):
             raise bad(f"max_tokens must be an integer in [1, {limits.max_new_tokens}]", "max_tokens")
         out["max_new_tokens"] = max_tokens
     for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
