@@ -210,6 +210,30 @@ def test_api_key_routes_and_methods(server):
     assert call(server.url, "/health", b"{}")[0] == 405
 
 
+def raw_exchange(url: str, request: bytes) -> bytes:
+    """Bytes sent on a plain socket (for requests urllib will not make), the reply read until the server closes."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_missing_length_short_body_and_deep_json(server):
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+    reply = raw_exchange(server.url, (head + "\r\n").encode())
+    assert reply.startswith(b"HTTP/1.1 411") and b"Content-Length header is required" in reply
+    reply = raw_exchange(server.url, (head + "Content-Length: 100\r\n\r\n{\"messages\"").encode())
+    assert reply.startswith(b"HTTP/1.1 408") and b"ended after 11 of 100 bytes" in reply
+    status, out = call(server.url, "/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "not valid JSON" in out["error"]["message"]
+
+
 def test_server_still_healthy_after_bad_requests(server):
     for body, *_ in bad_requests().values():
         call(server.url, "/v1/chat/completions", body)

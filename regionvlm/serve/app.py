@@ -147,7 +147,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the unread body must not be parsed as the next request
             raise APIError(413, f"request body is {length} bytes; the limit is {self.server.max_body_bytes}",
                            "invalid_request_error")
-        return self.rfile.read(int(length))
+        try:
+            body = self.rfile.read(int(length))
+        except OSError:  # includes the socket timeout of a stalled upload
+            body = b""
+        if len(body) != int(length):
+            self.close_connection = True
+            raise APIError(408, f"request body ended after {len(body)} of {length} bytes", "invalid_request_error")
+        return body
 
     def check_key(self) -> None:
         key = self.server.api_key

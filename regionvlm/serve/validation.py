@@ -63,7 +63,7 @@ def bad(message: str, param: str | None = None) -> APIError:
 def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise bad(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise bad("request body must be a JSON object")
