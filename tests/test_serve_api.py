@@ -272,6 +272,21 @@ def test_sixteen_concurrent_requests_are_batched_and_equal_single_answers(server
     assert call(server.url, "/health")[1]["batches"] - after["batches"] == 16
 
 
+def test_a_question_too_long_for_the_context_fails_alone(server, chat):
+    long_text = "What is <region1>? " + "Please look very closely at every part of it. " * 60
+    bodies = [request_body(image(7), [{"box": [1, 1, 20, 20]}], text) for text in
+              ("What is <region1>?", long_text, "Describe <region1>.")]
+    before = call(server.url, "/health")[1]
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda body: call(server.url, "/v1/chat/completions", body), bodies))
+    assert [status for status, _ in results] == [200, 400, 200]
+    after = call(server.url, "/health")[1]  # one batch, whose failed generate call was retried one by one
+    assert after["generate_calls"] - before["generate_calls"] > after["batches"] - before["batches"], after
+    assert "do not fit the model's context (max_length=256)" in results[1][1]["error"]["message"]
+    assert results[2][1]["choices"][0]["message"]["content"] == chat.ask(image(7), [[1, 1, 20, 20]],
+                                                                          "Describe <region1>.")
+
+
 class GatedChat:
     """A RegionChat whose generate waits for a gate: requests pile up in flight, deterministically."""
 
