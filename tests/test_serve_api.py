@@ -117,7 +117,7 @@ def test_answer_equals_regionchat_and_has_the_openai_shape(server, chat):
     assert out["choices"][0]["message"] == {"role": "assistant", "content": expected}
     assert out["object"] == "chat.completion" and out["model"] == "tiny" and out["id"].startswith("chatcmpl-")
     assert isinstance(out["created"], int)
-    n = len(chat.tokenizer.encode(expected, add_special_tokens=False))
+    n = min(len(chat.tokenizer.encode(expected, add_special_tokens=False)), 6)
     assert out["usage"]["completion_tokens"] == n
     assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + n
     assert out["choices"][0]["finish_reason"] == ("length" if n >= 6 else "stop")

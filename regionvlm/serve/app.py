@@ -102,7 +102,8 @@ def usage(chat: Any, question: Question, answer: str) -> dict:
     mentions = len(REGION_TAG.findall(question.prompt))
     prompt = (len(tok.encode(question.prompt, add_special_tokens=False)) + chat.model.num_image_tokens
               + mentions * chat.model.tokens_per_region)
-    completion = len(tok.encode(answer, add_special_tokens=False))
+    # re-encoding the decoded answer can give more tokens than were generated (stray bytes): never over the cap
+    completion = min(len(tok.encode(answer, add_special_tokens=False)), question.max_new_tokens)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "finish_reason": "length" if completion >= question.max_new_tokens else "stop"}
 
