@@ -25,7 +25,7 @@ from regionvlm.serve.batching import Batcher
 from regionvlm.serve.validation import REGION_TAG, APIError, Limits, Question, parse_chat_request, parse_json
 
 log = logging.getLogger("regionvlm.serve")
-STATIC = Path(__file__).parent / "static"
+PAGE = Path(__file__).parent / "page.html"
 # page shortcut → registered prompt type (the evaluation phrasing, as RegionChat.classify / caption ask)
 TASKS = {"classify": "region_classification", "brief caption": "brief_caption", "detailed caption": "detailed_caption"}
 
@@ -44,7 +44,7 @@ class RegionChatServer(ThreadingHTTPServer):
         self.request_timeout_s, self.max_body_bytes = request_timeout_s, max_body_bytes
         self.created = int(time.time())
         self.default_max_new_tokens = int(chat.generation.get("max_new_tokens") or 64)
-        self.page = (STATIC / "index.html").read_bytes()
+        self.page = PAGE.read_bytes()
         self.tasks = task_questions(chat)
         # token counts use the tokenizer, which only the worker thread may touch (fast tokenizers are not
         # safe to share across threads)
@@ -57,6 +57,7 @@ class RegionChatServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def close(self) -> None:
+        """Stop serving (``serve_forever`` running in another thread), free the port, stop the worker."""
         self.shutdown()
         self.server_close()
         self.batcher.stop()
