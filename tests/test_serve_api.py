@@ -287,6 +287,36 @@ def test_a_question_too_long_for_the_context_fails_alone(server, chat):
                                                                           "Describe <region1>.")
 
 
+class FaultyChat:
+    """A RegionChat with a bug that fires on one question."""
+
+    def __init__(self, chat):
+        self._chat = chat
+
+    def __getattr__(self, name):
+        return getattr(self._chat, name)
+
+    def generate(self, samples, **generation):
+        if any("boom" in s["conversations"][0]["value"] for s in samples):
+            raise RuntimeError("boom")
+        return self._chat.generate(samples, **generation)
+
+
+def test_a_bug_fails_only_its_request_with_a_json_500(chat):
+    server = start(FaultyChat(chat), batch_wait_ms=200)
+    try:
+        bodies = [request_body(image(8), [], text) for text in ("What is this?", "boom", "Describe it.")]
+        with ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda body: call(server.url, "/v1/chat/completions", body, None), bodies))
+        assert [status for status, _ in results] == [200, 500, 200]
+        assert results[1][1]["error"] == {"message": "internal error while generating: RuntimeError: boom",
+                                          "type": "server_error", "param": None, "code": None}
+        assert results[2][1]["choices"][0]["message"]["content"] == chat.ask(image(8), [], "Describe it.")
+        assert call(server.url, "/health", key=None)[1]["in_flight"] == 0
+    finally:
+        server.close()
+
+
 class GatedChat:
     """A RegionChat whose generate waits for a gate: requests pile up in flight, deterministically."""
 

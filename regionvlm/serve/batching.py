@@ -98,17 +98,17 @@ class Batcher:
     def _answer(self, group: list[tuple]) -> None:
         try:
             answers = [self.finish(q, a) for (q, _), a in zip(group, self._generate([q for q, _ in group]))]
-        except DataError as exc:  # e.g. the prompt does not fit the model's context length
-            if len(group) == 1:
-                answers = [APIError(400, str(exc), "invalid_request_error", "messages[0].content")]
-            else:  # one question does not fit the context: answer the others, refuse only that one
-                for item in group:
+        except Exception as exc:
+            if len(group) > 1:  # one question too long for the context, or a batch too big for the GPU's
+                for item in group:  # memory: answer each alone, so only a question that fails alone fails
                     self._answer([item])
                 return
-        except Exception as exc:  # a bug: fail these requests with 500, keep the worker alive
-            log.exception("generate failed")
-            answers = [APIError(500, f"internal error while generating: {type(exc).__name__}: {exc}",
-                                "server_error")] * len(group)
+            if isinstance(exc, DataError):  # e.g. the prompt does not fit the model's context length
+                answers = [APIError(400, str(exc), "invalid_request_error", "messages[0].content")]
+            else:  # a bug: fail this request with 500, keep the worker alive
+                log.exception("generate failed")
+                answers = [APIError(500, f"internal error while generating: {type(exc).__name__}: {exc}",
+                                    "server_error")]
         for (_, future), answer in zip(group, answers):
             with self._lock:
                 self._in_flight -= 1
