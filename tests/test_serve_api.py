@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -356,7 +357,8 @@ def test_beyond_max_in_flight_answers_429(chat):
 # -- the command -------------------------------------------------------------------------------------------
 def test_serve_command_starts_and_answers(export):
     proc = subprocess.Popen([sys.executable, "-m", "regionvlm.cli", "serve", "--model", str(export), "--port", "0",
-                             "--model-name", "cli-tiny"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--model-name", "cli-tiny"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "REGIONVLM_API_KEY": "from-env"})
     try:
         pool = ThreadPoolExecutor(1)  # readline has no timeout of its own
         try:
@@ -365,7 +367,9 @@ def test_serve_command_starts_and_answers(export):
             pool.shutdown(wait=False)  # terminating the server below ends a stuck readline
         assert "serving 'cli-tiny' at http://127.0.0.1:" in line, line
         url = line.split(" at ", 1)[1].split("/ ", 1)[0]
-        status, out = call(url, "/v1/chat/completions", request_body(image(6), [], "What is this?"), key=None)
+        body = request_body(image(6), [], "What is this?")
+        assert call(url, "/v1/chat/completions", body, key=None)[0] == 401
+        status, out = call(url, "/v1/chat/completions", body, key="from-env")
         assert status == 200 and out["model"] == "cli-tiny"
     finally:
         proc.terminate()

@@ -4,9 +4,9 @@ one by one; prints both figures and the ratio (target ≥ 3× with 16 clients).
     python benchmarks/perf/serve_speed.py [--model runs/rgpt-tiny-stage2/export] [--clients 16]
         [--requests-per-client 4] [--device cpu|cuda] [--max-batch-size 16] [--batch-wait-ms 10]
 
-The server runs in this process on 127.0.0.1 (a free port) and is reached over HTTP, so both figures include
-request parsing, image decoding and JSON. Each request is a different random image with 1–3 boxes and a
-question naming them all; every request asks for the same number of new tokens.
+The server is the real command (`regionvlm serve --port 0`, 127.0.0.1) in its own process, reached over HTTP,
+so both figures include request parsing, image decoding and JSON. Each request is a different random image
+with 1–3 boxes and a question naming them all; every request asks for the same number of new tokens.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import argparse
 import base64
 import io
 import json
-import threading
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -70,49 +72,48 @@ def main() -> None:
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=256)
-    ap.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--torch-threads", type=int, default=None, help="the server's torch threads (OMP_NUM_THREADS)")
     args = ap.parse_args()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-
-    from regionvlm.inference import RegionChat
-    from regionvlm.serve.app import RegionChatServer
-
-    chat = RegionChat.from_pretrained(args.model, device=args.device)
-    server = RegionChatServer(("127.0.0.1", 0), chat, "bench", max_batch_size=args.max_batch_size,
-                              batch_wait_ms=args.batch_wait_ms, max_in_flight=max(64, args.clients))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+        env["OMP_NUM_THREADS"] = str(args.torch_threads)
+    cmd = [sys.executable, "-m", "regionvlm.cli", "serve", "--model", args.model, "--port", "0",
+           "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms),
+           "--max-in-flight", str(max(64, args.clients))] + (["--device", args.device] if args.device else [])
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
+        line = server.stdout.readline()  # "serving 'NAME' at http://127.0.0.1:PORT/ ..."
+        if " at http://" not in line:
+            raise SystemExit(f"the server did not start: {' '.join(cmd)}")
+        url = line.split(" at ", 1)[1].split("/ ", 1)[0]
         n = args.clients * args.requests_per_client
         requests = make_requests(n, args.image_size, args.max_tokens)
         regions = sum(k for _, k in requests)
         for body, _ in requests[:2]:  # warm-up: first-call allocations, lazy imports
-            post(server.url, body)
+            post(url, body)
 
         start = time.perf_counter()
-        alone = [post(server.url, body) for body, _ in requests]
+        alone = [post(url, body) for body, _ in requests]
         t_alone = time.perf_counter() - start
 
-        before = health(server.url)
+        before = health(url)
         per_client = [requests[c::args.clients] for c in range(args.clients)]
         start = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            answers = list(pool.map(lambda mine: [post(server.url, body) for body, _ in mine], per_client))
+            answers = list(pool.map(lambda mine: [post(url, body) for body, _ in mine], per_client))
         t_batched = time.perf_counter() - start
-        after = health(server.url)
+        after = health(url)
     finally:
-        server.close()
+        server.terminate()
+        server.wait(60)
 
     batched = [None] * n
     for c, mine in enumerate(answers):
         for j, answer in enumerate(mine):
             batched[c + j * args.clients] = answer
     batches = after["batches"] - before["batches"]
-    import torch
-
-    print(f"model {args.model} on {chat.device} ({torch.get_num_threads()} torch threads); {n} requests, "
+    threads = f"{args.torch_threads} torch threads" if args.torch_threads else "torch's default threads"
+    print(f"model {args.model} on {args.device or 'the default device'} ({threads}); {n} requests, "
           f"{regions} regions, {args.max_tokens} new tokens each")
     print(f"one by one        : {t_alone:7.2f} s  {regions / t_alone:8.1f} regions/s")
     print(f"{args.clients:2d} concurrent     : {t_batched:7.2f} s  {regions / t_batched:8.1f} regions/s  "
