@@ -373,7 +373,7 @@ def test_serve_command_starts_and_answers(export):
         assert status == 200 and out["model"] == "cli-tiny"
     finally:
         proc.terminate()
-        proc.wait(TIMEOUT)
+        assert proc.wait(TIMEOUT) == 0  # SIGTERM: a clean stop
 
 
 def test_serve_command_bad_arguments(tmp_path, capsys):

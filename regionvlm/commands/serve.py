@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 from regionvlm.errors import UserError
@@ -62,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--host/--port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     print(f"serving '{model_id}' at {server.url}/ (API: {server.url}/v1/chat/completions); Ctrl-C stops",
           flush=True)
+    def stop(signum, frame):  # SIGTERM (docker stop, systemd): leave serve_forever, clean up, exit 0
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     finally:
