@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval_cmd", "generate answers on benchmarks and score them"),
     "score": ("score", "score a predictions file against official annotations (no model)"),
     "predict": ("predict", "ask a trained model about regions of your images"),
+    "serve": ("serve", "serve an export: OpenAI-compatible region chat API and a web page"),
     "export": ("export", "turn a training checkpoint into a self-contained model folder"),
     "plan": ("plan", "parameters, memory per GPU and FLOPs of a training config, before it runs"),
     "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),

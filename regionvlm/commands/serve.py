@@ -1,0 +1,75 @@
+"""``regionvlm serve``: an OpenAI-compatible region chat API and a web page for one export.
+
+    regionvlm serve --model runs/rgpt-tiny-stage2/export [--host 127.0.0.1 --port 8000] [--api-key KEY]
+        [--max-batch-size 16 --batch-wait-ms 10 --max-in-flight 64 --max-image-pixels 16777216]
+
+Open http://127.0.0.1:8000/ for the page; the API is at /v1/chat/completions (docs/serving.md). The key may
+also come from the REGIONVLM_API_KEY environment variable (keeps it out of the process list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+
+from regionvlm.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="export folder (from train or export)")
+    parser.add_argument("--model-name", default=None, help="the model id clients send and see (default: folder name)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1/* (default: env REGIONVLM_API_KEY, else none)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="questions answered by one generate call")
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0,
+                        help="how long a batch waits for more questions after its first")
+    parser.add_argument("--max-in-flight", type=int, default=64,
+                        help="questions queued or being answered; beyond it requests get 429")
+    parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="larger images get 413")
+    parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
+
+
+def run(args: argparse.Namespace) -> int:
+    for flag in ("max_batch_size", "max_in_flight", "max_image_pixels", "max_tokens_limit"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")
+    if args.batch_wait_ms < 0 or args.request_timeout <= 0:
+        raise UserError("--batch-wait-ms must be ≥ 0 and --request-timeout > 0")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port: {args.port} is not a port number")
+    if not Path(args.model).is_dir():
+        raise UserError(f"--model: no export folder at '{args.model}'")
+    from regionvlm.inference import RegionChat
+    from regionvlm.serve.app import RegionChatServer
+    from regionvlm.serve.validation import Limits
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    chat = RegionChat.from_pretrained(args.model, device=args.device)
+    model_id = args.model_name or Path(args.model).resolve().name
+    try:
+        server = RegionChatServer(
+            (args.host, args.port), chat, model_id, api_key=args.api_key or os.environ.get("REGIONVLM_API_KEY"),
+            limits=Limits(args.max_image_pixels, args.max_tokens_limit), max_batch_size=args.max_batch_size,
+            batch_wait_ms=args.batch_wait_ms, max_in_flight=args.max_in_flight,
+            request_timeout_s=args.request_timeout)
+    except OSError as exc:
+        raise UserError(f"--host/--port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    print(f"serving '{model_id}' at {server.url}/ (API: {server.url}/v1/chat/completions); Ctrl-C stops",
+          flush=True)
+    def stop(signum, frame):  # SIGTERM (docker stop, systemd): leave serve_forever, clean up, exit 0
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        server.batcher.stop()
+    return 0

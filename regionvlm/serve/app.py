@@ -1,0 +1,203 @@
+"""The HTTP server: OpenAI-compatible routes, the web page, JSON errors.
+
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models`` (both behind the API key when one is set),
+``GET /health`` (status and batching counters), ``GET /`` (the page), ``GET /ui/config`` (what the page needs:
+model name, task-shortcut questions, whether a key is required).
+
+Built on the standard library's ``ThreadingHTTPServer``: one thread per connection parses and checks its
+request, then waits on the `Batcher`, whose single worker thread owns the model. Every refusal is a 4xx with
+an OpenAI-shaped JSON error; an unexpected failure is a 500 with the same shape, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import TimeoutError as FutureTimeout
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from regionvlm.serve.batching import Batcher
+from regionvlm.serve.validation import REGION_TAG, APIError, Limits, Question, parse_chat_request, parse_json
+
+log = logging.getLogger("regionvlm.serve")
+PAGE = Path(__file__).parent / "page.html"
+# page shortcut → registered prompt type (the evaluation phrasing, as RegionChat.classify / caption ask)
+TASKS = {"classify": "region_classification", "brief caption": "brief_caption", "detailed caption": "detailed_caption"}
+
+
+class RegionChatServer(ThreadingHTTPServer):
+    """Serves one `RegionChat` on ``address``; `close` stops the server and its batching worker."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], chat: Any, model_id: str, api_key: str | None = None,
+                 limits: Limits | None = None, max_batch_size: int = 16, batch_wait_ms: float = 10.0,
+                 max_in_flight: int = 64, request_timeout_s: float = 300.0, max_body_bytes: int = 64 << 20):
+        super().__init__(address, Handler)  # binds first: a busy port fails before the worker starts
+        self.chat, self.model_id, self.api_key = chat, model_id, api_key or None
+        self.limits = limits or Limits()
+        self.request_timeout_s, self.max_body_bytes = request_timeout_s, max_body_bytes
+        self.created = int(time.time())
+        self.default_max_new_tokens = int(chat.generation.get("max_new_tokens") or 64)
+        self.page = PAGE.read_bytes()
+        self.tasks = task_questions(chat)
+        # token counts use the tokenizer, which only the worker thread may touch (fast tokenizers are not
+        # safe to share across threads)
+        self.batcher = Batcher(chat, max_batch_size, batch_wait_ms / 1000.0, max_in_flight,
+                               finish=lambda q, answer: (answer, usage(chat, q, answer)))
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def close(self) -> None:
+        """Stop serving (``serve_forever`` running in another thread), free the port, stop the worker."""
+        self.shutdown()
+        self.server_close()
+        self.batcher.stop()
+
+    # -- route bodies ------------------------------------------------------------------------------------
+    def complete(self, data: dict) -> dict:
+        question = parse_chat_request(data, self.model_id, self.limits, self.default_max_new_tokens)
+        future = self.batcher.submit(question)
+        try:
+            answer, counts = future.result(timeout=self.request_timeout_s)
+        except FutureTimeout:
+            raise APIError(504, f"no answer within {self.request_timeout_s:g} s (server overloaded?)",
+                           "server_error") from None
+        return completion_body(self.model_id, answer, counts)
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.created,
+                                            "owned_by": "regionvlm"}]}
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.model_id, **self.batcher.snapshot()}
+
+    def ui_config(self) -> dict:
+        return {"model": self.model_id, "tasks": self.tasks, "auth_required": self.api_key is not None,
+                "max_image_pixels": self.limits.max_image_pixels}
+
+
+def task_questions(chat: Any) -> dict[str, str]:
+    """The page's shortcut questions in the export's own phrasing (``<image>`` is sent as an image part)."""
+    out = {}
+    for label, prompt_type in TASKS.items():
+        try:
+            out[label] = chat.task_question(prompt_type).replace("<image>", "").strip()
+        except Exception as exc:  # an export without that prompt: the page just lacks the shortcut
+            log.warning("no '%s' shortcut: %s", label, exc)
+    return out
+
+
+def usage(chat: Any, question: Question, answer: str) -> dict:
+    """Token counts: the question's text tokens plus its image and region placeholders (the chat template's
+    own tokens are not counted), and the answer's tokens."""
+    tok = chat.tokenizer
+    mentions = len(REGION_TAG.findall(question.prompt))
+    prompt = (len(tok.encode(question.prompt, add_special_tokens=False)) + chat.model.num_image_tokens
+              + mentions * chat.model.tokens_per_region)
+    # re-encoding the decoded answer can give more tokens than were generated (stray bytes): never over the cap
+    completion = min(len(tok.encode(answer, add_special_tokens=False)), question.max_new_tokens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "finish_reason": "length" if completion >= question.max_new_tokens else "stop"}
+
+
+def completion_body(model_id: str, answer: str, counts: dict) -> dict:
+    counts = dict(counts)
+    finish = counts.pop("finish_reason")
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                         "finish_reason": finish}],
+            "usage": counts}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: RegionChatServer
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # seconds a client may take to send its request (a stalled upload does not hold a thread)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status: int, obj: dict) -> None:
+        self.send_bytes(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
+
+    def read_body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            raise APIError(411, "a Content-Length header is required", "invalid_request_error")
+        if int(length) > self.server.max_body_bytes:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            raise APIError(413, f"request body is {length} bytes; the limit is {self.server.max_body_bytes}",
+                           "invalid_request_error")
+        try:
+            body = self.rfile.read(int(length))
+        except OSError:  # includes the socket timeout of a stalled upload
+            body = b""
+        if len(body) != int(length):
+            self.close_connection = True
+            raise APIError(408, f"request body ended after {len(body)} of {length} bytes", "invalid_request_error")
+        return body
+
+    def check_key(self) -> None:
+        key = self.server.api_key
+        if key is None:
+            return
+        given = self.headers.get("Authorization", "")
+        token = given[7:] if given.startswith("Bearer ") else ""
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                           "authentication_error")
+
+    def dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if method == "POST" and path == "/v1/chat/completions":
+                body = self.read_body()
+                self.check_key()
+                self.send_json(200, self.server.complete(parse_json(body)))
+            elif method == "GET" and path == "/v1/models":
+                self.check_key()
+                self.send_json(200, self.server.models())
+            elif method == "GET" and path == "/health":
+                self.send_json(200, self.server.health())
+            elif method == "GET" and path == "/ui/config":
+                self.send_json(200, self.server.ui_config())
+            elif method == "GET" and path in ("/", "/index.html"):
+                self.send_bytes(200, self.server.page, "text/html; charset=utf-8")
+            elif path in ("/v1/chat/completions", "/v1/models", "/health", "/ui/config", "/"):
+                raise APIError(405, f"{method} is not allowed on {path}", "invalid_request_error")
+            else:
+                raise APIError(404, f"no route {method} {path}", "invalid_request_error")
+        except APIError as exc:
+            self.close_connection = True  # a refused request's body may be unread: never parse it as the next one
+            self.send_json(exc.status, exc.body())
+        except Exception as exc:  # a bug: answer 500 in the API's shape and keep serving
+            log.exception("internal error on %s %s", method, path)
+            self.close_connection = True
+            self.send_json(500, APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").body())
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.dispatch("POST")
