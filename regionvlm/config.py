@@ -25,12 +25,13 @@ BASE_KEY = "_base_"
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warmup + schedule; per-component learning-rate multipliers (``lr_multipliers.llm: 0.1``)."""
+    """The optimizer node (``optimizer: {type: adamw, betas: [0.9, 0.999]}``; any name in
+    ``regionvlm.engine.optim.OPTIMIZERS``) with a warmup + schedule; learning-rate multipliers per component or
+    parameter-name glob (``lr_multipliers: {llm: 0.1, "llm.*.lora_*": 1.0}``)."""
 
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"type": "adamw"})
     lr: float = 1.0e-4
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1.0e-8
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.0
@@ -55,7 +56,7 @@ class OutputConfig:
 @dataclass
 class RootConfig:
     imports: list[str] = field(default_factory=list)
-    seed: int = 0
+    seed: int = 0  # the one seed: model init, data mixture order and prompt phrasing (given to the data module)
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import lightning as L
@@ -13,6 +15,17 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from regionvlm.data.collate import Collator
 from regionvlm.errors import ConfigError
 from regionvlm.registry import DATASETS, to_plain
+
+
+@dataclass
+class Processing:
+    """What the data side needs from the model: its tokenizer, the image processor (image size, mean/std) and
+    the token counts the collator expands placeholders to."""
+
+    tokenizer: Any
+    processor: Any
+    num_image_tokens: int
+    tokens_per_region: int = 1
 
 
 class ProcessedDataset(Dataset):
@@ -88,28 +101,34 @@ class RegionDataModule(L.LightningDataModule):
       max_length: 2048
       padding_side: right
       samples_per_epoch: null      # default: sum of the train datasets' lengths
-      seed: 0
     ```
 
-    Build: ``construct(RegionDataModule, cfg.data, key_path="data", tokenizer=tok, processor=ImageProcessor(...),
-    num_image_tokens=N, tokens_per_region=k)``. Datasets are built eagerly (their files parsed once, in the main
-    process); images are decoded and masks rasterised in the workers (`ProcessedDataset`), tokenised there too
-    (`Collator`). ``seed`` and the epoch drive the mixture order and the prompt phrasing.
+    Build: ``construct(RegionDataModule, cfg.data, key_path="data", processing=..., seed=cfg.seed)`` where
+    ``processing`` is a `Processing` or a function returning one. A function is called when the first loader is
+    made: the engine builds the model in ``configure_model`` (after the data module's ``setup``), and the
+    processing facts are read off that model. ``tokenizer``/``processor``/``num_image_tokens``/
+    ``tokens_per_region`` may be given instead of ``processing``. Datasets are built eagerly (their files
+    parsed once, in the main process); images are decoded and masks rasterised in the workers
+    (`ProcessedDataset`), tokenised there too (`Collator`). ``seed`` (the config's top-level ``seed``, given by
+    the code) and the epoch drive the mixture order and the prompt phrasing.
     """
 
-    def __init__(self, tokenizer, processor, num_image_tokens: int, tokens_per_region: int = 1,
+    def __init__(self, processing: Processing | Callable[[], Processing] | None = None,
                  train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, template: str = "vicuna_v1",
                  max_length: int | None = 2048, padding_side: str = "right", samples_per_epoch: int | None = None,
-                 seed: int = 0, pin_memory: bool = False):
+                 seed: int = 0, pin_memory: bool = False, tokenizer: Any = None, processor: Any = None,
+                 num_image_tokens: int | None = None, tokens_per_region: int = 1):
         super().__init__()
-        self.tokenizer, self.processor = tokenizer, processor
+        if processing is None:
+            if tokenizer is None or processor is None or num_image_tokens is None:
+                raise TypeError("RegionDataModule needs 'processing', or 'tokenizer', 'processor' and "
+                                "'num_image_tokens'")
+            processing = Processing(tokenizer, processor, int(num_image_tokens), int(tokens_per_region))
+        self._processing = processing
+        self.template, self.max_length, self.padding_side = template, max_length, padding_side
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.pin_memory, self.seed = int(num_workers), pin_memory, seed
-        common = dict(tokenizer=tokenizer, num_image_tokens=num_image_tokens, tokens_per_region=tokens_per_region,
-                      template=template, max_length=max_length)
-        self.train_collator = Collator(**common, padding_side=padding_side)
-        self.predict_collator = Collator(**common, for_generation=True)
         self.train_sets, ratios = self._build(train, "data.train", training=True)
         self.val_sets, _ = self._build(val, "data.val", training=False)
         self.ratios, self.samples_per_epoch = ratios, samples_per_epoch
@@ -135,6 +154,28 @@ class RegionDataModule(L.LightningDataModule):
             sets.append(ds)
             ratios.append(ratio)
         return sets, ratios
+
+    @cached_property
+    def processing(self) -> Processing:
+        return self._processing if isinstance(self._processing, Processing) else self._processing()
+
+    @property
+    def processor(self):
+        return self.processing.processor
+
+    def _collator(self, **kw: Any) -> Collator:
+        p = self.processing
+        return Collator(tokenizer=p.tokenizer, num_image_tokens=p.num_image_tokens,
+                        tokens_per_region=p.tokens_per_region, template=self.template, max_length=self.max_length,
+                        **kw)
+
+    @cached_property
+    def train_collator(self) -> Collator:
+        return self._collator(padding_side=self.padding_side)
+
+    @cached_property
+    def predict_collator(self) -> Collator:
+        return self._collator(for_generation=True)
 
     def _loader(self, sets, collator, batch_size, sampler=None) -> DataLoader:
         data = ConcatDataset([ProcessedDataset(d, self.processor) for d in sets])

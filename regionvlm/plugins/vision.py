@@ -63,6 +63,8 @@ class _HFVisionEncoder(nn.Module):
 
     model_class: str = ""
     config_class: str = ""
+    # modules whose output the feature map never reaches (they act on the pooled output only)
+    pooling_modules: tuple[str, ...] = ("vision_model.post_layernorm",)
     default_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     default_std: tuple[float, ...] = OPENAI_CLIP_STD
     has_cls_token: bool = True
@@ -104,6 +106,15 @@ class _HFVisionEncoder(nn.Module):
             # leaves no parameter without a gradient (which DDP would reject when the encoder trains).
             layers = self._layer_list(model, n_layers)
             del layers[keep:]
+        if drop_unused_layers:
+            # Same for the pooling modules. They are replaced only after loading, so a pretrained checkpoint
+            # must still provide their weights (the strict check above covers them).
+            for name in self.pooling_modules:
+                try:
+                    model.get_submodule(name)
+                except AttributeError:  # optional in this config (SigLIP's head: vision_use_head=false)
+                    continue
+                model.set_submodule(name, nn.Identity())
         self.model = model
         self.select_feature = select_feature
         self.image_size = int(cfg.image_size)
@@ -140,7 +151,8 @@ class HFCLIPVisionEncoder(_HFVisionEncoder):
 
     Options: ``pretrained`` or ``config`` (a CLIPVisionConfig dict), ``select_layer`` (default -2, the
     penultimate layer as in LLaVA/RGPT), ``select_feature`` (``patch`` | ``cls_patch``), ``dtype``,
-    ``drop_unused_layers`` (default true: layers after ``select_layer`` are removed), ``image_mean``/``image_std``
+    ``drop_unused_layers`` (default true: layers after ``select_layer`` and the pooled output's post-layernorm
+    are removed, so every parameter left reaches the features), ``image_mean``/``image_std``
     (override; otherwise from the checkpoint's preprocessor_config.json, else CLIP's defaults).
     """
 
@@ -157,6 +169,7 @@ class HFSiglipVisionEncoder(_HFVisionEncoder):
 
     model_class = "SiglipVisionModel"
     config_class = "SiglipVisionConfig"
+    pooling_modules = ("vision_model.post_layernorm", "vision_model.head")
     default_mean = SIGLIP_MEAN
     default_std = SIGLIP_STD
     has_cls_token = False
