@@ -21,6 +21,7 @@ from regionvlm.errors import ConfigError
 from regionvlm.registry import _did_you_mean
 
 BASE_KEY = "_base_"
+ONE_SEED = "there is one seed, the top-level 'seed' (model init, data order, prompt phrasing); set 'seed' instead"
 
 
 @dataclass
@@ -196,11 +197,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
     cfg = OmegaConf.structured(RootConfig)
     for source, layer in _first_occurrences(file_layers(path)):
+        if isinstance(layer.get("data"), dict) and "seed" in layer["data"]:
+            raise ConfigError(f"{source} data.seed: {ONE_SEED}")
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as exc:
             raise _merge_error(source, exc) from exc
     for key, value in parse_overrides(list(overrides)):
+        if key == "data.seed":
+            raise ConfigError(f"(override) data.seed: {ONE_SEED}")
         try:
             if value is DELETE:
                 _delete(cfg, key)

@@ -50,12 +50,8 @@ def build_datamodule(config: dict, module: Any, **extra: Any):
     image processing and token counts off ``module`` when it makes its first loader, i.e. after Lightning has
     built the model in ``configure_model``."""
     from regionvlm.data.datamodule import RegionDataModule
-    from regionvlm.errors import ConfigError
 
     data_cfg = dict(config.get("data") or {})
-    if "seed" in data_cfg:
-        raise ConfigError("data.seed: there is one seed, the top-level 'seed' (it drives the model's init, the data "
-                          "order and the prompt phrasing); move the value there")
     data_cfg.pop("processor", None)  # the module builds the processor with these options
     return construct(RegionDataModule, data_cfg, key_path="data", processing=module.processing,
                      seed=int(config.get("seed", 0)), **extra)
