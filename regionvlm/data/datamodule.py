@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from regionvlm.data.collate import Collator
 from regionvlm.errors import ConfigError
@@ -42,15 +42,24 @@ class ProcessedDataset(Dataset):
         return self.processor.process_sample(self.dataset[i])
 
 
-class MixtureSampler(Sampler[int]):
+class MixtureSampler(DistributedSampler):
     """Indices into a `ConcatDataset` so that dataset k fills ``ratios[k]`` (normalised) of an epoch of
     ``num_samples`` (default: the sum of the lengths). Each dataset is walked through a fresh permutation per
     pass (no repeats before all its samples are used), then the epoch is shuffled. Deterministic in
-    (seed, epoch); Lightning wraps it for distributed training."""
+    (seed, epoch).
+
+    Distributed: rank ``r`` of ``num_replicas`` takes positions ``r, r + n, r + 2n, ...`` of the epoch's order
+    (wrapped around so that every rank gets as many), so consecutive global batches of ``n × batch_size`` are
+    exactly the batches of one process with that batch size: a run's data does not depend on its device count.
+    It is a `DistributedSampler` so that Lightning uses it as is (its wrapper would shuffle the order again)."""
 
     def __init__(self, lengths: Sequence[int], ratios: Sequence[float], num_samples: int | None = None,
-                 seed: int = 0, shuffle: bool = True, on_epoch=None):
+                 seed: int = 0, shuffle: bool = True, on_epoch=None, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ is not called: it wants a dataset and an initialised process group
         self.lengths, self.seed, self.shuffle, self.epoch = list(lengths), seed, shuffle, 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.on_epoch = on_epoch
         weights = np.asarray(ratios, dtype=float)
         self.num_samples = int(num_samples or sum(lengths))
@@ -67,9 +76,10 @@ class MixtureSampler(Sampler[int]):
             self.on_epoch(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return math.ceil(self.num_samples / self.num_replicas)
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> np.ndarray:
+        """The whole epoch's indices, before it is split between ranks."""
         rng = np.random.default_rng([self.seed, self.epoch])
         parts = []
         for n, count, off in zip(self.lengths, self.counts, self.offsets):
@@ -81,6 +91,12 @@ class MixtureSampler(Sampler[int]):
         order = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
         if self.shuffle:
             order = order[rng.permutation(len(order))]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order()
+        if self.num_replicas > 1 and len(order):
+            order = np.resize(order, len(self) * self.num_replicas)[self.rank::self.num_replicas]
         return iter(order.tolist())
 
 
@@ -187,8 +203,11 @@ class RegionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.train_sets:
             raise ConfigError("data.train: no training datasets configured")
+        trainer = self.trainer  # None outside Lightning
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         self._sampler = MixtureSampler([len(d) for d in self.train_sets], self.ratios, self.samples_per_epoch,
-                                       seed=self.seed, on_epoch=self._set_dataset_epoch)
+                                       seed=self.seed, on_epoch=self._set_dataset_epoch, num_replicas=world,
+                                       rank=rank)
         return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -64,7 +64,7 @@ class _HFVisionEncoder(nn.Module):
     model_class: str = ""
     config_class: str = ""
     # modules whose output the feature map never reaches (they act on the pooled output only)
-    pooling_modules: tuple[str, ...] = ("vision_model.post_layernorm",)
+    pooling_modules: tuple[str, ...] = ("post_layernorm",)
     default_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     default_std: tuple[float, ...] = OPENAI_CLIP_STD
     has_cls_token: bool = True
@@ -109,11 +109,10 @@ class _HFVisionEncoder(nn.Module):
         if drop_unused_layers:
             # Same for the pooling modules. They are replaced only after loading, so a pretrained checkpoint
             # must still provide their weights (the strict check above covers them).
-            for name in self.pooling_modules:
-                try:
-                    model.get_submodule(name)
-                except AttributeError:  # optional in this config (SigLIP's head: vision_use_head=false)
-                    continue
+            # (looked up by attribute name: transformers versions nest them differently)
+            pooling = [name for name, _ in model.named_modules()
+                       if name.rpartition(".")[2] in self.pooling_modules and ".layers." not in f".{name}."]
+            for name in pooling:
                 model.set_submodule(name, nn.Identity())
         self.model = model
         self.select_feature = select_feature
@@ -169,7 +168,7 @@ class HFSiglipVisionEncoder(_HFVisionEncoder):
 
     model_class = "SiglipVisionModel"
     config_class = "SiglipVisionConfig"
-    pooling_modules = ("vision_model.post_layernorm", "vision_model.head")
+    pooling_modules = ("post_layernorm", "head")  # SigLIP's attention-pooling head, when the config has one
     default_mean = SIGLIP_MEAN
     default_std = SIGLIP_STD
     has_cls_token = False
