@@ -70,6 +70,13 @@ def test_data_seed_is_an_error_naming_the_one_seed(workspace, capsys):
     err = capsys.readouterr().err
     assert "data.seed: there is one seed, the top-level 'seed'" in err
     assert not (workspace / "runs" / "seeded").exists()
+    from regionvlm.config import load_config
+    from regionvlm.errors import ConfigError
+
+    recipe = workspace / "mine.yaml"
+    recipe.write_text(f"_base_: {TINY / 'stage1.yaml'}\ndata: {{seed: 1}}\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml data.seed: there is one seed"):
+        load_config(recipe)
 
 
 def test_resume_continues_the_run(stage2):
