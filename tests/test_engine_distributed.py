@@ -136,6 +136,26 @@ def test_every_parameter_of_the_tiny_model_reaches_the_loss(job):
     assert [n for n, p in module.model.named_parameters() if p.grad is None] == []
 
 
+def test_an_empty_batch_joins_the_gradient_all_reduce_with_zeros(job):
+    """A batch whose samples were all dropped by truncation: alone, the step is skipped; under DDP the rank must
+    still take part in the all-reduce, with a zero gradient for every trainable parameter."""
+    from types import SimpleNamespace
+
+    from regionvlm.engine.module import RegionVLMModule
+
+    config, _ = job
+    module = RegionVLMModule(config)
+    module.configure_model()
+    module.trainer = SimpleNamespace(world_size=1)
+    assert module.training_step([], 0) is None
+    module.trainer = SimpleNamespace(world_size=2)
+    loss = module.training_step([], 0)
+    loss.backward()
+    assert loss.item() == 0.0
+    grads = [p.grad for p in module.model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     train_and_report(json.loads(Path(sys.argv[1]).read_text()), int(sys.argv[2]), Path(sys.argv[3]))

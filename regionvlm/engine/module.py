@@ -85,6 +85,8 @@ class RegionVLMModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         if len(batch) == 0:  # every sample was dropped by truncation (counted by the collator)
+            if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join with zeros
+                return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return None
         loss = self.model(batch)["loss"]
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
