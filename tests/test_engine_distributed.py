@@ -136,6 +136,26 @@ def test_every_parameter_of_the_tiny_model_reaches_the_loss(job):
     assert [n for n, p in module.model.named_parameters() if p.grad is None] == []
 
 
+def test_timm_encoder_drops_what_only_the_classifier_head_uses(tmp_path):
+    """ConvNeXt's head norm acts on the pooled output only: after a strict load of a checkpoint that has it, it is
+    replaced, and every parameter left gets a gradient from the feature map (which is unchanged)."""
+    import timm
+
+    from regionvlm.plugins.vision import TimmVisionEncoder
+
+    torch.manual_seed(0)
+    reference = timm.create_model("convnext_atto", pretrained=False, num_classes=0).eval()
+    assert any(n.startswith("head.norm.") for n, _ in reference.named_parameters())
+    torch.save(reference.state_dict(), tmp_path / "convnext.pth")
+    encoder = TimmVisionEncoder("convnext_atto", pretrained=str(tmp_path / "convnext.pth")).eval()
+    assert not any(".head.norm." in n for n, _ in encoder.named_parameters())
+    x = torch.randn(2, 3, 64, 64)
+    features = encoder(x)
+    torch.testing.assert_close(features, reference.forward_features(x), rtol=0, atol=0)
+    features.sum().backward()
+    assert [n for n, p in encoder.named_parameters() if p.grad is None] == []
+
+
 def test_an_empty_batch_joins_the_gradient_all_reduce_with_zeros(job):
     """A batch whose samples were all dropped by truncation: alone, the step is skipped; under DDP the rank must
     still take part in the all-reduce, with a zero gradient for every trainable parameter."""

@@ -212,11 +212,35 @@ class TimmVisionEncoder(nn.Module):
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         was_training = model.training
         model.eval()
-        with torch.no_grad():  # the grid and width are read off one probe forward at build time
-            probe = self._features(torch.zeros(1, 3, self.image_size, self.image_size))
+        probe = self._drop_head_modules()  # the grid and width are read off this probe forward
         model.train(was_training)
         self.out_channels = int(probe.shape[1])
         self.grid_size = (int(probe.shape[2]), int(probe.shape[3]))
+
+    def _drop_head_modules(self) -> torch.Tensor:
+        """Replace the modules that only the classifier head uses (ConvNeXt's head norm, a ViT's fc_norm or
+        attention pool) by ``nn.Identity``: the outermost modules none of whose parameters get a gradient from
+        the feature map (DDP rejects parameters that take no part in the loss). Called after any pretrained
+        weights are loaded, so loading stays strict. Returns the probe forward's feature map."""
+        x = torch.randn(1, 3, self.image_size, self.image_size, generator=torch.Generator().manual_seed(0))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            out = self._features(x)
+            grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True) if params else []
+        out = out.detach()
+        unused = {id(p) for p, g in zip(params, grads) if g is None}
+        drop: list[str] = []
+        for name, module in self.model.named_modules():  # parents come before their children
+            own = list(module.parameters())
+            if name and own and all(id(p) in unused for p in own) and not any(name.startswith(f"{d}.") for d in drop):
+                drop.append(name)
+        for name in drop:
+            self.model.set_submodule(name, nn.Identity())
+        if drop:
+            with torch.no_grad():
+                if not torch.equal(self._features(x), out):  # a dropped module was on the feature path after all
+                    raise RuntimeError(f"timm encoder: dropping {drop} changed the features")
+        return out
 
     def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.model.forward_features(pixel_values)
