@@ -49,6 +49,9 @@ class RegionVLMModule(L.LightningModule):
         """Build the model (Lightning calls this inside the strategy's init context, possibly more than once)."""
         if self.model is not None:
             return
+        # seeded here, not only at start-up: every rank initialises the same weights (sharded strategies need
+        # that), whatever ran before this hook
+        L.seed_everything(int(self.config.get("seed", 0)), workers=True, verbose=False)
         self.model, self.tokenizer, self.config["model"] = build_model_and_tokenizer(self.config["model"])
         self._model_built()
 
