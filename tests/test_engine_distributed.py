@@ -156,6 +156,25 @@ def test_timm_encoder_drops_what_only_the_classifier_head_uses(tmp_path):
     assert [n for n, p in encoder.named_parameters() if p.grad is None] == []
 
 
+def test_configure_model_builds_the_same_weights_whatever_ran_before(job):
+    """Each rank calls configure_model after its own start-up work: the build is seeded by the config's seed."""
+    from regionvlm.engine.module import RegionVLMModule
+
+    config, _ = job
+    config = {**config, "model": {k: v for k, v in config["model"].items() if k != "init_from"}}
+    built = []
+    for noise in (0, 1000):
+        torch.randn(noise)
+        module = RegionVLMModule(config)
+        module.configure_model()
+        built.append(module.model.state_dict())
+    assert all(torch.equal(built[0][k], built[1][k]) for k in built[0])
+    other = RegionVLMModule({**config, "seed": 1})
+    other.configure_model()
+    key = next(k for k in built[0] if k.endswith("q_proj.weight"))
+    assert not torch.equal(other.model.state_dict()[key], built[0][key])
+
+
 def test_an_empty_batch_joins_the_gradient_all_reduce_with_zeros(job):
     """A batch whose samples were all dropped by truncation: alone, the step is skipped; under DDP the rank must
     still take part in the all-reduce, with a zero gradient for every trainable parameter."""
