@@ -117,6 +117,7 @@ class RegionDataModule(L.LightningDataModule):
       max_length: 2048
       padding_side: right
       samples_per_epoch: null      # default: sum of the train datasets' lengths
+      processor: {resize_mode: pad}  # ImageProcessor options; size and mean/std come from the model
     ```
 
     Build: ``construct(RegionDataModule, cfg.data, key_path="data", processing=..., seed=cfg.seed)`` where

@@ -53,8 +53,10 @@ def build_datamodule(config: dict, module: Any, **extra: Any):
 
     data_cfg = dict(config.get("data") or {})
     data_cfg.pop("processor", None)  # the module builds the processor with these options
+    # the direct-use arguments are named as runtime values, so that the config cannot set them
+    direct = dict.fromkeys(("tokenizer", "num_image_tokens", "tokens_per_region"))
     return construct(RegionDataModule, data_cfg, key_path="data", processing=module.processing,
-                     seed=int(config.get("seed", 0)), **extra)
+                     seed=int(config.get("seed", 0)), **direct, **extra)
 
 
 def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
