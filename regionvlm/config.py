@@ -24,16 +24,18 @@ from regionvlm.errors import ConfigError
 from regionvlm.registry import _did_you_mean
 
 BASE_KEY = "_base_"
+ONE_SEED = "there is one seed, the top-level 'seed' (model init, data order, prompt phrasing); set 'seed' instead"
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warmup + schedule; per-component learning-rate multipliers (``lr_multipliers.llm: 0.1``)."""
+    """The optimizer node (``optimizer: {type: adamw, betas: [0.9, 0.999]}``; any name in
+    ``regionvlm.engine.optim.OPTIMIZERS``) with a warmup + schedule; learning-rate multipliers per component or
+    parameter-name glob (``lr_multipliers: {llm: 0.1, "llm.*.lora_*": 1.0}``)."""
 
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"type": "adamw"})
     lr: float = 1.0e-4
     weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1.0e-8
     warmup_ratio: float = 0.03
     schedule: str = "cosine"  # cosine | linear | constant
     min_lr_ratio: float = 0.0
@@ -58,7 +60,7 @@ class OutputConfig:
 @dataclass
 class RootConfig:
     imports: list[str] = field(default_factory=list)
-    seed: int = 0
+    seed: int = 0  # the one seed: model init, data mixture order and prompt phrasing (given to the data module)
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
@@ -240,11 +242,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     path = resolve_config_path(path)
     cfg = OmegaConf.structured(RootConfig)
     for source, layer in _first_occurrences(file_layers(path)):
+        if isinstance(layer.get("data"), dict) and "seed" in layer["data"]:
+            raise ConfigError(f"{source} data.seed: {ONE_SEED}")
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as exc:
             raise _merge_error(source, exc) from exc
     for key, value in parse_overrides(list(overrides)):
+        if key == "data.seed":
+            raise ConfigError(f"(override) data.seed: {ONE_SEED}")
         try:
             if value is DELETE:
                 _delete(cfg, key)

@@ -62,11 +62,11 @@ def test_env_interpolation(cfgs, monkeypatch):
 
 
 def test_base_list_order(cfgs):
-    write(cfgs / "a.yaml", "optim: {lr: 1.0, eps: 1.0}\n")
+    write(cfgs / "a.yaml", "optim: {lr: 1.0, min_lr_ratio: 1.0}\n")
     write(cfgs / "b.yaml", "optim: {lr: 2.0}\n")
     write(cfgs / "ab.yaml", "_base_: [a.yaml, b.yaml]\n")
     cfg = load_config(cfgs / "ab.yaml")
-    assert (cfg.optim.lr, cfg.optim.eps) == (2.0, 1.0)
+    assert (cfg.optim.lr, cfg.optim.min_lr_ratio) == (2.0, 1.0)
 
 
 def test_cycle_detected(cfgs):
@@ -147,13 +147,13 @@ def test_saved_config_is_resolved_and_reloadable(cfgs, tmp_path):
 
 
 def test_diamond_base_applied_once_at_first_position(cfgs):
-    write(cfgs / "root.yaml", "optim: {lr: 1.0, eps: 1.0}\n")
+    write(cfgs / "root.yaml", "optim: {lr: 1.0, min_lr_ratio: 1.0}\n")
     write(cfgs / "stage.yaml", "_base_: root.yaml\noptim: {lr: 2.0}\n")
-    write(cfgs / "small.yaml", "_base_: root.yaml\noptim: {eps: 3.0}\n")
+    write(cfgs / "small.yaml", "_base_: root.yaml\noptim: {min_lr_ratio: 3.0}\n")
     write(cfgs / "small_stage.yaml", "_base_: [stage.yaml, small.yaml]\n")
     cfg = load_config(cfgs / "small_stage.yaml")
     # root.yaml must not be re-applied after stage.yaml (which would reset lr to 1.0)
-    assert (cfg.optim.lr, cfg.optim.eps) == (2.0, 3.0)
+    assert (cfg.optim.lr, cfg.optim.min_lr_ratio) == (2.0, 3.0)
 
 
 def test_override_deletes_a_key_to_replace_a_node(cfgs):

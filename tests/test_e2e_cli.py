@@ -36,15 +36,47 @@ def stage2(workspace):
 def test_stage2_starts_from_stage1_export(stage2, workspace):
     from safetensors.torch import load_file
 
+    from regionvlm.config import load_config
+    from regionvlm.engine.module import RegionVLMModule
+
     s1 = load_file(str(workspace / "runs" / "rgpt-tiny-stage1" / "export" / "model.safetensors"))
+    # stage 2's initial weights, built as its run built them (its resolved config, configure_model) ...
+    config = load_config(stage2 / "config.yaml")
+    from omegaconf import OmegaConf
+
+    module = RegionVLMModule(OmegaConf.to_container(config, resolve=True))
+    assert module.model is None  # built by Lightning in configure_model, not in __init__
+    module.configure_model()
+    module.configure_model()  # a second call keeps the built model
+    initial = module.model.state_dict()
+    # ... are exactly stage 1's export, every tensor of it (the export stores tied weights once)
+    assert set(s1) <= set(initial)
+    stored = {initial[k].data_ptr() for k in s1}
+    assert all(initial[k].data_ptr() in stored for k in set(initial) - set(s1))
+    for key, value in s1.items():
+        assert torch.equal(initial[key], value), key
+    # and stage 2 trained the LLM, which stage 1 froze
     s2 = load_file(str(stage2 / "export" / "model.safetensors"))
-    # stage 1 froze the LLM; stage 2 started from stage 1's weights and trained the LLM
     key = next(k for k in s1 if k.startswith("llm.") and k.endswith("q_proj.weight"))
     assert not torch.equal(s1[key], s2[key])
     metrics = (stage2 / "logs" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "train/samples_per_s" in metrics and "val/loss" in metrics
     samples = [json.loads(line) for line in (stage2 / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and all({"step", "id", "prediction", "reference"} <= set(r) for r in samples)
+
+
+def test_data_seed_is_an_error_naming_the_one_seed(workspace, capsys):
+    assert main(["train", str(TINY / "stage1.yaml"), *FAST, "data.seed=3", "output.name=seeded"]) == 2
+    err = capsys.readouterr().err
+    assert "data.seed: there is one seed, the top-level 'seed'" in err
+    assert not (workspace / "runs" / "seeded").exists()
+    from regionvlm.config import load_config
+    from regionvlm.errors import ConfigError
+
+    recipe = workspace / "mine.yaml"
+    recipe.write_text(f"_base_: {TINY / 'stage1.yaml'}\ndata: {{seed: 1}}\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml data.seed: there is one seed"):
+        load_config(recipe)
 
 
 def test_resume_continues_the_run(stage2):

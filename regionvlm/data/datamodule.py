@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from regionvlm.data.collate import Collator
 from regionvlm.errors import ConfigError
 from regionvlm.registry import DATASETS, to_plain
+
+
+@dataclass
+class Processing:
+    """What the data side needs from the model: its tokenizer, the image processor (image size, mean/std) and
+    the token counts the collator expands placeholders to."""
+
+    tokenizer: Any
+    processor: Any
+    num_image_tokens: int
+    tokens_per_region: int = 1
 
 
 class ProcessedDataset(Dataset):
@@ -29,15 +42,24 @@ class ProcessedDataset(Dataset):
         return self.processor.process_sample(self.dataset[i])
 
 
-class MixtureSampler(Sampler[int]):
+class MixtureSampler(DistributedSampler):
     """Indices into a `ConcatDataset` so that dataset k fills ``ratios[k]`` (normalised) of an epoch of
     ``num_samples`` (default: the sum of the lengths). Each dataset is walked through a fresh permutation per
     pass (no repeats before all its samples are used), then the epoch is shuffled. Deterministic in
-    (seed, epoch); Lightning wraps it for distributed training."""
+    (seed, epoch).
+
+    Distributed: rank ``r`` of ``num_replicas`` takes positions ``r, r + n, r + 2n, ...`` of the epoch's order
+    (wrapped around so that every rank gets as many), so consecutive global batches of ``n × batch_size`` are
+    exactly the batches of one process with that batch size: a run's data does not depend on its device count.
+    It is a `DistributedSampler` so that Lightning uses it as is (its wrapper would shuffle the order again)."""
 
     def __init__(self, lengths: Sequence[int], ratios: Sequence[float], num_samples: int | None = None,
-                 seed: int = 0, shuffle: bool = True, on_epoch=None):
+                 seed: int = 0, shuffle: bool = True, on_epoch=None, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ is not called: it wants a dataset and an initialised process group
         self.lengths, self.seed, self.shuffle, self.epoch = list(lengths), seed, shuffle, 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.on_epoch = on_epoch
         weights = np.asarray(ratios, dtype=float)
         self.num_samples = int(num_samples or sum(lengths))
@@ -54,9 +76,10 @@ class MixtureSampler(Sampler[int]):
             self.on_epoch(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return math.ceil(self.num_samples / self.num_replicas)
 
-    def __iter__(self) -> Iterator[int]:
+    def epoch_order(self) -> np.ndarray:
+        """The whole epoch's indices, before it is split between ranks."""
         rng = np.random.default_rng([self.seed, self.epoch])
         parts = []
         for n, count, off in zip(self.lengths, self.counts, self.offsets):
@@ -68,6 +91,12 @@ class MixtureSampler(Sampler[int]):
         order = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
         if self.shuffle:
             order = order[rng.permutation(len(order))]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order()
+        if self.num_replicas > 1 and len(order):
+            order = np.resize(order, len(self) * self.num_replicas)[self.rank::self.num_replicas]
         return iter(order.tolist())
 
 
@@ -88,28 +117,35 @@ class RegionDataModule(L.LightningDataModule):
       max_length: 2048
       padding_side: right
       samples_per_epoch: null      # default: sum of the train datasets' lengths
-      seed: 0
+      processor: {resize_mode: pad}  # ImageProcessor options; size and mean/std come from the model
     ```
 
-    Build: ``construct(RegionDataModule, cfg.data, key_path="data", tokenizer=tok, processor=ImageProcessor(...),
-    num_image_tokens=N, tokens_per_region=k)``. Datasets are built eagerly (their files parsed once, in the main
-    process); images are decoded and masks rasterised in the workers (`ProcessedDataset`), tokenised there too
-    (`Collator`). ``seed`` and the epoch drive the mixture order and the prompt phrasing.
+    Build: ``construct(RegionDataModule, cfg.data, key_path="data", processing=..., seed=cfg.seed)`` where
+    ``processing`` is a `Processing` or a function returning one. A function is called when the first loader is
+    made: the engine builds the model in ``configure_model`` (after the data module's ``setup``), and the
+    processing facts are read off that model. ``tokenizer``/``processor``/``num_image_tokens``/
+    ``tokens_per_region`` may be given instead of ``processing``. Datasets are built eagerly (their files
+    parsed once, in the main process); images are decoded and masks rasterised in the workers
+    (`ProcessedDataset`), tokenised there too (`Collator`). ``seed`` (the config's top-level ``seed``, given by
+    the code) and the epoch drive the mixture order and the prompt phrasing.
     """
 
-    def __init__(self, tokenizer, processor, num_image_tokens: int, tokens_per_region: int = 1,
+    def __init__(self, processing: Processing | Callable[[], Processing] | None = None,
                  train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, template: str = "vicuna_v1",
                  max_length: int | None = 2048, padding_side: str = "right", samples_per_epoch: int | None = None,
-                 seed: int = 0, pin_memory: bool = False):
+                 seed: int = 0, pin_memory: bool = False, tokenizer: Any = None, processor: Any = None,
+                 num_image_tokens: int | None = None, tokens_per_region: int = 1):
         super().__init__()
-        self.tokenizer, self.processor = tokenizer, processor
+        if processing is None:
+            if tokenizer is None or processor is None or num_image_tokens is None:
+                raise TypeError("RegionDataModule needs 'processing', or 'tokenizer', 'processor' and "
+                                "'num_image_tokens'")
+            processing = Processing(tokenizer, processor, int(num_image_tokens), int(tokens_per_region))
+        self._processing = processing
+        self.template, self.max_length, self.padding_side = template, max_length, padding_side
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.pin_memory, self.seed = int(num_workers), pin_memory, seed
-        common = dict(tokenizer=tokenizer, num_image_tokens=num_image_tokens, tokens_per_region=tokens_per_region,
-                      template=template, max_length=max_length)
-        self.train_collator = Collator(**common, padding_side=padding_side)
-        self.predict_collator = Collator(**common, for_generation=True)
         self.train_sets, ratios = self._build(train, "data.train", training=True)
         self.val_sets, _ = self._build(val, "data.val", training=False)
         self.ratios, self.samples_per_epoch = ratios, samples_per_epoch
@@ -136,6 +172,28 @@ class RegionDataModule(L.LightningDataModule):
             ratios.append(ratio)
         return sets, ratios
 
+    @cached_property
+    def processing(self) -> Processing:
+        return self._processing if isinstance(self._processing, Processing) else self._processing()
+
+    @property
+    def processor(self):
+        return self.processing.processor
+
+    def _collator(self, **kw: Any) -> Collator:
+        p = self.processing
+        return Collator(tokenizer=p.tokenizer, num_image_tokens=p.num_image_tokens,
+                        tokens_per_region=p.tokens_per_region, template=self.template, max_length=self.max_length,
+                        **kw)
+
+    @cached_property
+    def train_collator(self) -> Collator:
+        return self._collator(padding_side=self.padding_side)
+
+    @cached_property
+    def predict_collator(self) -> Collator:
+        return self._collator(for_generation=True)
+
     def _loader(self, sets, collator, batch_size, sampler=None) -> DataLoader:
         data = ConcatDataset([ProcessedDataset(d, self.processor) for d in sets])
         return DataLoader(data, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator,
@@ -146,8 +204,11 @@ class RegionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.train_sets:
             raise ConfigError("data.train: no training datasets configured")
+        trainer = self.trainer  # None outside Lightning
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         self._sampler = MixtureSampler([len(d) for d in self.train_sets], self.ratios, self.samples_per_epoch,
-                                       seed=self.seed, on_epoch=self._set_dataset_epoch)
+                                       seed=self.seed, on_epoch=self._set_dataset_epoch, num_replicas=world,
+                                       rank=rank)
         return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -12,25 +12,33 @@ import lightning as L
 class GenerationSamples(L.Callback):
     """After each validation, generate answers for the first ``num_samples`` validation prompts and append them
     (with the reference) to ``<run_dir>/samples.jsonl``, and print them: a loss says how well, a few answers
-    say what."""
+    say what.
 
-    def __init__(self, run_dir: str | Path, num_samples: int = 4):
-        self.path = Path(run_dir) / "samples.jsonl"
+    Every process generates (under FSDP or ZeRO-3 a forward pass is collective: a rank that skipped it would
+    leave the others waiting forever); only global rank 0 writes and prints. ``last_texts`` keeps this
+    process's latest answers."""
+
+    def __init__(self, run_dir: str | Path | None = None, num_samples: int = 4):
+        self.path = Path(run_dir) / "samples.jsonl" if run_dir is not None else None
         self.num_samples = num_samples
+        self.last_texts: list[str] = []
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         datamodule = trainer.datamodule
-        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(datamodule, "generation_batch"):
+        if trainer.sanity_checking or not hasattr(datamodule, "generation_batch"):
             return
         batch = datamodule.generation_batch(self.num_samples)
         if batch is None or len(batch) == 0:
             return
-        texts = pl_module.generate_text(batch.to(pl_module.device))
+        self.last_texts = pl_module.generate_text(batch.to(pl_module.device))
+        if not trainer.is_global_zero:
+            return
         from regionvlm.evaluation.reports import reference_text
 
         rows = [{"step": trainer.global_step, "id": i, "prediction": t, "reference": reference_text(r)}
-                for i, t, r in zip(batch.ids, texts, batch.targets)]
-        with self.path.open("a") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                for i, t, r in zip(batch.ids, self.last_texts, batch.targets)]
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         for r in rows:
             print(f"[step {r['step']}] {r['id']}: {r['prediction']!r} (reference: {r['reference']!r})")

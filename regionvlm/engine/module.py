@@ -1,8 +1,9 @@
 """The LightningModule around `RegionVLM`: freezing, optimisation, logging, generation.
 
 Lightning owns the loop (devices, precision, DDP/FSDP/DeepSpeed strategies, checkpointing); this module only
-says what one step does. Every checkpoint carries the architecture config and the tokenizer files, so
-``regionvlm export CKPT`` rebuilds the model from the checkpoint alone.
+says what one step does. The model is built in ``configure_model`` (not in ``__init__``), inside the strategy's
+init context, so that sharded strategies can initialise it sharded. Every checkpoint carries the architecture
+config and the tokenizer files, so ``regionvlm export CKPT`` rebuilds the model from the checkpoint alone.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import lightning as L
 import torch
 
 from regionvlm.data.batch import Batch
+from regionvlm.data.datamodule import Processing
+from regionvlm.data.processing import ImageProcessor
 from regionvlm.engine.optim import apply_trainable, build_optimizer
 from regionvlm.hub import architecture_config, build_model_and_tokenizer
+from regionvlm.registry import construct
 
 GENERATION_KEYS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
 
@@ -27,21 +31,46 @@ class RegionVLMModule(L.LightningModule):
     """Train / validate / predict a `RegionVLM` built from a resolved config (a plain dict)."""
 
     def __init__(self, config: dict, model: Any = None, tokenizer: Any = None):
+        """``config``: the resolved config (a plain dict). ``model``/``tokenizer``: an already-built model (the
+        ``eval`` path); without them, Lightning builds the model in `configure_model`."""
         super().__init__()
         self.config = copy.deepcopy(config)
-        if model is None:
-            model, tokenizer, self.config["model"] = build_model_and_tokenizer(self.config["model"])
         self.model = model
         self.tokenizer = tokenizer
+        self.trainable: dict[str, int] = {}
+        self.generation = dict(self.config.get("generation", {}))
+        self.collector = None  # set by the evaluation loop: gathers predict_step rows from every process
+        self._step_start = 0.0
+        self.save_hyperparameters({"config": self.config}, ignore=["model", "tokenizer"])
+        if model is not None:
+            self._model_built()
+
+    def configure_model(self) -> None:
+        """Build the model (Lightning calls this inside the strategy's init context, possibly more than once)."""
+        if self.model is not None:
+            return
+        # seeded here, not only at start-up: every rank initialises the same weights (sharded strategies need
+        # that), whatever ran before this hook
+        L.seed_everything(int(self.config.get("seed", 0)), workers=True, verbose=False)
+        self.model, self.tokenizer, self.config["model"] = build_model_and_tokenizer(self.config["model"])
+        self._model_built()
+
+    def _model_built(self) -> None:
         model_cfg = self.config["model"]
         self.trainable = apply_trainable(self.model, model_cfg.get("trainable"), model_cfg.get("freeze"))
         # Checkpoints rebuild the model without external weights: store the architecture, not the hub ids.
         arch = copy.deepcopy(self.config)
         arch["model"] = architecture_config(arch["model"], self.model)
         self.save_hyperparameters({"config": arch}, ignore=["model", "tokenizer"])
-        self.generation = dict(self.config.get("generation", {}))
-        self.collector = None  # set by the evaluation loop: gathers predict_step rows from every process
-        self._step_start = 0.0
+
+    def processing(self) -> Processing:
+        """What the data module needs from the model (`Processing`); valid once the model is built."""
+        if self.model is None:
+            raise RuntimeError("the model is not built yet (Lightning builds it in configure_model)")
+        options = (self.config.get("data") or {}).get("processor") or {}
+        processor = construct(ImageProcessor, options, key_path="data.processor", image_size=self.model.image_size,
+                              mean=self.model.image_mean, std=self.model.image_std)
+        return Processing(self.tokenizer, processor, self.model.num_image_tokens, self.model.tokens_per_region)
 
     # -- checkpoints carry the tokenizer ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -59,6 +88,8 @@ class RegionVLMModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         if len(batch) == 0:  # every sample was dropped by truncation (counted by the collator)
+            if self.trainer.world_size > 1:  # the other ranks wait in the gradient all-reduce: join with zeros
+                return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return None
         loss = self.model(batch)["loss"]
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))

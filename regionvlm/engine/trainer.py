@@ -46,16 +46,17 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
 
 
 def build_datamodule(config: dict, module: Any, **extra: Any):
-    """The `RegionDataModule` for ``config['data']``, fed the processor and token counts the model needs."""
+    """The `RegionDataModule` for ``config['data']``, seeded by the top-level ``seed``. It reads the tokenizer,
+    image processing and token counts off ``module`` when it makes its first loader, i.e. after Lightning has
+    built the model in ``configure_model``."""
     from regionvlm.data.datamodule import RegionDataModule
-    from regionvlm.data.processing import ImageProcessor
 
-    model = module.model
-    processor = ImageProcessor(model.image_size, model.image_mean, model.image_std,
-                               **(config.get("data", {}).get("processor") or {}))
-    data_cfg = {k: v for k, v in (config.get("data") or {}).items() if k != "processor"}
-    return construct(RegionDataModule, data_cfg, key_path="data", tokenizer=module.tokenizer, processor=processor,
-                     num_image_tokens=model.num_image_tokens, tokens_per_region=model.tokens_per_region, **extra)
+    data_cfg = dict(config.get("data") or {})
+    data_cfg.pop("processor", None)  # the module builds the processor with these options
+    # the direct-use arguments are named as runtime values, so that the config cannot set them
+    direct = dict.fromkeys(("tokenizer", "num_image_tokens", "tokens_per_region"))
+    return construct(RegionDataModule, data_cfg, key_path="data", processing=module.processing,
+                     seed=int(config.get("seed", 0)), **direct, **extra)
 
 
 def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
@@ -65,7 +66,7 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
     from regionvlm.engine.module import RegionVLMModule
     from regionvlm.hub import save_export
     L.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
-    module = RegionVLMModule(config)
+    module = RegionVLMModule(config)  # the model itself is built by Lightning, in configure_model
     datamodule = build_datamodule(config, module)
     trainer = build_trainer(config, run_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

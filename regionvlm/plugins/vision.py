@@ -59,6 +59,8 @@ class _HFVisionEncoder(nn.Module):
 
     model_class: str = ""
     config_class: str = ""
+    # modules whose output the feature map never reaches (they act on the pooled output only)
+    pooling_modules: tuple[str, ...] = ("post_layernorm",)
     default_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
     default_std: tuple[float, ...] = OPENAI_CLIP_STD
     has_cls_token: bool = True
@@ -100,6 +102,14 @@ class _HFVisionEncoder(nn.Module):
             # leaves no parameter without a gradient (which DDP would reject when the encoder trains).
             layers = self._layer_list(model, n_layers)
             del layers[keep:]
+        if drop_unused_layers:
+            # Same for the pooling modules. They are replaced only after loading, so a pretrained checkpoint
+            # must still provide their weights (the strict check above covers them).
+            # (looked up by attribute name: transformers versions nest them differently)
+            pooling = [name for name, _ in model.named_modules()
+                       if name.rpartition(".")[2] in self.pooling_modules and ".layers." not in f".{name}."]
+            for name in pooling:
+                model.set_submodule(name, nn.Identity())
         self.model = model
         self.select_feature = select_feature
         self.image_size = int(cfg.image_size)
@@ -136,7 +146,8 @@ class HFCLIPVisionEncoder(_HFVisionEncoder):
 
     Options: ``pretrained`` or ``config`` (a CLIPVisionConfig dict), ``select_layer`` (default -2, the
     penultimate layer as in LLaVA/RGPT), ``select_feature`` (``patch`` | ``cls_patch``), ``dtype``,
-    ``drop_unused_layers`` (default true: layers after ``select_layer`` are removed), ``image_mean``/``image_std``
+    ``drop_unused_layers`` (default true: layers after ``select_layer`` and the pooled output's post-layernorm
+    are removed, so every parameter left reaches the features), ``image_mean``/``image_std``
     (override; otherwise from the checkpoint's preprocessor_config.json, else CLIP's defaults).
     """
 
@@ -153,6 +164,7 @@ class HFSiglipVisionEncoder(_HFVisionEncoder):
 
     model_class = "SiglipVisionModel"
     config_class = "SiglipVisionConfig"
+    pooling_modules = ("post_layernorm", "head")  # SigLIP's attention-pooling head, when the config has one
     default_mean = SIGLIP_MEAN
     default_std = SIGLIP_STD
     has_cls_token = False
@@ -196,11 +208,35 @@ class TimmVisionEncoder(nn.Module):
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         was_training = model.training
         model.eval()
-        with torch.no_grad():  # the grid and width are read off one probe forward at build time
-            probe = self._features(torch.zeros(1, 3, self.image_size, self.image_size))
+        probe = self._drop_head_modules()  # the grid and width are read off this probe forward
         model.train(was_training)
         self.out_channels = int(probe.shape[1])
         self.grid_size = (int(probe.shape[2]), int(probe.shape[3]))
+
+    def _drop_head_modules(self) -> torch.Tensor:
+        """Replace the modules that only the classifier head uses (ConvNeXt's head norm, a ViT's fc_norm or
+        attention pool) by ``nn.Identity``: the outermost modules none of whose parameters get a gradient from
+        the feature map (DDP rejects parameters that take no part in the loss). Called after any pretrained
+        weights are loaded, so loading stays strict. Returns the probe forward's feature map."""
+        x = torch.randn(1, 3, self.image_size, self.image_size, generator=torch.Generator().manual_seed(0))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            out = self._features(x)
+            grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True) if params else []
+        out = out.detach()
+        unused = {id(p) for p, g in zip(params, grads) if g is None}
+        drop: list[str] = []
+        for name, module in self.model.named_modules():  # parents come before their children
+            own = list(module.parameters())
+            if name and own and all(id(p) in unused for p in own) and not any(name.startswith(f"{d}.") for d in drop):
+                drop.append(name)
+        for name in drop:
+            self.model.set_submodule(name, nn.Identity())
+        if drop:
+            with torch.no_grad():
+                if not torch.equal(self._features(x), out):  # a dropped module was on the feature path after all
+                    raise RuntimeError(f"timm encoder: dropping {drop} changed the features")
+        return out
 
     def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.model.forward_features(pixel_values)
