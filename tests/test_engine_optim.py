@@ -41,6 +41,12 @@ def test_freeze_list_and_unknown_names():
         apply_trainable(m, trainable=["llm"], freeze=["projector"])
 
 
+def test_a_component_without_parameters_may_be_listed():
+    m = Toy()
+    m.region_extractor = nn.Identity()  # RGPT's mask pooling: a component with no parameters
+    assert apply_trainable(m, trainable=["region_extractor", "projector"])["projector"] == 28
+
+
 def test_frozen_unchanged_trainable_changed_after_a_step():
     torch.manual_seed(0)
     m = Toy()

@@ -29,10 +29,12 @@ def test_rgpt_stage2_counts_clip_l336_and_a_7b_llama_without_any_weights(capsys)
                                                 if k != "model_type"}))
     clip_n = sum(p.numel() for p in clip.parameters())
     last_layer = sum(p.numel() for p in clip.encoder.layers[-1].parameters())
+    post_layernorm = sum(p.numel() for p in clip.post_layernorm.parameters())
     llama_n = sum(p.numel() for p in llama.parameters())
     assert clip_n == 303_507_456 and llama_n == 6_738_415_616   # the published sizes of CLIP-L/336 and LLaMA-7B
     vision = result["components"]["vision_encoder"]
-    assert vision == {"trainable": 0, "frozen": clip_n - last_layer}   # select_layer -2: the last layer is dropped
+    # select_layer -2: the last layer is dropped, and the pooled output's layernorm, which patch features never reach
+    assert vision == {"trainable": 0, "frozen": clip_n - last_layer - post_layernorm}
     # the LLM gains two special tokens (<image_patch>, <region_feat>) in its untied input and output embeddings
     assert result["components"]["llm"] == {"trainable": llama_n + 2 * 2 * 4096, "frozen": 0}
     assert result["setting"]["precision"] == "bf16-mixed" and result["tokens"]["image_tokens_per_image"] == 576

@@ -3,7 +3,8 @@
 Parameter selectors (``model.trainable``, ``model.freeze``, the keys of ``optim.lr_multipliers``) are component
 names (``llm``) or glob patterns over parameter names (``llm.*.lora_*``, ``vision_encoder.*.layers.2[0-3].*``);
 a pattern also selects every parameter below a module it names (``vision_encoder.model.*.layers.3`` selects
-that layer's weights). A selector that matches no parameter is an error naming it.
+that layer's weights). A component name is always valid (RGPT's mask pooling has no parameters, yet a recipe
+may list it as trainable); any other selector that matches no parameter is an error naming it.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def _check_selector(model: nn.Module, selector: Any, key_path: str) -> str:
     """``selector`` itself, once checked to be a string that selects at least one parameter of ``model``."""
     if not isinstance(selector, str):
         raise ConfigError(f"{key_path}: expected a component name or a glob pattern, got {selector!r}")
-    if not any(selects(n, selector) for n, _ in model.named_parameters()):
-        components = ", ".join(n for n, _ in model.named_children())
+    components = [n for n, _ in model.named_children()]
+    if selector not in components and not any(selects(n, selector) for n, _ in model.named_parameters()):
+        components = ", ".join(components)
         raise ConfigError(f"{key_path}: '{selector}' matches no parameter (neither a component nor a glob "
                           f"pattern over parameter names); components: {components}")
     return selector
