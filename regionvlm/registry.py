@@ -281,11 +281,12 @@ PROMPTS = Registry("prompt", ("regionvlm.plugins.prompts",))
 DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
 BENCHMARKS = Registry("benchmark", ("regionvlm.benchmarks",))
 JUDGES = Registry("judge", ("regionvlm.evaluation.judges",))
+OPTIMIZERS = Registry("optimizer", ("regionvlm.engine.optim",))  # torch.optim's by name; plugins add their own
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
     for r in (VISION_ENCODERS, FEATURE_REFINERS, REGION_EXTRACTORS, PROJECTORS, LLMS, HEADS, PROMPTS,
-              DATASETS, BENCHMARKS, JUDGES)
+              DATASETS, BENCHMARKS, JUDGES, OPTIMIZERS)
 }
 
 

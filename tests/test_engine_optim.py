@@ -167,7 +167,7 @@ def test_optimizer_node_errors_name_the_key():
 
 
 def test_custom_optimizer_registers_by_name():
-    from regionvlm.engine.optim import OPTIMIZERS
+    from regionvlm.registry import OPTIMIZERS
 
     class Halving(torch.optim.SGD):
         """SGD with a fixed half learning rate (a stand-in for a user's optimizer)."""

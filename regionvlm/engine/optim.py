@@ -18,12 +18,11 @@ import torch
 from torch import nn
 
 from regionvlm.errors import ConfigError
-from regionvlm.registry import Registry, to_plain
+from regionvlm.registry import OPTIMIZERS, to_plain
 
 # Optimizers by name: ``optim.optimizer: {type: adamw, betas: [0.9, 0.95]}``. A custom optimizer registers itself
 # (``@OPTIMIZERS.register("lion")`` in a module listed under ``imports:``); it receives the parameter groups
 # as ``params`` and the base learning rate as ``lr``.
-OPTIMIZERS = Registry("optimizer")
 for _name, _cls in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD),
                     ("rmsprop", torch.optim.RMSprop), ("adagrad", torch.optim.Adagrad),
                     ("nadam", torch.optim.NAdam), ("radam", torch.optim.RAdam)):
