@@ -71,11 +71,11 @@ def test_prompts_are_the_training_prompts_in_evaluation_phrasing(data):
     assert b.samples()[0]["conversations"] == ds[0]["conversations"][:1]   # same node, same first phrasing
     rec = bench("refcocog_rec", data).samples()[0]
     assert human(rec) == PROMPTS.build({"type": "rec"}).build(
-        _sentence(data, rec["target"]["id"]), len(rec["regions"]))[0]["value"]
+        _sentence(data, rec["target"]["sent_id"]), len(rec["regions"]))[0]["value"]
     assert human(rec).endswith("Answer the question using the template Region [x].")
     pope = bench("pope", data)
     q = pope.samples()[0]
-    text = pope.annotations[q["target"]["split"]][str(q["target"]["id"])]["text"]
+    text = pope.annotations[q["target"]["split"]][str(q["target"]["question_id"])]["text"]
     assert human(q) == f"<image>\n{text} Answer the question using a single word or phrase."
     assert human(bench("dlc", data).samples()[0]) == \
         "<image>\nDescribe <region1> in detail. Answer the question with a detailed description."
@@ -100,7 +100,7 @@ def test_literal_prompt_strings(data):
     assert human(bench("coco_cls", data, prompt="Name {region}.").samples()[0]) == "<image>\nName <region1>."
     with pytest.raises(ConfigError, match=r"refcocog_rec: prompt: does not fit .*KeyError: 'regions'"):
         bench("refcocog_rec", data, prompt="Which of {regions}?").samples()
-    with pytest.raises(Exception, match=r"benchmark.prompt.type"):
+    with pytest.raises(Exception, match=r"pope: prompt.type"):
         bench("pope", data, prompt={"type": "no_such_prompt"}).samples()
 
 

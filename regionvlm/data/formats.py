@@ -254,7 +254,7 @@ def read_split_ids(path: PathLike, split: str | None) -> set[int]:
     return set(data)
 
 
-# -- POPE, LLaVA, conversations, benchmark question files -------------------------------------------------------------------------------
+# -- POPE, LLaVA, conversations, question files --------------------------------------------------------------------
 def read_pope(path: PathLike) -> list[dict]:
     """POPE questions (JSON lines ``{question_id, image, text, label}``); the label is checked."""
     rows = read_jsonl(path)

@@ -152,7 +152,8 @@ class RefCocoDataset(RegionDataset):
         x, y, w, h = ann["bbox"]
         index = None if answer is None else answer + 1
         return {"id": f"refcoco-{sent.get('sent_id', ref['ref_id'])}", "image": path, "regions": regions,
-                "conversations": self.ask(i, rng, expression=sent["sent"], num_candidates=len(items), answer_index=index),
+                "conversations": self.ask(i, rng, expression=sent["sent"], num_candidates=len(items),
+                                          answer_index=index),
                 "target": {"sent_id": sent.get("sent_id"), "ref_id": ref["ref_id"], "ann_id": ann["id"],
                            "candidate_ann_ids": cand_ids, "answer": ReferringExpressionPrompt.answer_for(index),
                            "gt_box": [x, y, x + w, y + h]},
