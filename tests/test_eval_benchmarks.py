@@ -62,13 +62,56 @@ def human(sample):
     return sample["conversations"][0]["value"]
 
 
+def dataset_node(name, p):
+    """The dataset node each benchmark stands for, written out by hand (the one-sample-path claim)."""
+    refs = {"refs_file": str(p["refcocog_refs"]), "instances_file": str(p["refcocog_instances"]), "split": "val"}
+    return {"coco_cls": {"type": "coco_instances", "ann_file": str(p["instances_val"]),
+                         "prompt": {"type": "region_classification", "vocabulary": "COCO-80"}},
+            "refcocog_caption": {"type": "refcoco", **refs, "task": "caption", "per": "ref"},
+            "refcocog_rec": {"type": "refcoco", **refs, "task": "rec"},
+            "vg_caption": {"type": "vg_regions", "regions_file": str(p["vg_regions"]),
+                           "split_file": str(p["vg_splits"]), "split": "val"},
+            "pope": {"type": "pope", "path": str(p["pope_val"])},
+            "spatial": {"type": "spatial_qa", "path": str(p["spatial_qa_val"])},
+            "dlc": {"type": "dlc", "path": str(p["dlc_qa_val"])}}[name]
+
+
+def plain(x):
+    """A sample as plain data (Regions → kinds, size and coordinates), to compare two samples."""
+    if isinstance(x, Regions):
+        return {"kinds": x.kinds, "size": x.image_size, "items": plain([d for _, d in x.items])}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    return x.tolist() if hasattr(x, "tolist") else x
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_benchmark_samples_are_the_datasets_eval_samples(name, data):
+    """What is evaluated is what could be trained on: the same files through the registered dataset with
+    ``train: false`` give the benchmark's samples, answer turn included (generation drops it)."""
+    from regionvlm.registry import DATASETS
+
+    b = bench(name, data, limit=5)
+    ds = DATASETS.build({**dataset_node(name, data), "image_root": str(data["images"]), "train": False})
+    assert len(ds) >= len(b.samples()) == 5
+    assert plain(b.samples()) == plain([ds[i] for i in range(5)])
+    assert all(isinstance(s["regions"], Regions) for s in b.samples())
+    if name not in ("dlc",):   # the DLC file holds questions about the caption, not the caption
+        assert all(s["conversations"][-1]["from"] == "gpt" for s in b.samples())
+    # training mode: the same items, phrasings drawn by the per-sample rng
+    train = DATASETS.build({**dataset_node(name, data), "train": True, "seed": 3})
+    assert [s["target"] for s in train] == [s["target"] for s in ds]
+
+
 def test_prompts_are_the_training_prompts_in_evaluation_phrasing(data):
     from regionvlm.registry import DATASETS, PROMPTS
 
     b = bench("coco_cls", data)
     ds = DATASETS.build({"type": "coco_instances", "ann_file": str(data["instances_val"]), "train": False,
                          "prompt": {"type": "region_classification", "vocabulary": "COCO-80"}})
-    assert b.samples()[0]["conversations"] == ds[0]["conversations"][:1]   # same node, same first phrasing
+    assert b.samples()[0]["conversations"] == ds[0]["conversations"]   # same node, same first phrasing
     rec = bench("refcocog_rec", data).samples()[0]
     assert human(rec) == PROMPTS.build({"type": "rec"}).build(
         _sentence(data, rec["target"]["sent_id"]), len(rec["regions"]))[0]["value"]
@@ -217,3 +260,33 @@ def test_hf_judge_runs_a_saved_causal_lm(data, tmp_path):
     b = bench("dlc", data, judge=judge, limit=2)
     res = b.evaluate(_perfect(b, lambda s: "a red circle"))
     assert -100 <= res["avg"] <= 100 and res["num_samples"] == 2
+
+
+def test_scores_on_rank_zero_and_broadcasts():
+    """`regionvlm eval` scores once, on rank 0; the other ranks get rank 0's result (or its user error)."""
+    from types import SimpleNamespace
+
+    from regionvlm.evaluation.runner import score_on_rank_zero
+
+    sent = {}
+
+    def trainer(rank):
+        def broadcast(obj, src=0):   # what a 2-process strategy does: every rank receives rank 0's object
+            assert src == 0
+            if rank == 0:
+                sent["obj"] = obj
+            return sent["obj"]
+        return SimpleNamespace(is_global_zero=rank == 0, strategy=SimpleNamespace(broadcast=broadcast))
+
+    calls = []
+    score = lambda: calls.append(1) or {"accuracy": 50.0}   # noqa: E731
+    assert score_on_rank_zero(trainer(0), score) == {"accuracy": 50.0}
+    assert score_on_rank_zero(trainer(1), score) == {"accuracy": 50.0} and calls == [1]
+
+    def bad():
+        raise DataError("p.jsonl: line 3: duplicate id 7")
+
+    with pytest.raises(DataError, match="duplicate id 7"):
+        score_on_rank_zero(trainer(0), bad)
+    with pytest.raises(DataError, match="duplicate id 7"):   # rank 1 does not wait for a result forever
+        score_on_rank_zero(trainer(1), lambda: pytest.fail("rank 1 must not score"))
