@@ -13,12 +13,9 @@ from typing import Any, ClassVar
 
 from regionvlm.data.datasets import check_region_kind
 from regionvlm.evaluation.benchmark import Benchmark
-from regionvlm.evaluation.metrics import (
-    coco_region_map,
-    exact_match_accuracy,
-    normalize_label,
-    semantic_scores,
-)
+from regionvlm.evaluation.coco_map import coco_region_map
+from regionvlm.evaluation.labels import exact_match_accuracy, normalize_label
+from regionvlm.evaluation.semantic import semantic_scores
 from regionvlm.registry import BENCHMARKS
 
 
@@ -53,7 +50,7 @@ class CocoClassification(Benchmark):
         names = [inst.category_name(inst.anns[int(i)]) for i in ids]
         out = {"accuracy": exact_match_accuracy(answers, names)}
         if self.semantic:
-            from regionvlm.evaluation.metrics import SentenceEncoder, default_encoder
+            from regionvlm.evaluation.semantic import SentenceEncoder, default_encoder
 
             enc = SentenceEncoder(self.semantic_model) if self.semantic_model else default_encoder()
             out.update(semantic_scores(answers, names, enc))

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 from regionvlm.data.datasets import pope_split
 from regionvlm.errors import DataError
+from regionvlm.evaluation.answers import pope_metrics, pope_parse
 from regionvlm.evaluation.benchmark import Benchmark
-from regionvlm.evaluation.metrics import pope_metrics, pope_parse
 from regionvlm.registry import BENCHMARKS
 
 

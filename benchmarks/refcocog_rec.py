@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 
 from regionvlm.benchmarks.refcocog_caption import RefCocoBase
 
+from regionvlm.data.geometry import box_iou_xywh
 from regionvlm.errors import DataError
+from regionvlm.evaluation.answers import parse_region_index
 from regionvlm.evaluation.benchmark import require_int_list
-from regionvlm.evaluation.metrics import box_iou_xywh, parse_region_index
 from regionvlm.registry import BENCHMARKS
 
 
@@ -56,6 +57,6 @@ class RefCocogREC(RefCocoBase):
                 unparseable += 1
                 continue
             target = inst.anns[sent_to_ann[int(key)]]["bbox"]
-            correct += box_iou_xywh(inst.anns[cands[k]]["bbox"], target) >= self.iou_threshold
+            correct += bool(box_iou_xywh(inst.anns[cands[k]]["bbox"], target) >= self.iou_threshold)
         n = len(predictions)
         return {"accuracy": 100.0 * correct / n if n else 0.0, "unparseable": unparseable}

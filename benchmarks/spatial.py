@@ -18,21 +18,16 @@ with a unit) or, with ``judge:``, by a judge LLM using the reference's questions
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from regionvlm.data.datasets import question_kind
+from regionvlm.evaluation.answers import parse_region_index, parse_yes_no
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
-from regionvlm.evaluation.metrics import (
-    parse_length_m,
-    parse_region_index,
-    parse_yes_no,
-    quantitative_success,
-)
+from regionvlm.evaluation.lengths import parse_length_m, quantitative_success
 from regionvlm.registry import BENCHMARKS
 
 JUDGE_QUALITATIVE = (
@@ -121,49 +116,3 @@ class Spatial(Benchmark):
             out.update({f"{c}/accuracy": pct(v) for c, v in sorted(qual.items())})
             out.update({f"{c}/success": pct(v) for c, v in sorted(succ.items())})
         return out
-
-
-def make_synthetic_spatial(instances_path: str, out_path: str, meters_per_pixel: float = 0.01,
-                           max_pairs_per_image: int = 2) -> int:
-    """Derive a spatial QA jsonl from a COCO-format instances file (synthetic scenes with boxes named like
-    "red circle"): left/above/bigger predicates, a left choice, width and distance questions per object pair.
-    Boxes are in pixels and ``meters_per_pixel`` gives the metric scale. Returns the number of questions."""
-    from regionvlm.data.formats import CocoInstances, write_jsonl
-
-    inst = CocoInstances(instances_path)
-    rows: list[dict] = []
-    for image_id in sorted(inst.images):
-        anns = sorted((a for a in inst.anns_by_image[image_id] if "bbox" in a), key=lambda a: a["id"])
-        for a, b in list(itertools.pairwise(anns))[:max_pairs_per_image]:
-            (ax, ay, aw, ah), (bx, by, bw, bh) = a["bbox"], b["bbox"]
-            acx, acy, bcx, bcy = ax + aw / 2, ay + ah / 2, bx + bw / 2, by + bh / 2
-            na, nb = inst.category_name(a), inst.category_name(b)
-            base = {"image": inst.images[image_id]["file_name"], "regions": [{"bbox": a["bbox"]}, {"bbox": b["bbox"]}]}
-
-            def add(question, answer, base=base, **info):
-                rows.append({"id": len(rows), **base, "question": question, "answer": answer, "qa_info": info})
-
-            if acx != bcx:
-                left = acx < bcx
-                add("Is <region1> to the left of <region2>?", f"{'Yes' if left else 'No'}, the {na} is "
-                    f"{'left' if left else 'right'} of the {nb}.", type="qualitative", category="left_predicate",
-                    label="yes" if left else "no")
-                add("Which is more to the left, <region1> or <region2>?", f"Region [{1 if left else 2}].",
-                    type="qualitative", category="left_choice", label=1 if left else 2)
-            if acy != bcy:
-                above = acy < bcy
-                add("Is <region1> above <region2>?", "Yes." if above else "No.", type="qualitative",
-                    category="above_predicate", label="yes" if above else "no")
-            if aw * ah != bw * bh:
-                big = aw * ah > bw * bh
-                add("Is <region1> bigger than <region2>?", "Yes." if big else "No.", type="qualitative",
-                    category="big_predicate", label="yes" if big else "no")
-            width = round(aw * meters_per_pixel, 4)
-            add("How wide is <region1>?", f"The {na} is {width:.2f} meters wide.", type="quantitative",
-                category="width_data", value=width)
-            dist = round(((acx - bcx) ** 2 + (acy - bcy) ** 2) ** 0.5 * meters_per_pixel, 4)
-            if dist > 0:
-                add("How far apart are <region1> and <region2>?", f"They are {dist:.2f} meters apart.",
-                    type="quantitative", category="distance_data", value=dist)
-    write_jsonl(out_path, rows)
-    return len(rows)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from regionvlm.evaluation.benchmark import Benchmark
-from regionvlm.evaluation.metrics import caption_metrics
+from regionvlm.evaluation.captions import caption_metrics
 from regionvlm.registry import BENCHMARKS
 
 

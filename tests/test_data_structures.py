@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from regionvlm.data.geometry import mask_to_rle
 from regionvlm.data.processing import ImageProcessor, load_image
-from regionvlm.data.structures import Regions, mask_to_rle
+from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
 
 H, W = 30, 40
@@ -83,10 +84,6 @@ def test_out_of_bounds_clip_or_error():
 def test_transforms_match_mask_transforms():
     regions = Regions([("polygon", POLY), ("box", [3, 4, 15, 11])], (H, W))
     masks = regions.to_masks()
-    # pycocotools' scanline rasteriser breaks ties on boundary pixels, so a mirrored polygon may differ there
-    flipped = regions.hflip().to_masks()
-    np.testing.assert_array_equal(flipped[1], masks[1, :, ::-1])
-    assert (flipped[0] != masks[0, :, ::-1]).sum() <= 4
     np.testing.assert_array_equal(regions.crop(4, 2, 30, 25).to_masks(), masks[:, 2:25, 4:30])
     padded = regions.pad(3, 2, 5, 1).to_masks()
     assert padded.shape == (2, H + 3, W + 8)
@@ -100,7 +97,7 @@ def test_transforms_match_mask_transforms():
     # RLE/mask regions are resized by nearest neighbour on pixel centres
     rle = Regions([("rle", mask_to_rle(masks[0]))], (H, W))
     np.testing.assert_array_equal(rle.resize(2 * H, 2 * W).to_masks()[0], block[0])
-    np.testing.assert_array_equal(rle.hflip().to_masks()[0], masks[0][:, ::-1])
+    np.testing.assert_array_equal(rle.crop(4, 2, 30, 25).to_masks()[0], masks[0, 2:25, 4:30])
 
 
 def test_crop_keeps_indices_of_regions_outside():
@@ -112,7 +109,7 @@ def test_crop_keeps_indices_of_regions_outside():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, W - 2), st.integers(0, H - 2), st.integers(1, 15), st.integers(1, 15)),
                 min_size=1, max_size=5))
-def test_box_masks_and_flip_property(boxes):
+def test_box_masks_and_pad_crop_property(boxes):
     xyxy = [[x, y, min(x + w, W), min(y + h, H)] for x, y, w, h in boxes]
     r = Regions.from_boxes(xyxy, (H, W))
     masks = r.to_masks()
@@ -120,8 +117,9 @@ def test_box_masks_and_flip_property(boxes):
         expect = np.zeros((H, W), bool)
         expect[y0:y1, x0:x1] = True
         np.testing.assert_array_equal(m, expect)
-    np.testing.assert_array_equal(r.hflip().to_masks(), masks[:, :, ::-1])
-    np.testing.assert_allclose(r.hflip().hflip().to_boxes(), r.to_boxes())
+    back = r.pad(2, 3, 4, 5).crop(2, 3, 2 + W, 3 + H)   # pad then crop the padding away: the identity
+    np.testing.assert_array_equal(back.to_masks(), masks)
+    np.testing.assert_allclose(back.to_boxes(), r.to_boxes())
 
 
 # -- the processor: image and masks transformed together --------------------------------------------------------

@@ -15,7 +15,8 @@ from regionvlm.commands import data as data_cmd
 from regionvlm.data import formats
 from regionvlm.data.datamodule import MixtureSampler, RegionDataModule
 from regionvlm.data.processing import ImageProcessor
-from regionvlm.data.synth import COLOURS, build_tokenizer
+from regionvlm.data.synth.scenes import COLOURS
+from regionvlm.data.synth.tokenizer import train_tiny_tokenizer
 from regionvlm.registry import DATASETS, construct
 
 
@@ -90,7 +91,7 @@ def test_loaders_read_every_file(synth):
 
 
 def test_tokenizer_roundtrip(tmp_path):
-    build_tokenizer(tmp_path, vocab_size=400)
+    train_tiny_tokenizer(tmp_path, vocab_size=400)
     for path in (tmp_path, TOK_DIR):  # a fresh one and the committed one
         tok = AutoTokenizer.from_pretrained(str(path))
         text = "the striped red circle left of the blue square — Zürich 東京 {}"
@@ -128,4 +129,4 @@ def test_datamodule_from_config(synth):
     val = next(iter(dm.val_dataloader()))
     assert val.labels is not None and len(val.region_mentions) == 0
     pred = next(iter(dm.predict_dataloader()))
-    assert pred.labels is None and pred.targets[0] in ("yes", "no")
+    assert pred.labels is None and pred.targets[0]["answer"] in ("yes", "no")

@@ -17,7 +17,7 @@ NAMES = ["coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from regionvlm.data.synth import write_synthetic
+    from regionvlm.data.synth.writers import write_synthetic
 
     root = tmp_path_factory.mktemp("synth")
     return write_synthetic(root, n_train=2, n_val=4)   # also writes the spatial and dlc benchmark files
@@ -247,10 +247,10 @@ def test_dlc_rules_and_judge(data):
 def test_hf_judge_runs_a_saved_causal_lm(data, tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from regionvlm.data.synth import build_tokenizer
+    from regionvlm.data.synth.tokenizer import train_tiny_tokenizer
     from regionvlm.evaluation.judges import HFJudge
 
-    tok = build_tokenizer(tmp_path / "judge", vocab_size=300)
+    tok = train_tiny_tokenizer(tmp_path / "judge", vocab_size=300)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512)
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "judge")

@@ -1,4 +1,5 @@
-"""Every metric against its reference implementation (called directly) or hand-checked answers."""
+"""Every metric against its reference implementation (called directly) or hand-checked answers: labels, captions,
+semantic, coco_map, answers and lengths in regionvlm/evaluation/."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import json
 import pytest
 import torch
 
-from regionvlm.evaluation import metrics as M
-from regionvlm.evaluation.collectors import PopeCounts, PredictionCollector
+from regionvlm.evaluation import answers, captions, coco_map, labels, lengths, semantic
+from regionvlm.evaluation.collectors import PredictionCollector
 
 # ---- classification -----------------------------------------------------------------------------------------
 
@@ -20,11 +21,11 @@ from regionvlm.evaluation.collectors import PopeCounts, PredictionCollector
     ("traffic_lights", "traffic light"), ("  an Apple, ", "apple"), ("knives", "knife"), ("glasses", "glasses"),
 ])
 def test_normalize_label(text, expected):
-    assert M.normalize_label(text) == expected
+    assert labels.normalize_label(text) == expected
 
 
 def test_exact_match_accuracy():
-    assert M.exact_match_accuracy(["Dogs.", "a cat", "car"], ["dog", "cat", "truck"]) == pytest.approx(200 / 3)
+    assert labels.exact_match_accuracy(["Dogs.", "a cat", "car"], ["dog", "cat", "truck"]) == pytest.approx(200 / 3)
 
 
 # ---- captions: pycocoevalcap called directly ----------------------------------------------------------------
@@ -34,7 +35,7 @@ HYPS = {1: "a man on a horse", 2: "", 3: "blue car at the left", 4: "a white cat
 
 
 @pytest.fixture(scope="module")
-def captions():
+def caption_scores():
     """Ours and the reference pipeline, each run once (Java start-up is slow)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -46,23 +47,23 @@ def captions():
     res = tok.tokenize({k: [{"caption": v}] for k, v in HYPS.items()})
     with contextlib.redirect_stdout(io.StringIO()):
         ref = {f"BLEU-{i + 1}": 100 * b for i, b in enumerate(Bleu(4).compute_score(gts, res)[0])}
-    ref["METEOR"] = 100 * M.shared_meteor().compute_score(gts, res)[0]   # a plain pycocoevalcap Meteor()
+    ref["METEOR"] = 100 * captions.shared_meteor().compute_score(gts, res)[0]   # a plain pycocoevalcap Meteor()
     ref["ROUGE-L"] = 100 * Rouge().compute_score(gts, res)[0]
     ref["CIDEr"] = 100 * Cider().compute_score(gts, res)[0]
-    ours, notes = M.caption_metrics(REFS, HYPS)
+    ours, notes = captions.caption_metrics(REFS, HYPS)
     return ours, notes, ref
 
 
-def test_caption_metrics_match_pycocoevalcap(captions):
-    ours, _, ref = captions
+def test_caption_metrics_match_pycocoevalcap(caption_scores):
+    ours, _, ref = caption_scores
     for k, v in ref.items():
         assert ours[k] == pytest.approx(v, abs=1e-9), k
     assert 0 < ours["CIDEr"] and ours["BLEU-4"] < ours["BLEU-1"]
 
 
-def test_spice_skipped_with_reason_when_jars_missing(captions):
-    ours, notes, _ = captions
-    reason = M.spice_unavailable_reason()
+def test_spice_skipped_with_reason_when_jars_missing(caption_scores):
+    ours, notes, _ = caption_scores
+    reason = captions.spice_unavailable_reason()
     if reason is None:
         assert "SPICE" in ours
     else:
@@ -71,18 +72,18 @@ def test_spice_skipped_with_reason_when_jars_missing(captions):
 
 # ---- Osprey semantic similarity / IoU -----------------------------------------------------------------------
 def test_osprey_cleaning_and_semantic_iou():
-    assert M.osprey_clean_prediction("Category: hot dog.") == " hot dog "
-    assert M.osprey_clean_category("hair_drier") == "hair drier"
-    assert M.semantic_iou("red sports car", "sports car") == pytest.approx(2 / 3)
-    assert M.semantic_iou("dog", "cat") == 0.0
+    assert semantic.osprey_clean_prediction("Category: hot dog.") == " hot dog "
+    assert semantic.osprey_clean_category("hair_drier") == "hair drier"
+    assert semantic.semantic_iou("red sports car", "sports car") == pytest.approx(2 / 3)
+    assert semantic.semantic_iou("dog", "cat") == 0.0
 
 
 def test_semantic_similarity_with_minilm():
-    enc = M.default_encoder()
+    enc = semantic.default_encoder()
     e = enc.encode(["dog", "puppy", "airplane"])
     assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
     assert float(e[0] @ e[1]) > float(e[0] @ e[2]) + 0.2
-    s = M.semantic_scores(["dog", "a cat"], ["dog", "airplane"], enc)
+    s = semantic.semantic_scores(["dog", "a cat"], ["dog", "airplane"], enc)
     assert s["semantic_iou"] == pytest.approx(50.0)
     # the first pair is identical text: cosine 1 → mean = (100 + cos(cat, airplane)) / 2
     cos = float((enc.encode(["a cat"]) * enc.encode(["airplane"])).sum())
@@ -118,59 +119,42 @@ def test_coco_map_matches_cocoeval(tmp_path):
                 for a, c in predicted.items()]
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
         ev.evaluate(), ev.accumulate(), ev.summarize()
-    ours = M.coco_region_map(CocoInstances(path), predicted)
+    ours = coco_map.coco_region_map(CocoInstances(path), predicted)
     assert ours["mAP"] == pytest.approx(100 * ev.stats[0])
     assert ours["AP50"] == pytest.approx(100 * ev.stats[1])
-    assert M.coco_region_map(CocoInstances(path), {10: 1, 11: 3, 12: 7, 13: 1})["mAP"] == pytest.approx(100.0)
-    assert M.coco_region_map(CocoInstances(path), {})["mAP"] == 0.0
+    assert coco_map.coco_region_map(CocoInstances(path), {10: 1, 11: 3, 12: 7, 13: 1})["mAP"] == pytest.approx(100.0)
+    assert coco_map.coco_region_map(CocoInstances(path), {})["mAP"] == 0.0
 
 
 # ---- REC ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("a,b,iou", [
-    ([0, 0, 10, 10], [0, 0, 10, 10], 1.0), ([0, 0, 10, 10], [5, 0, 10, 10], 50 / 150),
-    ([0, 0, 10, 10], [10, 10, 5, 5], 0.0), ([0, 0, 10, 10], [2, 2, 5, 5], 25 / 100),
-])
-def test_box_iou_known_answers(a, b, iou):
-    assert M.box_iou_xywh(a, b) == pytest.approx(iou)
-
-
-def test_box_iou_matches_pycocotools():
-    from pycocotools import mask as mask_utils
-
-    a, b = [3.5, 4, 20, 11], [10, 2.25, 8, 30]
-    assert M.box_iou_xywh(a, b) == pytest.approx(float(mask_utils.iou([a], [b], [0])[0][0]))
-
-
 @pytest.mark.parametrize("text,n,expected", [
     ("Region [2].", 3, 1), ("region[1]", 3, 0), ("It is <region3>.", 3, 2), ("Region 2", 2, 1),
     ("Region [4].", 3, None), ("the dog", 3, None), ("Region [0]", 3, None),
 ])
 def test_parse_region_index(text, n, expected):
-    assert M.parse_region_index(text, n) == expected
+    assert answers.parse_region_index(text, n) == expected
 
 
 # ---- POPE: hand-checked -------------------------------------------------------------------------------------
 def test_pope_parse_as_official():
-    assert M.pope_parse("Yes, there is a dog.") == "yes"
-    assert M.pope_parse("No, there is not.") == "no"
-    assert M.pope_parse("There is no cat in the image.") == "no"
-    assert M.pope_parse("I think so. No.") == "yes"       # only the first sentence counts
-    assert M.pope_parse("Nope") == "yes"                   # whole words only, as the official script
-    assert M.pope_parse("NO") == "yes"                     # case-sensitive, as the official script
-    assert M.pope_parse("not,") == "no"                    # commas dropped before splitting
+    assert answers.pope_parse("Yes, there is a dog.") == "yes"
+    assert answers.pope_parse("No, there is not.") == "no"
+    assert answers.pope_parse("There is no cat in the image.") == "no"
+    assert answers.pope_parse("I think so. No.") == "yes"       # only the first sentence counts
+    assert answers.pope_parse("Nope") == "yes"                   # whole words only, as the official script
+    assert answers.pope_parse("NO") == "yes"                     # case-sensitive, as the official script
+    assert answers.pope_parse("not,") == "no"                    # commas dropped before splitting
 
 
 def test_pope_metrics_hand_checked():
-    answers = ["Yes.", "Yes, a dog.", "No.", "There is not.", "Yes", "No, no dog."]
-    labels = ["yes", "no", "yes", "no", "yes", "no"]
+    replies = ["Yes.", "Yes, a dog.", "No.", "There is not.", "Yes", "No, no dog."]
+    truth = ["yes", "no", "yes", "no", "yes", "no"]
     # parsed: y y n n y n → TP=2 (0,4) FP=1 (1) FN=1 (2) TN=2 (3,5)
-    got = M.pope_metrics([M.pope_parse(a) for a in answers], labels)
+    got = answers.pope_metrics([answers.pope_parse(a) for a in replies], truth)
     assert got == pytest.approx({"accuracy": 400 / 6, "precision": 200 / 3, "recall": 200 / 3,
                                  "f1": 200 / 3, "yes_ratio": 50.0})
-    m = PopeCounts()
-    m.update(answers[:3], labels[:3])
-    m.update(answers[3:], labels[3:])
-    assert m.compute() == pytest.approx(got)
+    assert answers.pope_metrics([], []) == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                            "yes_ratio": 0.0}
 
 
 # ---- accumulation across processes --------------------------------------------------------------------------
@@ -193,13 +177,13 @@ def test_prediction_collector_merges_ranks_and_drops_padding_duplicates():
     ("1,200 mm", 1.2), ("roughly 7", 7.0), ("no idea", None),
 ])
 def test_parse_length(text, metres):
-    got = M.parse_length_m(text)
+    got = lengths.parse_length_m(text)
     assert got == (None if metres is None else pytest.approx(metres))
 
 
 def test_quantitative_success_and_yes_no():
-    assert M.quantitative_success(1.25, 1.0)[0] and M.quantitative_success(0.75, 1.0)[0]
-    ok, err = M.quantitative_success(1.3, 1.0)
+    assert lengths.quantitative_success(1.25, 1.0)[0] and lengths.quantitative_success(0.75, 1.0)[0]
+    ok, err = lengths.quantitative_success(1.3, 1.0)
     assert not ok and err == pytest.approx(0.3 / 1.0001)
-    assert M.parse_yes_no("Yes, it is.") == "yes" and M.parse_yes_no("It is not.") == "no"
-    assert M.parse_yes_no("Maybe") is None
+    assert answers.parse_yes_no("Yes, it is.") == "yes" and answers.parse_yes_no("It is not.") == "no"
+    assert answers.parse_yes_no("Maybe") is None

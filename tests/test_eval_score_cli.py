@@ -15,7 +15,7 @@ from regionvlm.evaluation.predictions import write_predictions
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from regionvlm.data.synth import write_synthetic
+    from regionvlm.data.synth.writers import write_synthetic
 
     return write_synthetic(tmp_path_factory.mktemp("synth"), n_train=2, n_val=3)
 
@@ -49,7 +49,7 @@ def test_table_output_and_partial(data, tmp_path, capsys):
 def test_caption_benchmark_with_option(data, tmp_path, capsys):
     """refcocog_caption through the CLI: the first reference as prediction gives ROUGE-L 100 (pycocoevalcap's
     ROUGE-L takes the best reference); SPICE is skipped with a one-line note when its jars are missing."""
-    from regionvlm.evaluation.metrics import spice_unavailable_reason
+    from regionvlm.evaluation.captions import spice_unavailable_reason
 
     ann = [str(data["refcocog_refs"]), str(data["refcocog_instances"])]
     b = load_benchmark("refcocog_caption", annotations=ann, split="train")

@@ -7,8 +7,8 @@ import torch
 import transformers
 
 from regionvlm.errors import ConfigError, RegistryError
+from regionvlm.image_stats import OPENAI_CLIP_MEAN, SIGLIP_MEAN
 from regionvlm.plugins.llms import build_tokenizer
-from regionvlm.plugins.vision import OPENAI_CLIP_MEAN, SIGLIP_MEAN
 from regionvlm.registry import LLMS, VISION_ENCODERS
 from regionvlm.tokens import IMAGE_TOKEN, REGION_TOKEN
 

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from regionvlm.data.collate import Collator
 from regionvlm.data.datamodule import ProcessedDataset
 from regionvlm.data.processing import ImageProcessor
-from regionvlm.data.synth import write_synthetic
+from regionvlm.data.synth.writers import write_synthetic
 from regionvlm.registry import DATASETS
 
 TOKENIZER = Path(__file__).resolve().parents[2] / "projects/rgpt/tiny/tokenizer"

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from regionvlm.errors import UserError
 
     if args.data_command == "synth":
-        from regionvlm.data.synth import write_synthetic
+        from regionvlm.data.synth.writers import write_synthetic
 
         if args.n < 1 or args.n_val < 0:
             raise UserError(f"--n must be >= 1 and --n-val >= 0, got {args.n} and {args.n_val}")
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
         write_synthetic(args.out, args.n, args.n_val, args.seed, args.image_size)
         print(f"wrote {args.n} train + {args.n_val} val images to {args.out} in {time.perf_counter() - t0:.1f} s")
         return 0
-    from regionvlm.data.synth import build_tokenizer
+    from regionvlm.data.synth.tokenizer import train_tiny_tokenizer
 
-    tok = build_tokenizer(args.out, vocab_size=args.vocab_size)
+    tok = train_tiny_tokenizer(args.out, vocab_size=args.vocab_size)
     print(f"wrote a byte-level BPE tokenizer ({len(tok)} tokens) to {args.out}")
     return 0

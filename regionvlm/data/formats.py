@@ -151,7 +151,7 @@ class CocoInstances:
         accepted; a box-only annotation is rasterised from its bbox), as pycocotools' ``annToRLE``."""
         ann = self.anns[ann] if isinstance(ann, int) else ann
         im = self.images[ann["image_id"]]
-        from regionvlm.data.structures import segmentation_to_rle
+        from regionvlm.data.geometry import segmentation_to_rle
 
         seg = ann.get("segmentation")
         if seg is None or (isinstance(seg, list) and len(seg) == 0):

@@ -16,9 +16,7 @@ import torch
 
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from regionvlm.image_stats import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
 def load_image(image: Any, where: str = "image"):
@@ -71,8 +69,8 @@ class ImageProcessor:
     ``image=None`` (a text-only sample) gives zero pixels and no regions.
     """
 
-    def __init__(self, image_size: int, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD,
-                 resize_mode: str = "pad"):
+    def __init__(self, image_size: int, mean: Sequence[float] = OPENAI_CLIP_MEAN,
+                 std: Sequence[float] = OPENAI_CLIP_STD, resize_mode: str = "pad"):
         if resize_mode not in ("pad", "resize"):
             raise DataError(f"resize_mode: expected 'pad' or 'resize', got {resize_mode!r}")
         self.image_size = int(image_size)

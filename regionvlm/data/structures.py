@@ -7,84 +7,20 @@ and masks are decoded only when a transform or `to_masks` needs pixels. pycocoto
 rasterisation (polygon, box and RLE → mask), so a region means here exactly what it means to COCO tools.
 
 Coordinates are continuous pixel coordinates (COCO's): pixel (i, j) covers [j, j+1) × [i, i+1), so a
-resize by s maps x → x·s and a horizontal flip maps x → W − x.
+resize by s maps x → x·s and a crop at (x0, y0) maps x → x − x0.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from regionvlm.data.geometry import check_polygons, resize_mask_nearest, rle_to_mask, segmentation_to_rle
 from regionvlm.errors import DataError
 
 BOX, POLYGON, RLE, MASK = "box", "polygon", "rle", "mask"
-
-
-# -- conversions (pycocotools is the reference) ---------------------------------------------------------------
-def segmentation_to_rle(seg: Any, h: int, w: int, where: str = "segmentation") -> dict:
-    """A COCO ``segmentation`` (polygon list, uncompressed RLE, compressed RLE) → compressed RLE of size h×w,
-    as pycocotools' ``annToRLE``. Raises `DataError` naming ``where`` on malformed or mismatched input."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(seg, list):
-        polys = check_polygons(seg, where)
-        return mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-    if isinstance(seg, dict):
-        if "size" not in seg or "counts" not in seg:
-            raise DataError(f"{where}: RLE needs 'size' and 'counts'")
-        if [int(v) for v in seg["size"]] != [h, w]:
-            raise DataError(f"{where}.size: RLE size {list(seg['size'])} does not match the image size [{h}, {w}]")
-        if isinstance(seg["counts"], list):  # uncompressed: run lengths, column-major
-            if sum(seg["counts"]) != h * w:
-                raise DataError(f"{where}.counts: run lengths sum to {sum(seg['counts'])}, expected {h}×{w}={h * w}")
-            return mask_utils.frPyObjects(seg, h, w)
-        counts = seg["counts"]
-        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    raise DataError(f"{where}: expected polygons (list) or RLE (dict), got {type(seg).__name__}")
-
-
-def check_polygons(seg: Any, where: str) -> list[list[float]]:
-    """Validate a COCO polygon list: each polygon flat [x1, y1, ...] with an even number ≥ 6 of finite values."""
-    if not isinstance(seg, list) or not seg:
-        raise DataError(f"{where}: expected a non-empty list of polygons")
-    out = []
-    for k, poly in enumerate(seg):
-        if not isinstance(poly, (list, tuple, np.ndarray)):
-            raise DataError(f"{where}[{k}]: expected a flat list of coordinates")
-        arr = np.asarray(poly, dtype=np.float64).ravel()
-        if arr.size % 2:
-            raise DataError(f"{where}[{k}]: odd number of coordinates ({arr.size})")
-        if arr.size < 6:
-            raise DataError(f"{where}[{k}]: polygon has {arr.size // 2} points, needs at least 3")
-        if not np.isfinite(arr).all():
-            raise DataError(f"{where}[{k}]: non-finite coordinate")
-        out.append(arr.tolist())
-    return out
-
-
-def rle_to_mask(rle: dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode(rle).astype(bool)
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """H×W bool → compressed RLE (counts as str, JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
-
-
-def _resize_mask_nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Nearest-neighbour resize by pixel centres (as PIL's NEAREST): one fancy-index, no loop."""
-    H, W = mask.shape
-    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
-    return mask[rows[:, None], cols[None, :]]
 
 
 # -- Regions --------------------------------------------------------------------------------------------------
@@ -123,18 +59,6 @@ class Regions:
         b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4).copy()
         b[:, 2:] += b[:, :2]
         return cls.from_boxes(b, image_size, **kw)
-
-    @classmethod
-    def from_masks(cls, masks, **kw) -> Regions:
-        masks = np.asarray(masks).astype(bool)
-        if masks.ndim != 3:
-            raise DataError(f"{kw.get('where', 'regions')}: masks must be R×H×W, got shape {masks.shape}")
-        return cls([(MASK, m) for m in masks], image_size=masks.shape[1:], **kw)
-
-    @classmethod
-    def from_segmentations(cls, segs: Iterable[Any], image_size=None, **kw) -> Regions:
-        """COCO ``segmentation`` values: polygon lists (→ polygon) or RLE dicts (→ rle)."""
-        return cls([(POLYGON if isinstance(s, list) else RLE, s) for s in segs], image_size, **kw)
 
     @classmethod
     def from_dicts(cls, regions: Iterable[dict], image_size=None, **kw) -> Regions:
@@ -228,11 +152,6 @@ class Regions:
         idx = [idx] if isinstance(idx, int) else idx
         return self._copy([self.items[i] for i in (range(len(self))[idx] if isinstance(idx, slice) else idx)])
 
-    def __add__(self, other: Regions) -> Regions:
-        if self.image_size and other.image_size and self.image_size != other.image_size:
-            raise DataError(f"{self.where}: cannot join regions of sizes {self.image_size} and {other.image_size}")
-        return self._copy(self.items + other.items, self.image_size or other.image_size)
-
     @property
     def kinds(self) -> list[str]:
         return [k for k, _ in self.items]
@@ -319,17 +238,7 @@ class Regions:
         H, W = self._need_size()
         s = np.array([w / W, h / H])
         return self._map(lambda b: b * np.tile(s, 2), lambda p: p * s,
-                         lambda m: _resize_mask_nearest(m, h, w), (h, w))
-
-    def scale(self, factor: float) -> Regions:
-        H, W = self._need_size()
-        return self.resize(round(H * factor), round(W * factor))
-
-    def hflip(self) -> Regions:
-        """Mirror left-right: x → W − x."""
-        H, W = self._need_size()
-        return self._map(lambda b: np.array([W - b[2], b[1], W - b[0], b[3]]),
-                         lambda p: np.stack([W - p[:, 0], p[:, 1]], 1), lambda m: m[:, ::-1].copy(), (H, W))
+                         lambda m: resize_mask_nearest(m, h, w), (h, w))
 
     def crop(self, x0: int, y0: int, x1: int, y1: int) -> Regions:
         """Keep the window [x0, x1) × [y0, y1) (integers). Boxes are clipped to it; a region that falls outside
@@ -380,5 +289,3 @@ def _as_box(data: Any, where: str) -> np.ndarray:
         raise DataError(f"{where}: non-finite box {box.tolist()}")
     return box
 
-
-REGION_TAG = re.compile(r"<region(\d+)>")

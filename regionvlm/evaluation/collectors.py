@@ -1,4 +1,4 @@
-"""torchmetrics `Metric`s that accumulate benchmark outputs across processes.
+"""The torchmetrics `Metric` that gathers benchmark predictions across processes.
 
 Text cannot be all-gathered as text, so `PredictionCollector` keeps each process's prediction rows as UTF-8
 JSON lines in a ``uint8`` tensor list state (``dist_reduce_fx="cat"``): torchmetrics concatenates, gathers the
@@ -10,13 +10,11 @@ so a multi-GPU evaluation scores exactly the rows a single process would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
-
-from regionvlm.evaluation.metrics import pope_from_counts, pope_parse
 
 
 class PredictionCollector(Metric):
@@ -52,30 +50,3 @@ class PredictionCollector(Metric):
                 seen.add(key)
                 rows.append(row)
         return rows
-
-
-class PopeCounts(Metric):
-    """Confusion counts of POPE answers (parsed as the official evaluation does), summed across processes.
-    ``compute()`` gives accuracy, precision, recall, F1 and yes-ratio ×100."""
-
-    full_state_update = False
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        for name in ("tp", "fp", "tn", "fn"):
-            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, answers: Sequence[str], labels: Sequence[str]) -> None:
-        for text, label in zip(answers, labels, strict=True):
-            pos, lab = pope_parse(text) == "yes", label != "no"
-            if pos and lab:
-                self.tp += 1
-            elif pos:
-                self.fp += 1
-            elif lab:
-                self.fn += 1
-            else:
-                self.tn += 1
-
-    def compute(self) -> dict[str, float]:
-        return pope_from_counts(int(self.tp), int(self.fp), int(self.tn), int(self.fn))

@@ -15,12 +15,8 @@ import torch
 from torch import nn
 
 from regionvlm.errors import ConfigError
+from regionvlm.image_stats import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from regionvlm.registry import VISION_ENCODERS
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SIGLIP_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
 def _dtype(name: str | None) -> torch.dtype | None:

@@ -8,6 +8,7 @@ import numpy as np
 
 from regionvlm.data import formats
 from regionvlm.data.datasets.base import RegionDataset, ann_region, check_region_kind
+from regionvlm.data.geometry import box_iou_xywh
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
 from regionvlm.plugins.prompts import ReferringExpressionPrompt
@@ -132,15 +133,14 @@ class RefCocoDataset(RegionDataset):
         return self._rec_sample(i, ref, sent, ann, im, path, where)
 
     def _rec_sample(self, i, ref, sent, ann, im, path, where) -> dict:
-        from regionvlm.evaluation.metrics import box_iou_xywh
-
         rng = self.rng(i)
         if self.proposals is not None:
             props = self.proposals.get(ref["image_id"], [])[: self.max_candidates or None]
             items = [ann_region(p, self.region) for p in props]
             cand_ids = [None] * len(props)
-            ious = [box_iou_xywh(p["bbox"], ann["bbox"]) for p in props]
-            answer = int(np.argmax(ious)) if ious and max(ious) >= 0.5 else None
+            boxes = np.array([p["bbox"] for p in props], dtype=float).reshape(-1, 4)
+            ious = box_iou_xywh(boxes, ann["bbox"])
+            answer = int(np.argmax(ious)) if len(ious) and ious.max() >= 0.5 else None
         else:
             anns = self.candidates(ref)
             if self.shuffle_candidates and rng is not None:
