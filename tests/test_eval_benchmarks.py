@@ -290,3 +290,40 @@ def test_scores_on_rank_zero_and_broadcasts():
         score_on_rank_zero(trainer(0), bad)
     with pytest.raises(DataError, match="duplicate id 7"):   # rank 1 does not wait for a result forever
         score_on_rank_zero(trainer(1), lambda: pytest.fail("rank 1 must not score"))
+
+
+def _score_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from regionvlm.evaluation.runner import score_on_rank_zero
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        from types import SimpleNamespace
+
+        trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=DDPStrategy())
+        got = score_on_rank_zero(trainer, lambda: {"accuracy": 100.0 / 3, "scored_by": rank})
+        try:
+            score_on_rank_zero(trainer, lambda: (_ for _ in ()).throw(DataError("p.jsonl: line 2: bad")))
+            err = None
+        except DataError as e:
+            err = str(e)
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump({"got": got, "err": err}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_get_rank_zeros_scores(tmp_path):
+    """Through Lightning's DDP strategy broadcast (gloo, 2 processes): rank 1 receives rank 0's numbers."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_score_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] == seen[1] == {"got": {"accuracy": 100.0 / 3, "scored_by": 0}, "err": "p.jsonl: line 2: bad"}

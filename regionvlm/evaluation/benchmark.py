@@ -83,13 +83,13 @@ class Benchmark:
             raise ConfigError(f"{self.name}: annotations: expected {want} file(s) ({self.annotation_files}), got {n}")
 
     @property
-    def prompt_node(self) -> dict:
+    def prompt_node(self) -> dict | None:
         """``prompt:`` as a `PROMPTS` node: a node as given, or a literal string as the default prompt's type
-        with that one phrasing (its fields filled in) and no guidance suffix."""
+        with that one phrasing (its fields filled in) and no guidance suffix; None: the dataset's default."""
         node = self.prompt_config
         if isinstance(node, str):
             return {"type": self.default_prompt["type"], "phrasings": [node], "task_guidance": False}
-        return dict(node)
+        return dict(node) if node else None
 
     @contextmanager
     def _named(self) -> Iterator[None]:
@@ -105,7 +105,9 @@ class Benchmark:
         """The registered datasets behind the benchmark, in evaluation mode."""
         from regionvlm.registry import DATASETS
 
-        common = {"image_root": self.images, "prompt": self.prompt_node, "train": False}
+        common = {"image_root": self.images, "train": False}
+        if self.prompt_node is not None:
+            common["prompt"] = self.prompt_node
         with self._named():
             return [DATASETS.build({**node, **common}, key_path=f"{self.name}.dataset")
                     for node in self.dataset_nodes()]
