@@ -315,6 +315,7 @@ def _score_worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow   # ~45 s on 2 shared cores: two fresh processes import Lightning
 def test_two_processes_get_rank_zeros_scores(tmp_path):
     """Through Lightning's DDP strategy broadcast (gloo, 2 processes): rank 1 receives rank 0's numbers."""
     import socket
