@@ -77,7 +77,6 @@ def resize_mask_nearest(mask: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 # -- boxes ----------------------------------------------------------------------------------------------------
-
 def box_iou_xywh(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """IoU of COCO ``[x, y, w, h]`` boxes, broadcast over leading dimensions (``N×4`` against ``4`` gives ``N``;
     two single boxes give a 0-d array). Continuous coordinates, as ``pycocotools.mask.iou``; an empty union
