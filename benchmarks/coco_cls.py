@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from regionvlm.data.datasets import check_region_kind
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.coco_map import coco_region_map
 from regionvlm.evaluation.labels import exact_match_accuracy, normalize_label
@@ -23,8 +24,7 @@ class CocoClassification(Benchmark):
     """Region classification on COCO instances: accuracy, semantic similarity/IoU, mAP."""
 
     name = "coco_cls"
-    task = "region_classification"
-    id_field = "annotation id"
+    id_key = "ann_id"
     annotation_files = "COCO instances json, e.g. instances_val2017.json"
     default_prompt: ClassVar[dict] = {"type": "region_classification", "vocabulary": "COCO-80"}
 
@@ -32,42 +32,16 @@ class CocoClassification(Benchmark):
                  limit: int | None = None, region: str = "mask", semantic: bool = True,
                  semantic_model: str | None = None, map_iou_type: str = "bbox", include_crowd: bool = False):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
-        if region not in ("mask", "box"):
-            raise ValueError(f"coco_cls: region must be 'mask' or 'box', got {region!r}")
-        self.region, self.semantic, self.semantic_model = region, semantic, semantic_model
+        self.region, self.semantic = check_region_kind(region), semantic
+        self.semantic_model = semantic_model
         self.map_iou_type, self.include_crowd = map_iou_type, include_crowd
 
+    def dataset_nodes(self) -> list[dict]:
+        return [{"type": "coco_instances", "ann_file": self.annotation_paths[0], "region": self.region,
+                 "skip_crowd": not self.include_crowd}]
+
     def load_annotations(self):
-        from regionvlm.data.formats import CocoInstances
-
-        return CocoInstances(self.annotation_paths[0])
-
-    def prompt_runtime(self) -> dict[str, Any]:
-        return {"categories": self.annotations.category_names}   # for `vocabulary: categories`
-
-    def build_samples(self) -> list[dict]:
-        inst = self.annotations
-        samples = []
-        for ann_id in sorted(inst.anns):
-            ann = inst.anns[ann_id]
-            if ann.get("iscrowd", 0) and not self.include_crowd:
-                continue
-            region: dict[str, Any] = {"bbox": list(ann["bbox"])}
-            if self.region == "mask" and ann.get("segmentation"):
-                region["segmentation"] = ann["segmentation"]
-            samples.append({
-                "id": str(ann_id),
-                "image": self.image_path(inst.images[ann["image_id"]]["file_name"]),
-                "image_size": (inst.images[ann["image_id"]]["height"], inst.images[ann["image_id"]]["width"]),
-                "regions": [region],
-                "conversations": self.human_turn(region=1),
-                "target": {"id": ann_id, "answer": inst.category_name(ann)},
-                "task": self.task,
-            })
-        return samples
-
-    def postprocess(self, text: str) -> str:
-        return text.strip()
+        return self.datasets[0].coco
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         inst = annotations or self.annotations

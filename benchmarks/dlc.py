@@ -24,7 +24,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
 from regionvlm.registry import BENCHMARKS
@@ -60,8 +59,6 @@ class DLC(Benchmark):
     """DLC-Bench-style detailed region captions judged by attribute questions: Pos., Neg., Avg."""
 
     name = "dlc"
-    task = "detailed_caption"
-    id_field = "id"
     annotation_files = "DLC-style question jsonl (docs/benchmarks.md)"
     default_prompt: ClassVar[dict] = {"type": "detailed_caption"}
 
@@ -70,26 +67,11 @@ class DLC(Benchmark):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.judge_node = judge
 
+    def dataset_nodes(self) -> list[dict]:
+        return [{"type": "dlc", "path": self.annotation_paths[0]}]
+
     def load_annotations(self) -> dict[str, dict]:
-        return self.read_rows_by_id(("id", "image", "regions", "questions"), check=self._check_row)
-
-    @staticmethod
-    def _check_row(r: dict, where: str) -> None:
-        for j, q in enumerate(r["questions"]):
-            if q.get("type") not in ("positive", "negative"):
-                raise DataError(f"{where}.questions[{j}].type: expected 'positive' or 'negative'")
-            if not q.get("choices") or not all(isinstance(c, dict) and "score" in c for c in q["choices"]):
-                raise DataError(f"{where}.questions[{j}].choices: expected objects with 'text' and 'score'")
-
-    def build_samples(self) -> list[dict]:
-        return [{
-            "id": key,
-            "image": self.image_path(r["image"]),
-            "regions": r["regions"],
-            "conversations": self.human_turn(region=1),
-            "target": {"id": r["id"], "class_name": r.get("class_name")},
-            "task": self.task,
-        } for key, r in self.annotations.items()]
+        return {str(r["id"]): r for r in self.datasets[0].items}
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         rows = annotations or self.annotations

@@ -1,7 +1,7 @@
 """``pope``: object hallucination yes/no questions (POPE random / popular / adversarial files).
 
-``annotations``: one or more POPE question files; each is a split named after its file
-(``coco_pope_random.json`` → ``random``). Answers are parsed exactly as the official ``evaluate.py`` does;
+``annotations``: one or more POPE question files, each read by the ``pope`` dataset; each is a split named after
+its file (``coco_pope_random.json`` → ``random``). Answers are parsed exactly as the official ``evaluate.py`` does;
 metrics per split (×100): ``<split>/accuracy``, ``/precision``, ``/recall``, ``/f1``, ``/yes_ratio``.
 Rows carry ``id`` = ``question_id`` and ``split``; ``split`` may be left out when there is a single file.
 """
@@ -9,18 +9,13 @@ Rows carry ``id`` = ``question_id`` and ``split``; ``split`` may be left out whe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar
 
+from regionvlm.data.datasets import pope_split
 from regionvlm.errors import DataError
 from regionvlm.evaluation.answers import pope_metrics, pope_parse
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.registry import BENCHMARKS
-
-
-def split_name(path: str) -> str:
-    stem = Path(path).name.split(".")[0]
-    return stem.split("_pope_")[-1] if "_pope_" in stem else stem
 
 
 @BENCHMARKS.register("pope")
@@ -28,28 +23,27 @@ class Pope(Benchmark):
     """POPE object hallucination: accuracy, precision, recall, F1, yes-ratio per split."""
 
     name = "pope"
-    task = "pope"
-    id_field = "question_id"
+    id_key = "question_id"
     annotation_files = "POPE question files (coco_pope_{random,popular,adversarial}.json)"
     min_files, max_files = 1, None
     default_prompt: ClassVar[dict] = {"type": "yes_no"}
 
     def __init__(self, annotations, images: str | None = None, prompt: Any = None, limit: int | None = None):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
-        self.splits = [split_name(p) for p in self.annotation_paths]
+        self.splits = [pope_split(p) for p in self.annotation_paths]
         if len(set(self.splits)) != len(self.splits):
             raise DataError(f"pope: annotations: two files give the same split name ({', '.join(self.splits)})")
 
-    def load_annotations(self) -> dict[str, dict[str, dict]]:
-        from regionvlm.data.formats import read_pope
+    def dataset_nodes(self) -> list[dict]:
+        return [{"type": "pope", "path": path} for path in self.annotation_paths]
 
+    def load_annotations(self) -> dict[str, dict[str, dict]]:
         out = {}
-        for split, path in zip(self.splits, self.annotation_paths):
-            rows = read_pope(path)
-            for i, r in enumerate(rows, 1):
+        for ds in self.datasets:
+            for i, r in enumerate(ds.items, 1):
                 if r.get("label") not in ("yes", "no"):
-                    raise DataError(f"{path}: row {i}.label: missing; POPE scoring needs 'yes' or 'no'")
-            out[split] = {str(r["question_id"]): r for r in rows}
+                    raise DataError(f"{ds.path}: row {i}.label: missing; POPE scoring needs 'yes' or 'no'")
+            out[ds.split] = {str(r["question_id"]): r for r in ds.items}
         return out
 
     def row_key(self, row: Mapping) -> str:
@@ -58,16 +52,6 @@ class Pope(Benchmark):
         if len(self.splits) == 1:
             return f"{self.splits[0]}/{row['id']}"
         raise DataError(f"pope: row id={row.get('id')!r} has no 'split' but {len(self.splits)} files are scored")
-
-    def build_samples(self) -> list[dict]:
-        return [{
-            "id": f"{split}/{q['question_id']}",
-            "image": self.image_path(q["image"]),
-            "regions": [],
-            "conversations": self.human_turn(question=q["text"]),
-            "target": {"id": q["question_id"], "split": split, "answer": q["label"]},
-            "task": self.task,
-        } for split, qs in self.annotations.items() for q in qs.values()]
 
     def row_extras(self, sample: Mapping) -> dict:
         return {"split": sample["target"]["split"]}

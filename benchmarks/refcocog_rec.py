@@ -1,7 +1,8 @@
 """``refcocog_rec``: referring expression comprehension on RefCOCOg (umd) by choosing a candidate region.
 
-One question per sentence (id: ``sent_id``). Candidates are the image's annotations (ascending ann id; crowd
-regions left out), optionally capped at ``max_candidates`` (the referred one always kept). The model answers
+One question per sentence (id: ``sent_id``): the ``refcoco`` dataset with ``task: rec``. Candidates are the
+image's annotations (ascending ann id; crowd regions left out, as in training), optionally capped at
+``max_candidates`` (the referred one always kept). The model answers
 "Region [x]"; accuracy (×100) = share of answers whose chosen candidate's box has IoU ≥ 0.5 with the referred
 box. Unparseable answers are wrong and counted (``unparseable``). Rows carry ``candidates``: the annotation ids in
 the order shown to the model, so a file is scored against what the model actually saw.
@@ -26,8 +27,7 @@ class RefCocogREC(RefCocoBase):
     """Referring expression comprehension on RefCOCOg: accuracy of the chosen candidate (IoU ≥ 0.5)."""
 
     name = "refcocog_rec"
-    task = "referring_comprehension"
-    id_field = "sent_id"
+    id_key = "sent_id"
     row_fields = ("candidates",)
     default_prompt: ClassVar[dict] = {"type": "rec"}
 
@@ -36,41 +36,10 @@ class RefCocogREC(RefCocoBase):
                  max_candidates: int | None = None, iou_threshold: float = 0.5):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit, split=split, region=region)
         self.max_candidates, self.iou_threshold = max_candidates, iou_threshold
-
-    def candidates(self, ref: dict) -> list[int]:
-        inst = self.annotations["instances"]
-        ids = sorted(a["id"] for a in inst.anns_by_image[ref["image_id"]]
-                     if not a.get("iscrowd", 0) or a["id"] == ref["ann_id"])
-        if self.max_candidates is not None and len(ids) > self.max_candidates:
-            others = [i for i in ids if i != ref["ann_id"]][: self.max_candidates - 1]
-            ids = sorted([ref["ann_id"], *others])
-        return ids
-
-    def build_samples(self) -> list[dict]:
-        inst = self.annotations["instances"]
-        samples = []
-        for ref in self.annotations["refs"]:
-            cands = self.candidates(ref)
-            for sent in ref["sentences"]:
-                sent_id = sent.get("sent_id")
-                if sent_id is None:
-                    raise DataError(f"{self.annotation_paths[0]}: ref_id={ref['ref_id']}: sentence without sent_id")
-                samples.append({
-                    "id": str(sent_id),
-                    "image": self.image_of(ref["image_id"]),
-                    "image_size": self.size_of(ref["image_id"]),
-                    "regions": [self.region_of(inst.anns[c]) for c in cands],
-                    "conversations": self.human_turn(expression=sent["sent"], num_candidates=len(cands),
-                                                     with_answer=False),
-                    "target": {"id": sent_id, "ann_id": ref["ann_id"], "candidates": cands,
-                               "answer": f"Region [{cands.index(ref['ann_id']) + 1}]."},
-                    "task": self.task,
-                })
-        samples.sort(key=lambda s: s["target"]["id"])
-        return samples
+        self.mode = {"task": "rec", "max_candidates": max_candidates}
 
     def row_extras(self, sample: Mapping) -> dict:
-        return {"candidates": list(sample["target"]["candidates"])}
+        return {"candidates": list(sample["target"]["candidate_ann_ids"])}
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         a = annotations or self.annotations

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from regionvlm.errors import DataError
+from regionvlm.data.datasets import question_kind
 from regionvlm.evaluation.answers import parse_region_index, parse_yes_no
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
@@ -40,19 +40,11 @@ JUDGE_QUANTITATIVE = (
     "Question: {question}\nResponse: {response}\nMeters:")
 
 
-def question_kind(info: Mapping) -> str:
-    if info.get("type") == "quantitative":
-        return "quantitative"
-    return "choice" if str(info.get("category", "")).endswith("_choice") else "predicate"
-
-
 @BENCHMARKS.register("spatial")
 class Spatial(Benchmark):
     """SpatialRGPT-Bench-style spatial QA: qualitative accuracy, quantitative success and relative error."""
 
     name = "spatial"
-    task = "spatial_qa"
-    id_field = "id"
     annotation_files = "spatial QA jsonl (docs/benchmarks.md)"
     default_prompt: ClassVar[dict] = {"type": "spatial_qa"}
 
@@ -61,30 +53,11 @@ class Spatial(Benchmark):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.judge_node, self.per_category = judge, per_category
 
+    def dataset_nodes(self) -> list[dict]:
+        return [{"type": "spatial_qa", "path": self.annotation_paths[0]}]
+
     def load_annotations(self) -> dict[str, dict]:
-        return self.read_rows_by_id(("id", "image", "regions", "question", "qa_info"), check=self._check_row)
-
-    @staticmethod
-    def _check_row(r: dict, where: str) -> None:
-        info = r["qa_info"]
-        kind = question_kind(info)
-        if kind == "quantitative" and not isinstance(info.get("value"), (int, float)):
-            raise DataError(f"{where}.qa_info.value: a quantitative question needs a number (metres)")
-        if kind == "predicate" and info.get("label") not in ("yes", "no"):
-            raise DataError(f"{where}.qa_info.label: expected 'yes' or 'no'")
-        label = info.get("label")
-        if kind == "choice" and not (isinstance(label, int) and 1 <= label <= len(r["regions"])):
-            raise DataError(f"{where}.qa_info.label: expected a region number 1..{len(r['regions'])}")
-
-    def build_samples(self) -> list[dict]:
-        return [{
-            "id": key,
-            "image": self.image_path(r["image"]),
-            "regions": r["regions"],
-            "conversations": self.human_turn(question=r["question"], kind=question_kind(r["qa_info"])),
-            "target": {"id": r["id"], "answer": r.get("answer"), "qa_info": r["qa_info"]},
-            "task": self.task,
-        } for key, r in self.annotations.items()]
+        return {str(r["id"]): r for r in self.datasets[0].items}
 
     # -- reading answers ----------------------------------------------------------------------------------------
     def _read_rules(self, row: dict, text: str) -> Any:

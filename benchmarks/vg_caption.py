@@ -2,7 +2,8 @@
 
 ``annotations``: ``region_descriptions.json`` and, optionally, a split file: a JSON list of image ids (the
 GRiT/DenseCap test split), or an object whose ``split`` key holds that list. Without one, every image is used.
-Each region's ``phrase`` is its single reference. Metrics as ``refcocog_caption`` (pycocoevalcap, ×100).
+Samples: the ``vg_regions`` dataset (no ``image_data.json``: sizes come from the decoded images). Each region's
+``phrase`` is its single reference. Metrics as ``refcocog_caption`` (pycocoevalcap, ×100).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.captions import caption_metrics
 from regionvlm.registry import BENCHMARKS
@@ -21,8 +21,7 @@ class VGCaption(Benchmark):
     """Region captioning on Visual Genome: BLEU-4, METEOR, ROUGE-L, CIDEr (SPICE when available)."""
 
     name = "vg_caption"
-    task = "region_caption"
-    id_field = "region_id"
+    id_key = "region_id"
     annotation_files = "region_descriptions.json [and a split file of image ids]"
     min_files, max_files = 1, 2
     default_prompt: ClassVar[dict] = {"type": "brief_caption"}
@@ -35,41 +34,13 @@ class VGCaption(Benchmark):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.split, self.spice, self.image_file = split, spice, image_file
 
-    def _split_ids(self) -> set[int] | None:
-        if len(self.annotation_paths) < 2:
-            return None
-        from regionvlm.data.formats import read_json
-
-        path = self.annotation_paths[1]
-        data = read_json(path)
-        if isinstance(data, dict):
-            if self.split not in data:
-                raise DataError(f"{path}: no key {self.split!r} (keys: {', '.join(map(str, data))})")
-            data = data[self.split]
-        if not isinstance(data, list) or not all(isinstance(i, int) for i in data):
-            raise DataError(f"{path}: expected a JSON list of image ids")
-        return set(data)
+    def dataset_nodes(self) -> list[dict]:
+        split_file = self.annotation_paths[1] if len(self.annotation_paths) > 1 else None
+        return [{"type": "vg_regions", "regions_file": self.annotation_paths[0], "split_file": split_file,
+                 "split": self.split, "image_file": self.image_file}]
 
     def load_annotations(self) -> dict[int, dict]:
-        from regionvlm.data.formats import read_vg_regions
-
-        keep = self._split_ids()
-        regions = {}
-        for entry in read_vg_regions(self.annotation_paths[0]):
-            for r in entry["regions"]:
-                if keep is None or r["image_id"] in keep:
-                    regions[r["region_id"]] = r
-        return regions
-
-    def build_samples(self) -> list[dict]:
-        return [{
-            "id": str(rid),
-            "image": self.image_path(self.image_file.format(**r)),
-            "regions": [{"bbox": [r["x"], r["y"], r["width"], r["height"]]}],
-            "conversations": self.human_turn(region=1),
-            "target": {"id": rid, "captions": [r["phrase"]]},
-            "task": self.task,
-        } for rid, r in sorted(self.annotations.items())]
+        return {r["region_id"]: r for r in self.datasets[0].items}
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         regions = annotations or self.annotations

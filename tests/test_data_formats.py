@@ -93,7 +93,7 @@ def test_coco_dataset(coco_file):
                          "min_area": 10, "train": False})
     assert [s["target"]["ann_id"] for s in ds] == [101, 102]  # crowd 103 skipped, 104 below min_area
     s = ds[1]
-    assert s["image"].endswith("a.png") and s["target"]["label"] == "person"
+    assert s["image"].endswith("a.png") and s["target"]["answer"] == "person"
     assert s["conversations"][1] == {"from": "gpt", "value": "person"}
     assert "<region1>" in s["conversations"][0]["value"] and s["conversations"][0]["value"].startswith("<image>\n")
     np.testing.assert_array_equal(s["regions"].to_masks()[0], BLOB.astype(bool))
@@ -142,7 +142,7 @@ def test_refcoco_caption_and_rec(refs_file, coco_file):
     assert len(cap) == 2 and [s["conversations"][1]["value"] for s in cap] == ["the person on the right", "man"]
     assert cap[0]["id"] == "refcoco-0-10" and cap[0]["image"] == "a.png"  # image from instances, not the quirk
     per_ref = DATASETS.build({**common, "split": "train", "task": "caption", "per": "ref"})
-    assert len(per_ref) == 1 and per_ref[0]["target"]["sentences"] == ["the person on the right", "man"]
+    assert len(per_ref) == 1 and per_ref[0]["target"]["captions"] == ["the person on the right", "man"]
     rec = DATASETS.build({**common, "split": "val", "task": "rec"})
     s = rec[0]
     # candidates = image 7's annotations by id (101, 102); the ref points at 101 → Region [1].
@@ -150,6 +150,22 @@ def test_refcoco_caption_and_rec(refs_file, coco_file):
     assert "<region1>, <region2>" in s["conversations"][0]["value"] and '"dog"' in s["conversations"][0]["value"]
     assert s["conversations"][0]["value"].endswith("Answer the question using the template Region [x].")
     assert len(s["regions"]) == 2 and s["id"] == "refcoco-12"
+    with pytest.raises(DataError, match=r"refs\(umd\).p: no refs in split 'test'"):
+        DATASETS.build({**common, "split": "test", "task": "rec"})
+
+
+def test_refcoco_rec_candidates_leave_crowd_regions_out(tmp_path):
+    """One rule for training and benchmarks: crowd annotations are no candidates, unless referred to."""
+    data = coco_dict()
+    data["annotations"][2]["image_id"] = 7          # crowd 103 now shares image 7 with 101 and 102
+    formats.write_json(tmp_path / "instances.json", data)
+    refs = [{**REFS[1], "split": "val"}, {**REFS[1], "ref_id": 2, "ann_id": 103, "sentences": [{"sent_id": 13,
+                                                                                                  "sent": "crowd"}]}]
+    (tmp_path / "refs.p").write_bytes(pickle.dumps(refs, protocol=2))
+    rec = DATASETS.build({"type": "refcoco", "refs_file": str(tmp_path / "refs.p"), "split": "val", "task": "rec",
+                          "instances_file": str(tmp_path / "instances.json"), "train": False})
+    assert [s["target"]["candidate_ann_ids"] for s in rec] == [[101, 102], [101, 102, 103]]
+    assert [s["target"]["answer"] for s in rec] == ["Region [1].", "Region [3]."]
 
 
 def test_refcoco_rec_with_proposals(refs_file, coco_file, tmp_path):
@@ -179,6 +195,15 @@ def test_vg_readers_and_dataset(tmp_path):
     s = ds[0]
     assert s["image"] == "/vg/5.jpg" and s["conversations"][1]["value"] == "a red ball"
     np.testing.assert_allclose(s["regions"].to_boxes(), [[1, 2, 5, 5]])
+    assert s["target"] == {"region_id": 1, "captions": ["a red ball"]}
+    # no image_data.json: the size comes from the decoded image; a list-shaped split file (GRiT's test split)
+    formats.write_json(tmp_path / "test.json", [5])
+    bare = DATASETS.build({"type": "vg_regions", "regions_file": str(tmp_path / "region_descriptions.json"),
+                           "split_file": str(tmp_path / "test.json"), "image_file": "vg_{image_id}_{region_id}.jpg"})
+    assert [s["image"] for s in bare] == ["vg_5_1.jpg", "vg_5_2.jpg"] and bare[0]["regions"].image_size is None
+    with pytest.raises(DataError, match=r"split.json: val: split not in the file \(has train, test\)"):
+        DATASETS.build({"type": "vg_regions", "regions_file": str(tmp_path / "region_descriptions.json"),
+                        "split_file": str(tmp_path / "split.json"), "split": "val"})
     formats.write_json(tmp_path / "bad.json", [{"id": 5, "regions": [{"region_id": 1, "x": 0}]}])
     with pytest.raises(DataError, match=r"bad.json: \[0\].regions\[0\].phrase: missing field"):
         formats.read_vg_regions(tmp_path / "bad.json")
@@ -189,7 +214,8 @@ def test_pope_llava_conversations(tmp_path):
         '{"question_id": 1, "image": "COCO_val2014_000000000042.jpg", "text": "Is there a dog in the image?", '
         '"label": "yes"}\n{"question_id": 2, "image": "x.jpg", "text": "Is there a cat?", "label": "no"}\n')
     pope = DATASETS.build({"type": "pope", "path": str(tmp_path / "pope.json"), "image_root": "/coco", "train": False})
-    assert pope[0]["image"] == "/coco/COCO_val2014_000000000042.jpg" and pope[1]["target"] == "no"
+    assert pope[0]["image"] == "/coco/COCO_val2014_000000000042.jpg" and pope[1]["target"] == {
+        "question_id": 2, "split": "pope", "answer": "no"} and pope[1]["id"] == "pope-pope-2"
     assert pope[0]["conversations"][0]["value"].startswith("<image>\nIs there a dog in the image?")
     (tmp_path / "badpope.json").write_text('{"question_id": 1, "image": "a", "text": "b", "label": "maybe"}\n')
     with pytest.raises(DataError, match="row 1.label"):
@@ -212,3 +238,36 @@ def test_pope_llava_conversations(tmp_path):
     (tmp_path / "badconv.jsonl").write_text(json.dumps({"id": 1, "conversations": [{"from": "bot", "value": "x"}]}))
     with pytest.raises(DataError, match=r"line 1.conversations\[0\].from: unknown speaker"):
         formats.read_conversations_jsonl(tmp_path / "badconv.jsonl")
+
+
+def test_spatial_and_dlc_question_files(tmp_path):
+    spatial = [{"id": 7, "image": "1.png", "regions": [{"bbox": [1, 1, 4, 4]}, {"bbox": [5, 5, 2, 2]}],
+                "question": "Which is more to the left, <region1> or <region2>?", "answer": "Region [1].",
+                "qa_info": {"type": "qualitative", "category": "left_choice", "label": 1}}]
+    formats.write_jsonl(tmp_path / "spatial.jsonl", spatial)
+    ds = DATASETS.build({"type": "spatial_qa", "path": str(tmp_path / "spatial.jsonl"), "image_root": "/s",
+                         "train": False})
+    s = ds[0]
+    assert s["id"] == "spatial-7" and s["image"] == "/s/1.png" and s["regions"].kinds == ["box", "box"]
+    assert s["conversations"] == [
+        {"from": "human", "value": "<image>\nWhich is more to the left, <region1> or <region2>? "
+                                   "Answer the question using the template Region [x]."},
+        {"from": "gpt", "value": "Region [1]."}]
+    formats.write_jsonl(tmp_path / "bad.jsonl", [{**spatial[0], "qa_info": {"category": "left_choice", "label": 3}}])
+    with pytest.raises(DataError, match=r"bad.jsonl: line 1.qa_info.label: expected a region number 1..2"):
+        DATASETS.build({"type": "spatial_qa", "path": str(tmp_path / "bad.jsonl")})
+    formats.write_jsonl(tmp_path / "dup.jsonl", spatial * 2)
+    with pytest.raises(DataError, match=r"dup.jsonl: line 2: duplicate id 7"):
+        DATASETS.build({"type": "spatial_qa", "path": str(tmp_path / "dup.jsonl")})
+
+    dlc = [{"id": 3, "image": "2.png", "regions": [{"bbox": [0, 0, 3, 3]}], "class_name": "red circle",
+            "questions": [{"type": "positive", "question": "Colour?", "choices": [{"text": "red", "score": 1}]}]}]
+    formats.write_jsonl(tmp_path / "dlc.jsonl", dlc)
+    d = DATASETS.build({"type": "dlc", "path": str(tmp_path / "dlc.jsonl"), "train": False})[0]
+    assert len(d["conversations"]) == 1 and d["target"] == {"id": 3, "class_name": "red circle", "answer": None}
+    formats.write_jsonl(tmp_path / "dlc.jsonl", [{**dlc[0], "caption": "A red circle."}])
+    assert DATASETS.build({"type": "dlc", "path": str(tmp_path / "dlc.jsonl")})[0]["conversations"][1] == \
+        {"from": "gpt", "value": "A red circle."}
+    formats.write_jsonl(tmp_path / "dlc.jsonl", [{**dlc[0], "questions": [{"type": "neutral"}]}])
+    with pytest.raises(DataError, match=r"line 1.questions\[0\].type: expected 'positive' or 'negative'"):
+        DATASETS.build({"type": "dlc", "path": str(tmp_path / "dlc.jsonl")})

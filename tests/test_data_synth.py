@@ -129,4 +129,4 @@ def test_datamodule_from_config(synth):
     val = next(iter(dm.val_dataloader()))
     assert val.labels is not None and len(val.region_mentions) == 0
     pred = next(iter(dm.predict_dataloader()))
-    assert pred.labels is None and pred.targets[0] in ("yes", "no")
+    assert pred.labels is None and pred.targets[0]["answer"] in ("yes", "no")

@@ -62,20 +62,63 @@ def human(sample):
     return sample["conversations"][0]["value"]
 
 
+def dataset_node(name, p):
+    """The dataset node each benchmark stands for, written out by hand (the one-sample-path claim)."""
+    refs = {"refs_file": str(p["refcocog_refs"]), "instances_file": str(p["refcocog_instances"]), "split": "val"}
+    return {"coco_cls": {"type": "coco_instances", "ann_file": str(p["instances_val"]),
+                         "prompt": {"type": "region_classification", "vocabulary": "COCO-80"}},
+            "refcocog_caption": {"type": "refcoco", **refs, "task": "caption", "per": "ref"},
+            "refcocog_rec": {"type": "refcoco", **refs, "task": "rec"},
+            "vg_caption": {"type": "vg_regions", "regions_file": str(p["vg_regions"]),
+                           "split_file": str(p["vg_splits"]), "split": "val"},
+            "pope": {"type": "pope", "path": str(p["pope_val"])},
+            "spatial": {"type": "spatial_qa", "path": str(p["spatial_qa_val"])},
+            "dlc": {"type": "dlc", "path": str(p["dlc_qa_val"])}}[name]
+
+
+def plain(x):
+    """A sample as plain data (Regions → kinds, size and coordinates), to compare two samples."""
+    if isinstance(x, Regions):
+        return {"kinds": x.kinds, "size": x.image_size, "items": plain([d for _, d in x.items])}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    return x.tolist() if hasattr(x, "tolist") else x
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_benchmark_samples_are_the_datasets_eval_samples(name, data):
+    """What is evaluated is what could be trained on: the same files through the registered dataset with
+    ``train: false`` give the benchmark's samples, answer turn included (generation drops it)."""
+    from regionvlm.registry import DATASETS
+
+    b = bench(name, data, limit=5)
+    ds = DATASETS.build({**dataset_node(name, data), "image_root": str(data["images"]), "train": False})
+    assert len(ds) >= len(b.samples()) == 5
+    assert plain(b.samples()) == plain([ds[i] for i in range(5)])
+    assert all(isinstance(s["regions"], Regions) for s in b.samples())
+    if name not in ("dlc",):   # the DLC file holds questions about the caption, not the caption
+        assert all(s["conversations"][-1]["from"] == "gpt" for s in b.samples())
+    # training mode: the same items, phrasings drawn by the per-sample rng
+    train = DATASETS.build({**dataset_node(name, data), "train": True, "seed": 3})
+    assert [s["target"] for s in train] == [s["target"] for s in ds]
+
+
 def test_prompts_are_the_training_prompts_in_evaluation_phrasing(data):
     from regionvlm.registry import DATASETS, PROMPTS
 
     b = bench("coco_cls", data)
     ds = DATASETS.build({"type": "coco_instances", "ann_file": str(data["instances_val"]), "train": False,
                          "prompt": {"type": "region_classification", "vocabulary": "COCO-80"}})
-    assert b.samples()[0]["conversations"] == ds[0]["conversations"][:1]   # same node, same first phrasing
+    assert b.samples()[0]["conversations"] == ds[0]["conversations"]   # same node, same first phrasing
     rec = bench("refcocog_rec", data).samples()[0]
     assert human(rec) == PROMPTS.build({"type": "rec"}).build(
-        _sentence(data, rec["target"]["id"]), len(rec["regions"]))[0]["value"]
+        _sentence(data, rec["target"]["sent_id"]), len(rec["regions"]))[0]["value"]
     assert human(rec).endswith("Answer the question using the template Region [x].")
     pope = bench("pope", data)
     q = pope.samples()[0]
-    text = pope.annotations[q["target"]["split"]][str(q["target"]["id"])]["text"]
+    text = pope.annotations[q["target"]["split"]][str(q["target"]["question_id"])]["text"]
     assert human(q) == f"<image>\n{text} Answer the question using a single word or phrase."
     assert human(bench("dlc", data).samples()[0]) == \
         "<image>\nDescribe <region1> in detail. Answer the question with a detailed description."
@@ -100,7 +143,7 @@ def test_literal_prompt_strings(data):
     assert human(bench("coco_cls", data, prompt="Name {region}.").samples()[0]) == "<image>\nName <region1>."
     with pytest.raises(ConfigError, match=r"refcocog_rec: prompt: does not fit .*KeyError: 'regions'"):
         bench("refcocog_rec", data, prompt="Which of {regions}?").samples()
-    with pytest.raises(Exception, match=r"benchmark.prompt.type"):
+    with pytest.raises(Exception, match=r"pope: prompt.type"):
         bench("pope", data, prompt={"type": "no_such_prompt"}).samples()
 
 
@@ -217,3 +260,71 @@ def test_hf_judge_runs_a_saved_causal_lm(data, tmp_path):
     b = bench("dlc", data, judge=judge, limit=2)
     res = b.evaluate(_perfect(b, lambda s: "a red circle"))
     assert -100 <= res["avg"] <= 100 and res["num_samples"] == 2
+
+
+def test_scores_on_rank_zero_and_broadcasts():
+    """`regionvlm eval` scores once, on rank 0; the other ranks get rank 0's result (or its user error)."""
+    from types import SimpleNamespace
+
+    from regionvlm.evaluation.runner import score_on_rank_zero
+
+    sent = {}
+
+    def trainer(rank):
+        def broadcast(obj, src=0):   # what a 2-process strategy does: every rank receives rank 0's object
+            assert src == 0
+            if rank == 0:
+                sent["obj"] = obj
+            return sent["obj"]
+        return SimpleNamespace(is_global_zero=rank == 0, strategy=SimpleNamespace(broadcast=broadcast))
+
+    calls = []
+    score = lambda: calls.append(1) or {"accuracy": 50.0}   # noqa: E731
+    assert score_on_rank_zero(trainer(0), score) == {"accuracy": 50.0}
+    assert score_on_rank_zero(trainer(1), score) == {"accuracy": 50.0} and calls == [1]
+
+    def bad():
+        raise DataError("p.jsonl: line 3: duplicate id 7")
+
+    with pytest.raises(DataError, match="duplicate id 7"):
+        score_on_rank_zero(trainer(0), bad)
+    with pytest.raises(DataError, match="duplicate id 7"):   # rank 1 does not wait for a result forever
+        score_on_rank_zero(trainer(1), lambda: pytest.fail("rank 1 must not score"))
+
+
+def _score_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from regionvlm.evaluation.runner import score_on_rank_zero
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        from types import SimpleNamespace
+
+        trainer = SimpleNamespace(is_global_zero=rank == 0, strategy=DDPStrategy())
+        got = score_on_rank_zero(trainer, lambda: {"accuracy": 100.0 / 3, "scored_by": rank})
+        try:
+            score_on_rank_zero(trainer, lambda: (_ for _ in ()).throw(DataError("p.jsonl: line 2: bad")))
+            err = None
+        except DataError as e:
+            err = str(e)
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump({"got": got, "err": err}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow   # ~45 s on 2 shared cores: two fresh processes import Lightning
+def test_two_processes_get_rank_zeros_scores(tmp_path):
+    """Through Lightning's DDP strategy broadcast (gloo, 2 processes): rank 1 receives rank 0's numbers."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_score_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert seen[0] == seen[1] == {"got": {"accuracy": 100.0 / 3, "scored_by": 0}, "err": "p.jsonl: line 2: bad"}

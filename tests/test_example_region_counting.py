@@ -103,6 +103,12 @@ def test_training_samples_ask_the_benchmark_question(counting, workspace):
     human, gpt = sample["conversations"]
     assert human["value"].endswith("Answer the question using a number.") and gpt["value"].isdigit()
     assert sample["task"] == "region_counting" and len(sample["regions"]) == 1
+    # the benchmark evaluates exactly these samples (one sample path)
+    from regionvlm.evaluation.benchmark import load_benchmark
+
+    bench = load_benchmark(str(EXAMPLE / "region_counting.yaml"), annotations=[str(ann_file)], limit=5)
+    assert [(s["id"], s["conversations"], s["target"]) for s in bench.samples()] == \
+        [(s["id"], s["conversations"], s["target"]) for s in (ds[i] for i in range(5))]
 
 
 # -- end to end through the CLI -----------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Three registered components, each found by its name in YAML once this module is 
 
 - dataset ``region_counting``: a COCO-format instances json → one training sample per annotation;
 - prompt ``region_counting``: the question phrasings and the "Answer the question using a number." guidance;
-- benchmark ``region_counting``: the same questions for evaluation, answer parsing, and the metrics
-  ``accuracy`` (exact count, ×100), ``mae`` (mean absolute error) and ``unparseable`` (answers with no number).
+- benchmark ``region_counting``: the dataset's samples (``train: false``) for evaluation, answer parsing, and
+  the metrics ``accuracy`` (exact count, ×100), ``mae`` (mean absolute error) and ``unparseable`` (answers with
+  no number).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from regionvlm.data import formats
-from regionvlm.data.datasets import RegionDataset
+from regionvlm.data.datasets import RegionDataset, ann_region, check_region_kind
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
@@ -54,16 +55,6 @@ def count_alike(coco: formats.CocoInstances, match: str = "category",
     return counts
 
 
-def region_dict(ann: Mapping, region: str = "mask") -> dict:
-    """The annotation as a region dict (conversation-jsonl form): its polygon/RLE, or only its box."""
-    if region not in ("mask", "box"):
-        raise DataError(f"region: expected 'mask' or 'box', got {region!r}")
-    out: dict[str, Any] = {"bbox": list(ann["bbox"])}
-    if region == "mask" and ann.get("segmentation"):
-        out["segmentation"] = ann["segmentation"]
-    return out
-
-
 # -- 1. prompt template ---------------------------------------------------------------------------------------
 @PROMPTS.register("region_counting")
 class RegionCountingPrompt(SingleRegionPrompt):
@@ -91,22 +82,20 @@ class RegionCountingDataset(RegionDataset):
                  region: str = "mask", skip_crowd: bool = True, **kw: Any):
         """``match``: ``category`` or ``supercategory`` (what counts as alike). ``region``: ``mask`` (the
         segmentation) or ``box`` (the bbox only)."""
+        self.region = check_region_kind(region)   # validated early, with the key's name
         self.coco = formats.CocoInstances(ann_file)
         super().__init__(image_root, **kw)
-        self.region = region
-        region_dict({"bbox": [0, 0, 1, 1]}, region)  # validate early, with the key's name
         self.counts = count_alike(self.coco, match, skip_crowd)
         self.items = self._limit([self.coco.anns[i] for i in sorted(self.counts)])
 
     def __getitem__(self, i: int) -> dict:
         ann = self.items[i]
         im = self.coco.images[ann["image_id"]]
-        regions = Regions.from_dicts([region_dict(ann, self.region)], (im["height"], im["width"]),
-                                     out_of_bounds=self.out_of_bounds,
-                                     where=f"{self.coco.path}: annotation {ann['id']}")
+        regions = Regions([ann_region(ann, self.region)], (im["height"], im["width"]),
+                          out_of_bounds=self.out_of_bounds, where=f"{self.coco.path}: annotation {ann['id']}")
         answer = str(self.counts[ann["id"]])
         return {"id": f"count-{ann['id']}", "image": self.image_path(im["file_name"]), "regions": regions,
-                "conversations": self.prompt.build(region=1, answer=answer, rng=self.rng(i)),
+                "conversations": self.ask(i, region=1, answer=answer),
                 "target": {"ann_id": ann["id"], "answer": answer}, "task": self.task}
 
 
@@ -151,8 +140,7 @@ class RegionCounting(Benchmark):
     """Region counting: exact-count accuracy, mean absolute error, unparseable answers."""
 
     name = "region_counting"
-    task = "region_counting"
-    id_field = "annotation id"
+    id_key = "ann_id"                 # the sample target's field that holds the official id
     annotation_files = "a COCO-format instances json, e.g. synth/annotations/instances_val.json"
     # a PROMPTS node: the training prompt, asked in its evaluation phrasing (the first one, no rng)
     default_prompt: ClassVar[dict] = {"type": "region_counting"}
@@ -163,29 +151,15 @@ class RegionCounting(Benchmark):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         if match not in MATCH_KEYS:
             raise DataError(f"region_counting: match: expected one of {', '.join(MATCH_KEYS)}, got {match!r}")
-        region_dict({"bbox": [0, 0, 1, 1]}, region)
-        self.match, self.region, self.skip_crowd = match, region, skip_crowd
+        self.match, self.region, self.skip_crowd = match, check_region_kind(region), skip_crowd
 
-    def load_annotations(self) -> tuple[formats.CocoInstances, dict[int, int]]:
-        coco = formats.CocoInstances(self.annotation_paths[0])
-        return coco, count_alike(coco, self.match, self.skip_crowd)
+    def dataset_nodes(self) -> list[dict]:
+        """The training dataset, on the benchmark's file (built with ``train: false``, image root and prompt)."""
+        return [{"type": "region_counting", "ann_file": self.annotation_paths[0], "match": self.match,
+                 "region": self.region, "skip_crowd": self.skip_crowd}]
 
-    def build_samples(self) -> list[dict]:
-        coco, counts = self.annotations
-        samples = []
-        for ann_id in sorted(counts):
-            ann = coco.anns[ann_id]
-            im = coco.images[ann["image_id"]]
-            samples.append({
-                "id": str(ann_id),
-                "image": self.image_path(im["file_name"]),
-                "image_size": (im["height"], im["width"]),
-                "regions": [region_dict(ann, self.region)],
-                "conversations": self.human_turn(region=1),   # → "<image>\nHow many <region1>-like ..."
-                "target": {"id": ann_id, "answer": str(counts[ann_id])},
-                "task": self.task,
-            })
-        return samples
+    def load_annotations(self) -> dict[int, int]:
+        return self.datasets[0].counts
 
     def postprocess(self, text: str) -> str:
         """The parsed count as a string ("" when the answer has none)."""
@@ -193,7 +167,7 @@ class RegionCounting(Benchmark):
         return "" if n is None else str(n)
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
-        _, counts = annotations or self.annotations
+        counts = annotations or self.annotations
         ids = sorted(predictions, key=int)
         parsed = [self.postprocess(predictions[i]["text"]) for i in ids]
         return count_metrics([int(p) if p else None for p in parsed], [counts[int(i)] for i in ids])

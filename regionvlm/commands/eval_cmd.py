@@ -3,7 +3,8 @@
 The config's ``eval:`` section: ``benchmarks: {name: {annotations: ..., images: ..., limit: ...}}`` (each
 node overrides the benchmark's YAML in ``benchmarks/``), ``batch_size``, ``num_workers``, ``out_dir``
 (default: the run directory's ``eval/``), ``gallery`` (examples drawn per benchmark). ``trainer:`` picks the
-devices and precision of the predict loop; ``generation:`` the decoding settings.
+devices and precision of the predict loop (generation runs on every device; scoring on rank 0, its result
+broadcast to the others); ``generation:`` the decoding settings.
 """
 
 from __future__ import annotations

@@ -241,7 +241,20 @@ def read_vg_images(path: PathLike) -> dict[int, dict]:
     return out
 
 
-# -- POPE, LLaVA, conversations -------------------------------------------------------------------------------
+def read_split_ids(path: PathLike, split: str | None) -> set[int]:
+    """A split file of image ids: a JSON list (the GRiT/DenseCap test split) or a DenseCap-style object
+    ``{"train": [ids], "val": [...], "test": [...]}`` of which ``split`` is used."""
+    data = read_json(path)
+    if isinstance(data, dict):
+        if split not in data:
+            raise DataError(f"{path}: {split}: split not in the file (has {', '.join(map(str, data)) or 'no keys'})")
+        data = data[split]
+    if not isinstance(data, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in data):
+        raise DataError(f"{path}: expected a JSON list of image ids")
+    return set(data)
+
+
+# -- POPE, LLaVA, conversations, question files --------------------------------------------------------------------
 def read_pope(path: PathLike) -> list[dict]:
     """POPE questions (JSON lines ``{question_id, image, text, label}``); the label is checked."""
     rows = read_jsonl(path)
@@ -289,4 +302,20 @@ def read_conversations_jsonl(path: PathLike) -> list[dict]:
         for j, reg in enumerate(regions):
             if not isinstance(reg, dict) or not ({"bbox", "segmentation", "rle", "mask"} & reg.keys()):
                 raise DataError(f"{where}.regions[{j}]: expected an object with 'bbox', 'segmentation' or 'rle'")
+    return rows
+
+
+def read_jsonl_with_ids(path: PathLike, required: Iterable[str], check=None) -> list[dict]:
+    """JSON lines of objects that each carry a unique ``id`` and the ``required`` fields (the spatial and DLC
+    question files); ``check(row, where)`` adds the format's own field checks."""
+    rows, seen = [], set()
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}: line {lineno}"
+        _require(row, ("id", *required), where)
+        if check is not None:
+            check(row, where)
+        if str(row["id"]) in seen:
+            raise DataError(f"{where}: duplicate id {row['id']!r}")
+        seen.add(str(row["id"]))
+        rows.append(row)
     return rows

@@ -1,29 +1,28 @@
-"""The `Benchmark` base class: a registered evaluation task.
+"""The `Benchmark` base class: a registered evaluation task = a dataset node + its prompt + its scorer.
 
-A benchmark reads its official annotation files, turns them into raw evaluation samples with a fixed
-task-guided prompt (a `PROMPTS` node, as training uses, in its evaluation phrasing: `Benchmark.prompt`),
-post-processes generated answers and scores prediction rows exactly as the reference implementation does. The
+A benchmark builds its evaluation samples with the registered datasets training uses (`regionvlm.data.datasets`,
+``train: false``: the prompt's first phrasing, no rng), so what is evaluated is exactly what could be trained
+on; it adds the scorer: answer post-processing and metrics computed as the reference implementation does. The
 evaluation loop and ``regionvlm score`` share one path::
 
     bench = load_benchmark("pope", annotations=[...], images="...")   # or BENCHMARKS.build(node)
-    for sample in bench.samples():          # raw sample dicts (docs/architecture.md), human turn only
-        text = generate(sample)             # the model's raw answer
+    for sample in bench.samples():          # the datasets' samples (docs/architecture.md), first ``limit``
+        text = generate(sample)             # the model's raw answer (generation drops the answer turn)
         rows.append(bench.prediction_row(sample, text))
     results = bench.evaluate(rows)          # validate (ids, fields) + score → {metric: value}
     # or, from a file: bench.score_file(path)  ← what `regionvlm score` calls
 
-Samples: ``{"id": str, "image": path, "regions": Regions, "conversations": [{"from": "human", "value":
-"<image>\\n..."}], "target": ..., "task": str}``. `build_samples` writes regions as region dicts (the
-conversation-jsonl format: ``{"bbox": [x, y, w, h]}`` or ``{"segmentation": ...}``, image pixels) plus an
-optional ``image_size`` (h, w); `samples` turns them into `regionvlm.data.structures.Regions`.
-``<regionK>`` refers to ``regions[K-1]``. ``target`` is JSON-serialisable and informational: scoring only
-uses the prediction rows and the annotation files, so a file scored later gives the same numbers.
+A subclass says which datasets read its ``annotations`` (`dataset_nodes`), which ``target`` field holds the
+official id the prediction rows carry (`id_key`), what truth scoring needs from the datasets
+(`load_annotations`) and how to score (`postprocess`, `score`). Scoring only uses the prediction rows and the
+annotation files, so a file scored later gives the same numbers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,14 +32,15 @@ from regionvlm.evaluation.predictions import Predictions, index_predictions, rea
 
 
 class Benchmark:
-    """Base class of registered benchmarks (subclasses set the class attributes and the four hooks)."""
+    """Base class of registered benchmarks (subclasses set the class attributes and the hooks)."""
 
     name: ClassVar[str] = ""
-    task: ClassVar[str] = ""
-    id_field: ClassVar[str] = "id"          # the official id the prediction rows' ``id`` holds (docs)
+    id_key: ClassVar[str] = "id"            # the sample ``target`` field holding the official id of a row
     row_fields: ClassVar[tuple[str, ...]] = ()   # extra fields every prediction row must carry
     default_prompt: ClassVar[dict] = {}   # a PROMPTS node: {type: <name>, **kwargs}
     annotation_files: ClassVar[str] = ""    # human description of ``annotations``, used in errors
+    min_files: ClassVar[int] = 1
+    max_files: ClassVar[int | None] = 1
 
     def __init__(self, annotations: str | os.PathLike | Sequence[str | os.PathLike], images: str | None = None,
                  prompt: str | Mapping | None = None, limit: int | None = None):
@@ -53,20 +53,14 @@ class Benchmark:
         self._check_annotation_count()
 
     # -- hooks for subclasses ---------------------------------------------------------------------------------
-    min_files: ClassVar[int] = 1
-    max_files: ClassVar[int | None] = 1
+    def dataset_nodes(self) -> list[dict]:
+        """The `DATASETS` nodes that read ``annotation_paths`` (``image_root``, ``prompt`` and ``train: false``
+        are added); their samples, concatenated, are the benchmark's."""
+        raise NotImplementedError
 
     def load_annotations(self) -> Any:
-        """Parse the official files (called once; the result is `annotations`)."""
+        """The truth scoring needs, taken from `datasets` (called once; the result is `annotations`)."""
         raise NotImplementedError
-
-    def build_samples(self) -> list[dict]:
-        """All evaluation samples, in a fixed order (before ``limit``)."""
-        raise NotImplementedError
-
-    def prompt_runtime(self) -> dict[str, Any]:
-        """Values the benchmark gives its prompt at build time (e.g. its category names)."""
-        return {}
 
     def postprocess(self, text: str) -> str:
         """Clean a generated answer before scoring (default: strip whitespace)."""
@@ -76,7 +70,11 @@ class Benchmark:
         """``{metric: value}`` for validated rows keyed by `row_key` (``annotations`` default: `annotations`)."""
         raise NotImplementedError
 
-    # -- shared machinery -------------------------------------------------------------------------------------
+    def row_extras(self, sample: Mapping) -> dict:
+        """Fields besides ``id``/``text`` that scoring needs (see `row_fields`)."""
+        return {}
+
+    # -- samples ----------------------------------------------------------------------------------------------
     def _check_annotation_count(self) -> None:
         n = len(self.annotation_paths)
         if n < self.min_files or (self.max_files is not None and n > self.max_files):
@@ -84,25 +82,61 @@ class Benchmark:
                 f"{self.min_files}..{self.max_files if self.max_files is not None else 'n'}"
             raise ConfigError(f"{self.name}: annotations: expected {want} file(s) ({self.annotation_files}), got {n}")
 
+    @property
+    def prompt_node(self) -> dict | None:
+        """``prompt:`` as a `PROMPTS` node: a node as given, or a literal string as the default prompt's type
+        with that one phrasing (its fields filled in) and no guidance suffix; None: the dataset's default."""
+        node = self.prompt_config
+        if isinstance(node, str):
+            return {"type": self.default_prompt["type"], "phrasings": [node], "task_guidance": False}
+        return dict(node) if node else None
+
+    @contextmanager
+    def _named(self) -> Iterator[None]:
+        """Config errors raised by the datasets (an unknown prompt type, a prompt that does not fit) name the
+        benchmark they came from."""
+        try:
+            yield
+        except ConfigError as e:
+            raise type(e)(f"{self.name}: {e}") from None
+
+    @cached_property
+    def datasets(self) -> list:
+        """The registered datasets behind the benchmark, in evaluation mode."""
+        from regionvlm.registry import DATASETS
+
+        common = {"image_root": self.images, "train": False}
+        if self.prompt_node is not None:
+            common["prompt"] = self.prompt_node
+        with self._named():
+            return [DATASETS.build({**node, **common}, key_path=f"{self.name}.dataset")
+                    for node in self.dataset_nodes()]
+
     @cached_property
     def annotations(self) -> Any:
         return self.load_annotations()
 
     @cached_property
     def _samples(self) -> list[dict]:
-        from regionvlm.data.structures import Regions
-
-        samples = self.build_samples()
-        samples = samples[: self.limit] if self.limit is not None else samples
-        for s in samples:   # region dicts (as in the conversation jsonl) → Regions, validated
-            if isinstance(s["regions"], list):
-                s["regions"] = Regions.from_dicts(s["regions"], s.pop("image_size", None),
-                                                  where=f"{self.name} sample {s['id']}: regions")
+        samples: list[dict] = []
+        with self._named():
+            for ds in self.datasets:
+                for i in range(len(ds)):
+                    if self.limit is not None and len(samples) >= self.limit:
+                        return samples
+                    samples.append(ds[i])
         return samples
 
     def samples(self) -> list[dict]:
-        """The evaluation samples (first ``limit`` when set)."""
+        """The evaluation samples (first ``limit`` when set): the datasets' eval-mode samples, unchanged."""
         return self._samples
+
+    # -- prediction rows --------------------------------------------------------------------------------------
+    def official_id(self, sample: Mapping) -> Any:
+        value = (sample.get("target") or {}).get(self.id_key)
+        if value is None:
+            raise DataError(f"{self.name}: sample {sample['id']}: no official id ({self.id_key}) in its target")
+        return value
 
     def reference_ids(self) -> list[str]:
         """The keys a complete predictions file covers (`row_key` of each sample's row)."""
@@ -114,52 +148,7 @@ class Benchmark:
 
     def prediction_row(self, sample: Mapping, text: str) -> dict:
         """The predictions-file row for a sample and the model's raw answer."""
-        return {"id": sample["target"]["id"], "text": text, **self.row_extras(sample)}
-
-    def row_extras(self, sample: Mapping) -> dict:
-        """Fields besides ``id``/``text`` that scoring needs (see `row_fields`)."""
-        return {}
-
-    def read_rows_by_id(self, required: tuple[str, ...], check=None) -> dict[str, dict]:
-        """The first annotation file as JSON lines keyed by their ``id`` (as a string): every row must have the
-        ``required`` fields and a unique id; ``check(row, where)`` adds the benchmark's own field checks."""
-        from regionvlm.data.formats import read_jsonl
-
-        path = self.annotation_paths[0]
-        out: dict[str, dict] = {}
-        for i, row in enumerate(read_jsonl(path), 1):
-            where = f"{path}: line {i}"
-            for k in required:
-                if k not in row:
-                    raise DataError(f"{where}: missing field '{k}'")
-            if check is not None:
-                check(row, where)
-            if str(row["id"]) in out:
-                raise DataError(f"{where}: duplicate id {row['id']!r}")
-            out[str(row["id"])] = row
-        return out
-
-    def image_path(self, file_name: str) -> str:
-        return str(Path(self.images) / file_name) if self.images else file_name
-
-    @cached_property
-    def prompt(self) -> Any:
-        """The question template, built once. ``prompt:`` is a `PROMPTS` node (``{type: rec, ...}``) or a literal
-        string: the default prompt's type with that one phrasing (its fields filled in) and no guidance suffix."""
-        from regionvlm.registry import PROMPTS
-
-        node = self.prompt_config
-        if isinstance(node, str):
-            node = {"type": self.default_prompt["type"], "phrasings": [node], "task_guidance": False}
-        return PROMPTS.build(node, key_path="benchmark.prompt", **self.prompt_runtime())
-
-    def human_turn(self, **build_args: Any) -> list[dict]:
-        """The human turn in the prompt's evaluation phrasing: ``self.prompt.build(**build_args)``, no rng."""
-        try:
-            return self.prompt.build(**build_args)[:1]
-        except (KeyError, IndexError, TypeError) as e:
-            raise ConfigError(f"{self.name}: prompt: does not fit this benchmark, which fills it with "
-                              f"{', '.join(build_args) or 'nothing'} ({type(e).__name__}: {e})") from None
+        return {"id": self.official_id(sample), "text": text, **self.row_extras(sample)}
 
     # -- validation + scoring ---------------------------------------------------------------------------------
     def check(self, rows: Iterable[tuple[int, Any]], source: str, allow_partial: bool = False) -> Predictions:

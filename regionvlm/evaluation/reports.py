@@ -49,14 +49,11 @@ def reference_text(target: Any) -> str:
 def write_gallery(path: str | Path, samples: Sequence[dict], predictions: Sequence[str], title: str = "",
                   columns: int = 2) -> None:
     """A PNG grid: each sample's image with its regions drawn, the question, the prediction and the reference."""
-    from regionvlm.data.structures import Regions
     from regionvlm.viz import draw_regions, grid, save_png, with_text_panel
 
     tiles = []
     for sample, prediction in zip(samples, predictions):
-        regions = sample.get("regions") or []
-        if not isinstance(regions, Regions):
-            regions = Regions.from_dicts(regions)
+        regions = sample["regions"]
         question = next((t["value"] for t in sample["conversations"] if t["from"] == "human"), "")
         lines = [f"[{title}] {sample['id']}", "Q: " + question.replace("<image>\n", ""), "",
                  "prediction: " + prediction, "reference: " + reference_text(sample.get("target"))]

@@ -1,5 +1,6 @@
 """The evaluation loop behind ``regionvlm eval``: benchmarks' samples → batched generation through Lightning's
-predict loop (every device the Trainer is given) → prediction rows gathered from all processes → scores.
+predict loop (every device the Trainer is given) → prediction rows gathered from all processes → scores,
+computed on rank 0 and broadcast to the other ranks (the Trainer's strategy; a no-op with one process).
 
 Per benchmark it writes ``<out_dir>/<name>/predictions.jsonl`` (rows that `regionvlm score` reads), and for the
 run ``results.json`` ({benchmark: {metric: value}}) and ``results.md`` (one table).
@@ -8,15 +9,17 @@ run ``results.json`` ({benchmark: {metric: value}}) and ``results.md`` (one tabl
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from regionvlm.errors import ConfigError
+from regionvlm.errors import ConfigError, UserError
 from regionvlm.io import write_text
 
 
 class SampleDataset:
-    """A list of raw evaluation samples, processed (image decode, masks) in DataLoader workers."""
+    """A benchmark's samples (raw, `Regions` included), processed (image decode, masks) in DataLoader workers."""
 
     def __init__(self, samples: list[dict], processor: Any):
         self.samples, self.processor = samples, processor
@@ -25,13 +28,7 @@ class SampleDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
-        from regionvlm.data.structures import Regions
-
-        sample = dict(self.samples[i])
-        regions = sample.get("regions")
-        if not isinstance(regions, Regions):
-            sample["regions"] = Regions.from_dicts(regions or [], where=f"sample {sample['id']}.regions")
-        return self.processor.process_sample(sample)
+        return self.processor.process_sample(dict(self.samples[i]))
 
 
 def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: int, num_workers: int) -> list[dict]:
@@ -52,6 +49,22 @@ def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: in
     return sorted(rows, key=lambda r: order.get(r["id"], len(order)))
 
 
+def score_on_rank_zero(trainer: Any, score: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``score()`` run on rank 0 only and its result broadcast through the Trainer's strategy (every rank holds
+    every row after gathering, so judges and metric models run once). A `UserError` on rank 0 (a bad row) is
+    broadcast too and raised on every rank, so the others do not wait for a result that will never come."""
+    result, error = None, None
+    if trainer.is_global_zero:
+        try:
+            result = score()
+        except UserError as e:
+            error = e
+    result, error = trainer.strategy.broadcast((result, error), src=0)
+    if error is not None:
+        raise error
+    return result
+
+
 def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: str | Path,
              batch_size: int = 8, num_workers: int = 0, gallery: int = 0) -> dict[str, dict[str, float]]:
     """Run every benchmark in ``benchmarks`` (``{name: node}``, node = the benchmark's YAML overrides such as
@@ -70,11 +83,12 @@ def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: st
         by_id = {s["id"]: s for s in samples}
         rows = generate_rows(module, trainer, samples, batch_size, num_workers)
         prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
-        results[name] = bench.evaluate(prediction_rows, source=f"{name} predictions")
+        results[name] = score_on_rank_zero(
+            trainer, partial(bench.evaluate, prediction_rows, source=f"{name} predictions"))
         if trainer.is_global_zero:
             bench_dir = out_dir / name
             write_text(bench_dir / "predictions.jsonl",
-                              "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction_rows))
+                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction_rows))
             if gallery:
                 write_gallery(bench_dir / "gallery.png", [by_id[r["id"]] for r in rows[:gallery]],
                               [r["text"] for r in rows[:gallery]], title=name)

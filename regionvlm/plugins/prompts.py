@@ -6,8 +6,8 @@ answer formats. Each template has several phrasings: training samples one per ca
 (variety), evaluation uses the first (comparability). ``task_guidance=False`` drops the suffix (the ablation).
 
 ``build(...)`` returns a conversation ``[{"from": "human", ...}, {"from": "gpt", ...}]``; the answer turn is
-omitted when ``answer`` is None (pure inference). Training datasets and evaluation benchmarks build their
-questions from the same nodes, so a model is evaluated with the phrasing it was trained on.
+omitted when ``answer`` is None (pure inference). A benchmark evaluates a training dataset built with
+``train: false``, so a model is asked in the first phrasing of the node it was trained with.
 """
 
 from __future__ import annotations

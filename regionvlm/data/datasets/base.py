@@ -1,0 +1,90 @@
+"""`RegionDataset`, the base of every registered dataset, and the helpers the families share."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from regionvlm.errors import ConfigError, DataError
+from regionvlm.registry import PROMPTS
+
+
+class RegionDataset(Dataset):
+    """Base: image paths, prompt building and a deterministic per-sample rng."""
+
+    task = "generic"
+    default_prompt: ClassVar[dict | None] = None
+
+    def __init__(self, image_root: str | None = None, prompt: Any = None, train: bool = True, seed: int = 0,
+                 max_samples: int | None = None, out_of_bounds: str = "clip"):
+        self.image_root = Path(image_root) if image_root else None
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.max_samples = max_samples
+        self.out_of_bounds = out_of_bounds
+        node = prompt if prompt is not None else self.default_prompt
+        self.prompt = PROMPTS.build(node, key_path="prompt", **self.prompt_runtime()) if node is not None else None
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Expose the base keyword arguments in each subclass's signature, so that the registry checks config
+        keys against the full list (a typo is an error naming the key, not a TypeError or a silent drop)."""
+        super().__init_subclass__(**kw)
+        own = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind != p.VAR_KEYWORD]
+        names = {p.name for p in own}
+        base = [p.replace(kind=p.KEYWORD_ONLY) for p in inspect.signature(RegionDataset.__init__).parameters.values()
+                if p.name not in names and p.name != "self"]
+        own = [p.replace(kind=p.KEYWORD_ONLY) if p.kind == p.VAR_POSITIONAL else p for p in own]
+        cls.__signature__ = inspect.Signature(own[1:] + base)
+
+    def prompt_runtime(self) -> dict[str, Any]:
+        """Values the dataset gives its prompt at build time (e.g. its category names)."""
+        return {}
+
+    def ask(self, index: int, rng: np.random.Generator | None = None, **fields: Any) -> list[dict]:
+        """The conversation for item ``index``: ``self.prompt.build(**fields)`` with the item's rng (training:
+        a sampled phrasing; evaluation: the first) or ``rng`` when the caller has drawn from it already. A
+        prompt whose fields do not fit is a `ConfigError`."""
+        try:
+            return self.prompt.build(rng=rng if rng is not None else self.rng(index), **fields)
+        except (KeyError, IndexError, TypeError) as e:
+            filled = ", ".join(k for k in fields if k not in ("answer", "answer_index")) or "nothing"
+            raise ConfigError(f"prompt: does not fit this dataset, which fills it with {filled} "
+                              f"({type(e).__name__}: {e})") from None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Re-draw prompt phrasings (and candidate order) each epoch."""
+        self.epoch = epoch
+
+    def rng(self, index: int) -> np.random.Generator | None:
+        return np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+
+    def image_path(self, file_name: str) -> str:
+        return str(self.image_root / file_name) if self.image_root else file_name
+
+    def _limit(self, items: list) -> list:
+        return items[: self.max_samples] if self.max_samples else items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def check_region_kind(region: str) -> str:
+    """``region`` option of the annotation-based datasets: ``mask`` (the segmentation) or ``box`` (bbox only)."""
+    if region not in ("mask", "box"):
+        raise DataError(f"region: expected 'mask' or 'box', got {region!r}")
+    return region
+
+
+def ann_region(ann: dict, use: str = "mask") -> tuple[str, Any]:
+    """A COCO-style annotation (or detection) as one `Regions` item: its segmentation, or its xywh bbox as a
+    box when ``use == "box"`` or it has no segmentation."""
+    seg = ann.get("segmentation")
+    if use == "box" or not seg:
+        x, y, w, h = ann["bbox"]
+        return ("box", [x, y, x + w, y + h])
+    return ("polygon" if isinstance(seg, list) else "rle", seg)
