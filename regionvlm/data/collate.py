@@ -23,7 +23,7 @@ import torch
 
 from regionvlm.data.batch import Batch
 from regionvlm.errors import ConfigError, DataError
-from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN, SPECIAL_TOKENS
+from regionvlm.tokens import IGNORE_INDEX, add_placeholder_tokens
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,6 @@ _TAG = re.compile(r"(<image>|<region\d+>)")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 EOS = object()  # piece marker: the tokenizer's end-of-sequence id, labelled as part of the answer
-
-
-def ensure_special_tokens(tokenizer) -> tuple[int, int]:
-    """Add ``IMAGE_TOKEN`` and ``REGION_TOKEN`` to the tokenizer if missing (idempotent); return their ids.
-    The model resizes its embeddings to ``len(tokenizer)`` afterwards."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
-    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), tokenizer.convert_tokens_to_ids(REGION_TOKEN)
 
 
 # -- templates: conversation → pieces [(text | EOS, is_answer)] ---------------------------------------------
@@ -170,7 +160,7 @@ class Collator:
         self.padding_side = "left" if for_generation else padding_side
         self.processor = processor
         self.system_prompt = system_prompt or VICUNA_SYSTEM
-        self.image_token_id, self.region_token_id = ensure_special_tokens(tokenizer)
+        self.image_token_id, self.region_token_id = add_placeholder_tokens(tokenizer)
         self.eos_token_id = tokenizer.eos_token_id
         if self.eos_token_id is None:
             raise ConfigError("tokenizer: has no eos token; answers need an end token")

@@ -16,7 +16,7 @@ from torch import nn
 from regionvlm.errors import ConfigError
 from regionvlm.plugins.vision import _dtype
 from regionvlm.registry import LLMS, to_plain
-from regionvlm.tokens import SPECIAL_TOKENS
+from regionvlm.tokens import add_placeholder_tokens
 
 
 @LLMS.register("hf_causal_lm")
@@ -170,9 +170,7 @@ def build_tokenizer(llm_node: Mapping[str, Any] | Any):
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from '{path}': {reason}") from exc
-    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
-    if missing:
-        tok.add_tokens(missing, special_tokens=True)
+    add_placeholder_tokens(tok)
     if tok.pad_token is None:
         if tok.unk_token is not None:
             tok.pad_token = tok.unk_token
