@@ -20,15 +20,37 @@ def find_checkpoint(source: str | os.PathLike) -> Path:
     return path
 
 
+def read_checkpoint(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a checkpoint from
+    elsewhere cannot run code. A refused or unreadable file is the user's: one line naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is many lines; its last names the object that would have been loaded
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), lines[-1] if lines else "")
+        raise UserError(f"{path}: refused to load: the checkpoint holds Python objects that could run code, "
+                        f"only tensors are loaded (weights_only=True): {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: truncated or not a PyTorch checkpoint "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a regionvlm training checkpoint (holds a {type(ckpt).__name__})")
+    return ckpt
+
+
 def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
     """``(model, tokenizer, config)`` from a Lightning checkpoint written by ``regionvlm train``."""
-    import torch
     from transformers import AutoTokenizer
 
     from regionvlm.model import build_model
 
     path = find_checkpoint(source)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     try:
         config = ckpt["hyper_parameters"]["config"]
         tokenizer_files = ckpt["tokenizer_files"]
