@@ -206,8 +206,8 @@ def _check_type(param: inspect.Parameter, value: Any, key: str, what: str) -> No
     if value is None or type(default) not in (int, float, bool) or "str" in str(param.annotation):
         return
     kind = type(default)
-    ok = (isinstance(value, bool) if kind is bool
-          else isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value)))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, bool) if kind is bool else number and (kind is float or value == int(value))
     if not ok:
         raise RegistryError(f"{key}: expected {kind.__name__} for {what}, got {value!r}")
 

@@ -36,8 +36,8 @@ def image_under_root(root: str | os.PathLike, name: str, where: str, allow_absol
 def load_image(image: Any, where: str = "image"):
     """A path, PIL image or H×W(×C) uint8 array → RGB PIL image, EXIF orientation applied.
 
-    Grayscale (8 or 16 bits), palette (with or without transparency) and RGBA images become RGB; transparency is composited
-    on white, as a viewer would show it (converting RGBA straight to RGB exposes arbitrary hidden colours).
+    Grayscale (8 or 16 bits), palette (with or without transparency) and RGBA images become RGB; transparency is
+    composited on white, as a viewer would show it (converting RGBA straight to RGB exposes hidden colours).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 

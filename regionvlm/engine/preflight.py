@@ -98,8 +98,11 @@ def _check_data(data: dict) -> None:
 def _check_trainer(trainer: dict) -> None:
     import lightning as L
 
+    from regionvlm.engine.module import nonfinite_policy
     from regionvlm.registry import checked_kwargs
 
+    nonfinite_policy({"trainer": trainer})
+    trainer = {k: v for k, v in trainer.items() if k != "on_nonfinite_loss"}
     # engine.trainer.build_trainer sets these (train and eval alike)
     checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False,
                    runtime=dict.fromkeys(("callbacks", "logger")))

@@ -20,7 +20,8 @@ def quiet_lightning() -> None:
 
 
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
-    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument; unknown keys are errors).
+    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument, plus ``on_nonfinite_loss: stop |
+    skip``, see `RegionVLMModule`; unknown keys are errors).
     With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -28,6 +29,7 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
 
     quiet_lightning()
     kwargs = dict(config.get("trainer") or {})
+    kwargs.pop("on_nonfinite_loss", None)  # ours, not Lightning's: read by RegionVLMModule.training_step
     kwargs.update(overrides)
     runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
     if run_dir is not None:
