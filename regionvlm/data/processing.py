@@ -8,6 +8,7 @@ Regions are transformed in their own form (polygons and boxes exactly) and raste
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,7 +44,10 @@ def load_image(image: Any, where: str = "image"):
 
     if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as im:
+            with warnings.catch_warnings():  # PIL warns between 1× and 2× its limit: refused below, one line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(image)
+            with im:
                 # a decompression bomb: a small file that decodes to gigabytes; the header already tells
                 if im.width * im.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
                     raise DataError(f"{image}: image of {im.width}×{im.height} pixels is over the limit of "
@@ -53,7 +57,9 @@ def load_image(image: Any, where: str = "image"):
                 image = ImageOps.exif_transpose(im)  # always a new image, valid after close
         except FileNotFoundError:
             raise DataError(f"{image}: image file not found") from None
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+        except Image.DecompressionBombError as exc:  # PIL's own refusal, from twice the limit up, at open
+            raise DataError(f"{image}: refused as a possible decompression bomb: {exc}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise DataError(f"{image}: cannot decode image: {exc}") from None
     elif isinstance(image, np.ndarray):
         arr = image
