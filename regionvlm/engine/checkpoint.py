@@ -11,6 +11,26 @@ from typing import Any
 from regionvlm.errors import UserError
 
 
+def atomic_checkpoint_io():
+    """A Lightning `TorchCheckpointIO` that writes each checkpoint to a temporary file beside its target, fsyncs
+    it and renames it (`regionvlm.io.atomic_write`), so a job killed while saving leaves the previous complete
+    ``last.ckpt``. Lightning's own local save goes through a temporary file in the system temp folder and
+    ``shutil.move``, which is a plain, interruptible copy when that folder is on another file system (usual on
+    clusters), and gives the file no fsync."""
+    import torch
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from regionvlm.io import atomic_write
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+            if storage_options is not None:
+                raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+    return AtomicCheckpointIO()
+
+
 def find_checkpoint(source: str | os.PathLike) -> Path:
     source = Path(source)
     path = source / "checkpoints" / "last.ckpt" if source.is_dir() else source
