@@ -199,17 +199,17 @@ def checked_kwargs(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what
 
 
 def _check_type(param: inspect.Parameter, value: Any, key: str, what: str) -> None:
-    """A value that cannot be what a plain ``int``/``float``/``bool`` default says (``max_steps=abc`` arrives as the
+    """A value that cannot be what a plain number or ``bool`` default says (``max_steps=abc`` arrives as the
     string 'abc'), caught here rather than as a TypeError deep inside the constructor. Parameters whose annotation
     also admits strings or whose default is None are not judged."""
     default = param.default
     if value is None or type(default) not in (int, float, bool) or "str" in str(param.annotation):
         return
-    kind = type(default)
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = isinstance(value, bool) if kind is bool else number and (kind is float or value == int(value))
-    if not ok:
-        raise RegistryError(f"{key}: expected {kind.__name__} for {what}, got {value!r}")
+    if type(default) is bool:
+        if not isinstance(value, bool):
+            raise RegistryError(f"{key}: expected true or false for {what}, got {value!r}")
+    elif not isinstance(value, (int, float)) or isinstance(value, bool):  # an int default often takes a float
+        raise RegistryError(f"{key}: expected a number for {what}, got {value!r}")
 
 
 def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", **runtime: Any) -> Any:

@@ -9,14 +9,16 @@ from regionvlm.registry import construct
 
 
 def quiet_lightning() -> None:
-    """Hide Lightning's start-up chatter (hardware summary, tips) and two warnings that are expected here: the
-    Batch dataclass moves itself (`transfer_batch_to_device`), and a pytree deprecation inside Lightning."""
+    """Hide Lightning's start-up chatter (hardware summary, tips) and warnings that are expected here: the Batch
+    dataclass moves itself (`transfer_batch_to_device`), a pytree deprecation inside Lightning, a skipped step."""
     import logging
     import warnings
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # a step skipped on purpose (`trainer.on_nonfinite_loss: skip`) says so itself
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
 
 
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
