@@ -192,7 +192,24 @@ def checked_kwargs(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what
     ]
     if missing and require:
         raise RegistryError(f"{prefix}{missing[0]}: required key missing for {what}")
+    for key, value in kwargs.items():
+        if key not in runtime and key in params:
+            _check_type(params[key], value, f"{prefix}{key}", what)
     return kwargs
+
+
+def _check_type(param: inspect.Parameter, value: Any, key: str, what: str) -> None:
+    """A value that cannot be what a plain number or ``bool`` default says (``max_steps=abc`` arrives as the
+    string 'abc'), caught here rather than as a TypeError deep inside the constructor. Parameters whose annotation
+    also admits strings or whose default is None are not judged."""
+    default = param.default
+    if value is None or type(default) not in (int, float, bool) or "str" in str(param.annotation):
+        return
+    if type(default) is bool:
+        if not isinstance(value, bool):
+            raise RegistryError(f"{key}: expected true or false for {what}, got {value!r}")
+    elif not isinstance(value, (int, float)) or isinstance(value, bool):  # an int default often takes a float
+        raise RegistryError(f"{key}: expected a number for {what}, got {value!r}")
 
 
 def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", **runtime: Any) -> Any:

@@ -5,11 +5,16 @@ node overrides the benchmark's YAML in ``benchmarks/``), ``batch_size``, ``num_w
 (default: the run directory's ``eval/``), ``gallery`` (examples drawn per benchmark). ``trainer:`` picks the
 devices and precision of the predict loop (generation runs on every device; scoring on rank 0, its result
 broadcast to the others); ``generation:`` the decoding settings.
+
+Rerunning after a kill resumes: benchmarks whose predictions the killed run wrote are scored from them (each
+``predictions.jsonl`` is written whole, so none is half there). A folder holding finished results, or another
+model's predictions, is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,12 +23,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="an export folder (written by train or export)")
     source.add_argument("--ckpt", help="a training checkpoint (.ckpt) or run directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier evaluation in the output folder")
 
 
 def eval_settings(benchmarks: dict, batch_size: int = 8, num_workers: int = 0, out_dir: str | None = None,
                   gallery: int = 4) -> dict:
     return {"benchmarks": benchmarks, "batch_size": batch_size, "num_workers": num_workers, "out_dir": out_dir,
             "gallery": gallery}
+
+
+def claim_out_dir(out_dir, run: dict, overwrite: bool) -> bool:
+    """Refuse an output folder that holds finished results or another evaluation's predictions (unless
+    ``overwrite``); record ``run`` (model and benchmarks) in ``eval_run.json``. True when a killed run of this
+    same evaluation can be resumed there."""
+    import json
+
+    from regionvlm.errors import UserError
+    from regionvlm.io import write_text
+
+    manifest = out_dir / "eval_run.json"
+    earlier = json.loads(manifest.read_text()) if manifest.is_file() else None
+    if not overwrite:
+        if (out_dir / "results.json").exists():
+            raise UserError(f"{out_dir}: holds the results of an earlier evaluation; pass --overwrite to replace "
+                            f"them or set eval.out_dir=...")
+        if earlier is not None and earlier != run:
+            raise UserError(f"{manifest}: the output folder holds predictions of another model or benchmark "
+                            f"set; pass --overwrite or set eval.out_dir=...")
+    if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+        write_text(manifest, json.dumps(run, indent=2, default=str) + "\n")
+    return earlier == run and not overwrite
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +78,12 @@ def run(args: argparse.Namespace) -> int:
     from regionvlm.evaluation.runner import evaluate
     from regionvlm.hub import load_export
 
+    resume = claim_out_dir(out_dir, {"model": str(Path(args.model or args.ckpt).resolve()),
+                                     "benchmarks": settings["benchmarks"]}, args.overwrite)
     model, tokenizer, model_config = load_export(args.model) if args.model else load_checkpoint(args.ckpt)
     module = RegionVLMModule({**model_config, "generation": config["generation"]}, model=model, tokenizer=tokenizer)
     trainer = build_trainer(config, None, enable_progress_bar=False)
-    results = evaluate(module, trainer, out_dir=out_dir, **settings)
+    results = evaluate(module, trainer, out_dir=out_dir, resume=resume, **settings)
     if trainer.is_global_zero:
         print_results(results, title=f"results ({args.model or args.ckpt})")
         print(f"predictions and results written to {out_dir}")

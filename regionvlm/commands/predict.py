@@ -16,6 +16,7 @@ Batch output is resumable: rows already in ``--out`` are skipped on a rerun, so 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -99,20 +100,19 @@ def read_done_rows(out_path: Path) -> list[dict]:
     return rows
 
 
-def batch_samples(rows: list[dict], image_root: str, source: str) -> list[dict]:
-    """Conversation-jsonl rows → raw samples asking their last human turn."""
+def batch_samples(rows: list[tuple[int, dict]], image_root: str, source: str) -> list[dict]:
+    """``(line number, conversation-jsonl row)`` pairs → raw samples asking their last human turn."""
+    from regionvlm.data.processing import image_under_root
     from regionvlm.data.structures import Regions
 
     samples = []
-    for n, row in enumerate(rows, 1):
+    for n, row in rows:
         where = f"{source}:{n}"
-        if "id" not in row or "image" not in row:
-            raise DataError(f"{where}: row needs 'id' and 'image'")
         turns = [t for t in row.get("conversations", []) if t.get("from") in ("human", "user")]
         if not turns:
             raise DataError(f"{where}: conversations: no human turn to answer")
         question = turns[-1]["value"]
-        image = row["image"] if os.path.isabs(row["image"]) else os.path.join(image_root, row["image"])
+        image = image_under_root(image_root, row["image"], f"{where}: image", allow_absolute=True)
         samples.append({"id": str(row["id"]), "image": image,
                         "regions": Regions.from_dicts(row.get("regions", []), where=f"{where}: regions"),
                         "conversations": [{"from": "human", "value": question}], "row": row})
@@ -127,6 +127,9 @@ def run_batch(chat: Any, args: argparse.Namespace) -> int:
     if not args.out:
         raise UserError("--out: required with --input")
     rows = read_jsonl(args.input)
+    for n, row in enumerate(rows, 1):  # before anything is written: a bad row stops the run with the file intact
+        if "id" not in row or "image" not in row:
+            raise DataError(f"{args.input}:{n}: row needs 'id' and 'image'")
     ids = [str(r.get("id")) for r in rows]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -134,14 +137,16 @@ def run_batch(chat: Any, args: argparse.Namespace) -> int:
     out_path = Path(args.out)
     done_ids = {str(r["id"]) for r in read_done_rows(out_path)}
     # rows are appended batch by batch (fsynced): a killed run leaves complete rows and at most one torn line
-    todo = [r for r in rows if str(r["id"]) not in done_ids]
+    todo = [(n, r) for n, r in enumerate(rows, 1) if str(r["id"]) not in done_ids]
     samples = batch_samples(todo, args.image_root, args.input)
     settings = generation_overrides(args)
-    with Progress() as progress, out_path.open("a") as out:
+    with Progress() as progress, contextlib.ExitStack() as stack:
+        out = None  # opened at the first answered batch: a run that fails before it leaves no file behind
         task = progress.add_task("answering", total=len(rows), completed=len(rows) - len(todo))
         for start in range(0, len(samples), args.batch_size):
             chunk = samples[start:start + args.batch_size]
             answers = chat.generate(chunk, **settings)
+            out = out or stack.enter_context(out_path.open("a"))
             for sample, answer in zip(chunk, answers):
                 question = sample["conversations"][0]["value"]
                 out.write(json.dumps({**sample["row"], "question": question, "answer": answer},

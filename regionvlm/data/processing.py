@@ -8,6 +8,7 @@ Regions are transformed in their own form (polygons and boxes exactly) and raste
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,21 +20,45 @@ from regionvlm.errors import DataError
 from regionvlm.image_stats import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
+def image_under_root(root: str | os.PathLike, name: str, where: str, allow_absolute: bool = False) -> str:
+    """``root/name``, refusing a ``name`` that leads out of ``root`` (``../``, or an absolute path unless
+    ``allow_absolute``): an annotation file from elsewhere must not make regionvlm read arbitrary files. Judged
+    on the path as written, so a data root that is itself a symlink, or holds symlinks, keeps working."""
+    name = os.fspath(name)
+    if os.path.isabs(name):
+        if allow_absolute:
+            return name
+        raise DataError(f"{where}: image path {name!r} is absolute; it must be relative to the image root {root}")
+    if os.path.normpath(name).split(os.sep)[0] == os.pardir:
+        raise DataError(f"{where}: image path {name!r} leads out of the image root {root}")
+    return os.path.join(root, name)
+
+
 def load_image(image: Any, where: str = "image"):
     """A path, PIL image or H×W(×C) uint8 array → RGB PIL image, EXIF orientation applied.
 
-    Grayscale, palette (with or without transparency) and RGBA images become RGB; transparency is composited
-    on white, as a viewer would show it (converting RGBA straight to RGB exposes arbitrary hidden colours).
+    Grayscale (8 or 16 bits), palette (with or without transparency) and RGBA images become RGB; transparency is
+    composited on white, as a viewer would show it (converting RGBA straight to RGB exposes hidden colours).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, (str, os.PathLike)):
         try:
-            with Image.open(image) as im:
+            with warnings.catch_warnings():  # PIL warns between 1× and 2× its limit: refused below, one line
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(image)
+            with im:
+                # a decompression bomb: a small file that decodes to gigabytes; the header already tells
+                if im.width * im.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                    raise DataError(f"{image}: image of {im.width}×{im.height} pixels is over the limit of "
+                                    f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS); refused as a "
+                                    f"possible decompression bomb")
                 im.load()
                 image = ImageOps.exif_transpose(im)  # always a new image, valid after close
         except FileNotFoundError:
             raise DataError(f"{image}: image file not found") from None
+        except Image.DecompressionBombError as exc:  # PIL's own refusal, from twice the limit up, at open
+            raise DataError(f"{image}: refused as a possible decompression bomb: {exc}") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise DataError(f"{image}: cannot decode image: {exc}") from None
     elif isinstance(image, np.ndarray):
@@ -49,6 +74,10 @@ def load_image(image: Any, where: str = "image"):
         image = ImageOps.exif_transpose(image)
     else:
         raise DataError(f"{where}: expected a path, PIL image or array, got {type(image).__name__}")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit grayscale (PNG/TIFF): scale to 8 bits; a plain convert would clip everything above 255 to white
+        arr = np.asarray(image).astype(np.float64) * (255.0 / 65535.0)
+        image = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):

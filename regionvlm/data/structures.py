@@ -89,7 +89,10 @@ class Regions:
                 raise DataError(f"{where}: box {box.tolist()} has zero or negative area")
             return box
         if kind == POLYGON:
-            return [np.asarray(p, dtype=np.float64) for p in check_polygons(data, where)]
+            polys = [np.asarray(p, dtype=np.float64) for p in check_polygons(data, where)]
+            if all(_shoelace(p) == 0 for p in polys):
+                raise DataError(f"{where}: polygon has zero area (all points on one line): an empty region")
+            return polys
         if kind == RLE:
             if not isinstance(data, dict) or "size" not in data or "counts" not in data:
                 raise DataError(f"{where}: RLE needs 'size' and 'counts'")
@@ -98,6 +101,8 @@ class Regions:
             m = np.asarray(data).astype(bool)
             if m.ndim != 2:
                 raise DataError(f"{where}: mask must be H×W, got shape {m.shape}")
+            if not m.any():
+                raise DataError(f"{where}: mask is empty (no pixel set)")
             return m
         raise DataError(f"{where}: unknown region kind {kind!r}")
 
@@ -117,7 +122,12 @@ class Regions:
                     self.items[k] = (BOX, clipped)
             elif kind == RLE:
                 # normalises uncompressed RLE to compressed and checks the size
-                self.items[k] = (RLE, segmentation_to_rle(data, h, w, where))
+                rle = segmentation_to_rle(data, h, w, where)
+                from pycocotools import mask as mask_utils
+
+                if int(mask_utils.area(rle)) == 0:
+                    raise DataError(f"{where}: RLE mask is empty (no pixel set)")
+                self.items[k] = (RLE, rle)
             elif kind == MASK and data.shape != (h, w):
                 raise DataError(f"{where}: mask shape {data.shape} does not match the image size ({h}, {w})")
 
@@ -278,6 +288,12 @@ class Regions:
         """Add borders (as an image padded with ``left``/``top``/... pixels): a crop with a negative origin."""
         H, W = self._need_size()
         return self.crop(-left, -top, W + right, H + bottom)
+
+
+def _shoelace(flat: np.ndarray) -> float:
+    """Area of a polygon given as flat [x1, y1, x2, y2, ...]."""
+    x, y = flat[0::2], flat[1::2]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def _as_box(data: Any, where: str) -> np.ndarray:

@@ -11,6 +11,26 @@ from typing import Any
 from regionvlm.errors import UserError
 
 
+def atomic_checkpoint_io():
+    """A Lightning `TorchCheckpointIO` that writes each checkpoint to a temporary file beside its target, fsyncs
+    it and renames it (`regionvlm.io.atomic_write`), so a job killed while saving leaves the previous complete
+    ``last.ckpt``. Lightning's own local save goes through a temporary file in the system temp folder and
+    ``shutil.move``, which is a plain, interruptible copy when that folder is on another file system (usual on
+    clusters), and gives the file no fsync."""
+    import torch
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    from regionvlm.io import atomic_write
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+            if storage_options is not None:
+                raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+            atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+    return AtomicCheckpointIO()
+
+
 def find_checkpoint(source: str | os.PathLike) -> Path:
     source = Path(source)
     path = source / "checkpoints" / "last.ckpt" if source.is_dir() else source
@@ -20,15 +40,37 @@ def find_checkpoint(source: str | os.PathLike) -> Path:
     return path
 
 
+def read_checkpoint(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so a checkpoint from
+    elsewhere cannot run code. A refused or unreadable file is the user's: one line naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is many lines; its last names the object that would have been loaded
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln.strip() for ln in lines if "GLOBAL" in ln), lines[-1] if lines else "")
+        raise UserError(f"{path}: refused to load: the checkpoint holds Python objects that could run code, "
+                        f"only tensors are loaded (weights_only=True): {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: truncated or not a PyTorch checkpoint "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{path}: not a regionvlm training checkpoint (holds a {type(ckpt).__name__})")
+    return ckpt
+
+
 def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
     """``(model, tokenizer, config)`` from a Lightning checkpoint written by ``regionvlm train``."""
-    import torch
     from transformers import AutoTokenizer
 
     from regionvlm.model import build_model
 
     path = find_checkpoint(source)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     try:
         config = ckpt["hyper_parameters"]["config"]
         tokenizer_files = ckpt["tokenizer_files"]

@@ -21,10 +21,24 @@ from regionvlm.data.batch import Batch
 from regionvlm.data.datamodule import Processing
 from regionvlm.data.processing import ImageProcessor
 from regionvlm.engine.optim import apply_trainable, build_optimizer
+from regionvlm.errors import ConfigError, UserError
 from regionvlm.hub import architecture_config, build_model_and_tokenizer
 from regionvlm.registry import construct
 
 GENERATION_KEYS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite (``trainer.on_nonfinite_loss: stop``, the default)."""
+
+
+def nonfinite_policy(config: dict) -> str:
+    """``trainer.on_nonfinite_loss`` (our key inside Lightning's ``trainer:`` section; `build_trainer` takes it out)."""
+    policy = (config.get("trainer") or {}).get("on_nonfinite_loss", "stop")
+    if policy not in NONFINITE_POLICIES:
+        raise ConfigError(f"trainer.on_nonfinite_loss: expected one of {', '.join(NONFINITE_POLICIES)}, got {policy!r}")
+    return policy
 
 
 class RegionVLMModule(L.LightningModule):
@@ -41,6 +55,7 @@ class RegionVLMModule(L.LightningModule):
         self.generation = dict(self.config.get("generation", {}))
         self.collector = None  # set by the evaluation loop: gathers predict_step rows from every process
         self._step_start = 0.0
+        self.skipped_steps = 0
         self.save_hyperparameters({"config": self.config}, ignore=["model", "tokenizer"])
         if model is not None:
             self._model_built()
@@ -92,8 +107,29 @@ class RegionVLMModule(L.LightningModule):
                 return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return None
         loss = self.model(batch)["loss"]
+        if self._nonfinite(loss):
+            return None  # every rank skips together: no backward, no optimizer step, no gradient all-reduce
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor) -> bool:
+        """A NaN/inf loss (on any rank) stops training with a clear message, or with ``trainer.on_nonfinite_loss:
+        skip`` skips the step (counted in ``train/skipped_steps``); it is never trained on."""
+        bad = ~torch.isfinite(loss.detach())
+        if self.trainer.world_size > 1:
+            bad = self.all_gather(bad).any()
+        if not bool(bad):
+            return False
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if nonfinite_policy(self.config) == "stop":
+            raise NonFiniteLossError(f"{where}: the loss is {loss.item()}; training stopped (set "
+                                     f"trainer.on_nonfinite_loss=skip to skip such steps, or lower optim.lr)")
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(f"{where}: the loss is {loss.item()}; step skipped ({self.skipped_steps} so far)")
+        return True
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if len(batch) == 0:

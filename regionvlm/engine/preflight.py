@@ -46,7 +46,12 @@ def missing_weights(model_cfg: dict) -> list[str]:
     out = []
     for name, node in model_cfg.items():
         ref = node.get("pretrained") if isinstance(node, dict) else None
-        if not isinstance(ref, str) or Path(ref).exists() or not _hub_offline():
+        if not isinstance(ref, str) or Path(ref).exists():
+            continue
+        if ref.startswith(("/", ".", "~")) or ref.count("/") > 1:  # a path, not an `owner/name` hub id
+            out.append(f"model.{name}.pretrained: no such folder '{ref}'")
+            continue
+        if not _hub_offline():
             continue
         from huggingface_hub import try_to_load_from_cache
 
@@ -93,8 +98,11 @@ def _check_data(data: dict) -> None:
 def _check_trainer(trainer: dict) -> None:
     import lightning as L
 
+    from regionvlm.engine.module import nonfinite_policy
     from regionvlm.registry import checked_kwargs
 
+    nonfinite_policy({"trainer": trainer})
+    trainer = {k: v for k, v in trainer.items() if k != "on_nonfinite_loss"}
     # engine.trainer.build_trainer sets these (train and eval alike)
     checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False,
                    runtime=dict.fromkeys(("callbacks", "logger")))

@@ -9,25 +9,30 @@ from regionvlm.registry import construct
 
 
 def quiet_lightning() -> None:
-    """Hide Lightning's start-up chatter (hardware summary, tips) and two warnings that are expected here: the
-    Batch dataclass moves itself (`transfer_batch_to_device`), and a pytree deprecation inside Lightning."""
+    """Hide Lightning's start-up chatter (hardware summary, tips) and warnings that are expected here: the Batch
+    dataclass moves itself (`transfer_batch_to_device`), a pytree deprecation inside Lightning, a skipped step."""
     import logging
     import warnings
 
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # a step skipped on purpose (`trainer.on_nonfinite_loss: skip`) says so itself
+    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
 
 
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
-    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument; unknown keys are errors).
-    With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``)."""
+    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument, plus ``on_nonfinite_loss: stop |
+    skip``, see `RegionVLMModule`; unknown keys are errors).
+    With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``), each
+    written to a temporary name and renamed (`atomic_checkpoint_io`)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
     quiet_lightning()
     kwargs = dict(config.get("trainer") or {})
+    kwargs.pop("on_nonfinite_loss", None)  # ours, not Lightning's: read by RegionVLMModule.training_step
     kwargs.update(overrides)
     runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
     if run_dir is not None:
@@ -36,6 +41,10 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
         runtime["callbacks"].append(GenerationSamples(run_dir))
         runtime["default_root_dir"] = str(run_dir)
         runtime["logger"] = CSVLogger(str(run_dir), name="", version="logs")
+        if "plugins" not in kwargs and "deepspeed" not in str(kwargs.get("strategy", "")):  # DeepSpeed saves itself
+            from regionvlm.engine.checkpoint import atomic_checkpoint_io
+
+            kwargs["plugins"] = [atomic_checkpoint_io()]
         runtime["callbacks"].append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
                                                     save_top_k=0 if kwargs.get("limit_val_batches") == 0 else 1,
                                                     monitor=None))

@@ -65,10 +65,24 @@ def score_on_rank_zero(trainer: Any, score: Callable[[], dict[str, float]]) -> d
     return result
 
 
+def finished_rows(path: Path, expected_ids: list[str]) -> list[dict] | None:
+    """The rows of a benchmark's ``predictions.jsonl`` from an earlier run of the same evaluation, when it holds
+    exactly the expected ids in order (it is written whole, atomically: present means complete); else None."""
+    from regionvlm.data.formats import read_jsonl
+
+    if not path.is_file():
+        return None
+    rows = read_jsonl(path)
+    return rows if [str(r.get("id")) for r in rows] == expected_ids else None
+
+
 def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: str | Path,
-             batch_size: int = 8, num_workers: int = 0, gallery: int = 0) -> dict[str, dict[str, float]]:
+             batch_size: int = 8, num_workers: int = 0, gallery: int = 0,
+             resume: bool = False) -> dict[str, dict[str, float]]:
     """Run every benchmark in ``benchmarks`` (``{name: node}``, node = the benchmark's YAML overrides such as
-    ``annotations``, ``images``, ``limit``); write predictions and results under ``out_dir``."""
+    ``annotations``, ``images``, ``limit``); write predictions and results under ``out_dir``. With ``resume``, a
+    benchmark whose predictions a killed run of the same evaluation already wrote is scored from them, not
+    generated again (each benchmark's file is whole or absent, so no row is lost or duplicated)."""
     from regionvlm.evaluation.benchmark import load_benchmark
     from regionvlm.evaluation.reports import results_table, write_gallery
 
@@ -81,12 +95,18 @@ def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: st
         bench = load_benchmark(node.pop("config", name), **node)
         samples = bench.samples()
         by_id = {s["id"]: s for s in samples}
-        rows = generate_rows(module, trainer, samples, batch_size, num_workers)
-        prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
+        bench_dir = out_dir / name
+        done = finished_rows(bench_dir / "predictions.jsonl",
+                             [str(bench.prediction_row(s, "")["id"]) for s in samples]) if resume else None
+        if done is not None:
+            print(f"{name}: predictions of the earlier run reused ({len(done)} rows)")
+            prediction_rows, rows = done, [{"id": s["id"], "text": r["text"]} for s, r in zip(samples, done)]
+        else:
+            rows = generate_rows(module, trainer, samples, batch_size, num_workers)
+            prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
         results[name] = score_on_rank_zero(
             trainer, partial(bench.evaluate, prediction_rows, source=f"{name} predictions"))
-        if trainer.is_global_zero:
-            bench_dir = out_dir / name
+        if trainer.is_global_zero and done is None:
             write_text(bench_dir / "predictions.jsonl",
                        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction_rows))
             if gallery:

@@ -7,6 +7,7 @@ Contract: built with runtime ``vocab_size`` (the tokenizer's length, special tok
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,13 +27,15 @@ class HFCausalLM(nn.Module):
     Options: ``pretrained`` (hub id or local dir) or ``config`` (a dict with ``model_type``, random init);
     ``tokenizer`` (tokenizer path when it differs from ``pretrained``; read by `build_tokenizer`); ``dtype``
     (float32 | bfloat16 | float16; default float32); ``attn_implementation`` (sdpa | eager | flash_attention_2);
-    ``gradient_checkpointing`` (false); ``lora`` (a `LoraSettings` mapping: LoRA adapters through peft).
+    ``gradient_checkpointing`` (false); ``trust_remote_code`` (false: a checkpoint that ships its own Python code is
+    refused unless the config says so); ``lora`` (a `LoraSettings` mapping: LoRA adapters through peft).
     Embeddings are resized to ``vocab_size``; new rows get the mean embedding.
     """
 
     def __init__(self, vocab_size: int, pretrained: str | None = None, config: dict | None = None,
                  tokenizer: str | None = None, dtype: str | None = "float32", attn_implementation: str = "sdpa",
-                 gradient_checkpointing: bool = False, lora: Mapping[str, Any] | None = None):
+                 gradient_checkpointing: bool = False, lora: Mapping[str, Any] | None = None,
+                 trust_remote_code: bool = False):
         super().__init__()
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -40,8 +43,10 @@ class HFCausalLM(nn.Module):
             raise ConfigError("model.llm: give exactly one of 'pretrained' (hub id or local dir) or 'config'")
         torch_dtype = _dtype(dtype) or torch.float32
         if pretrained is not None:
-            model, info = AutoModelForCausalLM.from_pretrained(
-                pretrained, dtype=torch_dtype, attn_implementation=attn_implementation, output_loading_info=True)
+            with remote_code_refusal(pretrained):
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    pretrained, dtype=torch_dtype, attn_implementation=attn_implementation, output_loading_info=True,
+                    trust_remote_code=trust_remote_code)
             missing = info.get("missing_keys") or []
             if missing:
                 raise ConfigError(f"model.llm.pretrained: checkpoint '{pretrained}' lacks {len(missing)} weights "
@@ -153,6 +158,18 @@ class LoraSettings:
         return dict(vars(self))
 
 
+@contextlib.contextmanager
+def remote_code_refusal(path: str, what: str = "pretrained"):
+    """transformers' refusal to run a checkpoint's own code (``auto_map``) as a one-line `ConfigError`."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(f"model.llm.{what}: '{path}' ships its own Python code, which is not run unless the "
+                          f"config sets model.llm.trust_remote_code: true (only for code you trust)") from None
+
+
 def build_tokenizer(llm_node: Mapping[str, Any] | Any):
     """The LLM's tokenizer with IMAGE_TOKEN and REGION_TOKEN added as special tokens and a pad token set.
 
@@ -166,7 +183,8 @@ def build_tokenizer(llm_node: Mapping[str, Any] | Any):
     if not path:
         raise ConfigError("model.llm.tokenizer: needed when the LLM has no 'pretrained' path to read it from")
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        with remote_code_refusal(path, "tokenizer"):
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(node.get("trust_remote_code", False)))
     except OSError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from '{path}': {reason}") from exc

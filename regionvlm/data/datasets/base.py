@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
+from regionvlm.data.processing import image_under_root
 from regionvlm.errors import ConfigError, DataError
 from regionvlm.registry import PROMPTS
 
@@ -64,7 +65,10 @@ class RegionDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
 
     def image_path(self, file_name: str) -> str:
-        return str(self.image_root / file_name) if self.image_root else file_name
+        """The image file under ``image_root``; a name leading out of it is a `DataError`."""
+        if not self.image_root:
+            return file_name
+        return image_under_root(self.image_root, file_name, f"{type(self).__name__} (image_root {self.image_root})")
 
     def _limit(self, items: list) -> list:
         return items[: self.max_samples] if self.max_samples else items

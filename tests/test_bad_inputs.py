@@ -1,0 +1,397 @@
+"""The bad-input catalogue (issue 12; the table in docs/errors.md): each case runs the real CLI and must end with
+exit code 2 and one ``error:`` line naming the file and the field or line, with no traceback and no partial
+output left behind. Images that are merely unusual (grayscale, RGBA, 16-bit, palette, EXIF-rotated) must work."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from regionvlm.cli import main
+
+TINY_STAGE1 = "projects/rgpt/tiny/stage1.yaml"
+TINY_EVAL = "projects/rgpt/tiny/eval.yaml"
+IMAGE = "synth_000025.png"   # a validation image of the synthetic set: 128×128 RGB
+
+
+@dataclass
+class Env:
+    """What a case builds its files in and runs against."""
+
+    tmp: Path            # a fresh folder per case
+    data: Path           # the synthetic set (tiny_workspace/data/synth)
+    export: Path         # a random-init tiny export
+    outputs: list[Path] = field(default_factory=list)   # paths that must not exist after the failed run
+
+    def write(self, name: str, text: str | bytes) -> str:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return str(path)
+
+    def output(self, name: str) -> str:
+        path = self.tmp / name
+        self.outputs.append(path)
+        return str(path)
+
+    # -- predict in batch mode: the cheapest path through image decoding, regions, prompts and the collator --
+    def predict_rows(self, rows: list[dict], image_root: str | None = None) -> list[str]:
+        inp = self.write("questions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        return ["predict", "--model", str(self.export), "--input", inp, "--out", self.output("answers.jsonl"),
+                "--image-root", image_root or str(self.data / "images"), "--device", "cpu"]
+
+    # -- score: predictions and annotations, no model --
+    def score(self, predictions: str, annotations: str | None = None) -> list[str]:
+        ann = annotations or str(self.data / "annotations" / "instances_val.json")
+        return ["score", "coco_cls", "--predictions", predictions, "--annotations", ann]
+
+
+def row(image: str = IMAGE, regions: list | None = None, question: str = "<image>\nWhat is <region1>?",
+        id: str = "q1") -> dict:
+    regions = [{"bbox": [10, 10, 30, 30]}] if regions is None else regions
+    return {"id": id, "image": image, "regions": regions, "conversations": [{"from": "human", "value": question}]}
+
+
+def val_predictions(env: Env, edit: Callable[[list[dict]], list] | None = None) -> str:
+    """A complete, valid coco_cls predictions file of the synthetic validation set, optionally edited."""
+    anns = json.loads((env.data / "annotations" / "instances_val.json").read_text())["annotations"]
+    rows: list = [{"id": a["id"], "text": "red circle"} for a in anns if not a.get("iscrowd")]
+    if edit:
+        rows = edit(rows)
+    return env.write("predictions.jsonl", "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def bomb_png() -> bytes:
+    """A 100 000 × 100 000 grayscale PNG header in a ~70-byte file: the shape of a decompression bomb."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def remote_code_model(env: Env) -> str:
+    """A local model folder whose config asks for its own Python code (``auto_map``)."""
+    d = env.tmp / "remote"
+    shutil.copytree("projects/rgpt/tiny/tokenizer", d)
+    (d / "config.json").write_text(json.dumps({"model_type": "evil", "architectures": ["Evil"],
+                                               "auto_map": {"AutoConfig": "evil.EvilConfig",
+                                                            "AutoModelForCausalLM": "evil.Evil"}}))
+    (d / "evil.py").write_text(f"open({str(env.tmp / 'PWNED')!r}, 'w').close()\n")
+    env.outputs.append(env.tmp / "PWNED")
+    return str(d)
+
+
+def checkpoint(env: Env, edit: Callable[[dict], None]) -> str:
+    """A checkpoint shaped like `regionvlm train`'s (config, tokenizer files, state dict) from the tiny export,
+    edited by ``edit``; saved with plain tensors and containers only."""
+    from safetensors.torch import load_file
+
+    from regionvlm.hub import read_export_config
+
+    tok = {p.name: p.read_bytes() for p in env.export.iterdir() if p.name.startswith("tokenizer")}
+    state = {f"model.{k}": v for k, v in load_file(env.export / "model.safetensors").items()}
+    ckpt = {"hyper_parameters": {"config": {"model": read_export_config(env.export)["model"]}},
+            "tokenizer_files": tok, "state_dict": state}
+    edit(ckpt)
+    path = env.tmp / "run.ckpt"
+    torch.save(ckpt, path)
+    return str(path)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this would run",))
+
+
+def _export_copy(env: Env, edit: Callable[[Path], None]) -> str:
+    d = env.tmp / "export"
+    shutil.copytree(env.export, d)
+    edit(d)
+    return str(d)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _other_architecture(d: Path) -> None:
+    import yaml
+
+    card = yaml.safe_load((d / "config.yaml").read_text())
+    card["model"]["projector"] = {"type": "linear"}
+    (d / "config.yaml").write_text(yaml.safe_dump(card))
+
+
+def _finished_eval(env: Env) -> list[str]:
+    out = env.tmp / "eval"
+    out.mkdir()
+    (out / "results.json").write_text("{}\n")
+    return ["eval", TINY_EVAL, "--model", str(env.export), f"eval.out_dir={out}"]
+
+
+def _resumed_out_with_bad_middle_line(env: Env) -> list[str]:
+    argv = env.predict_rows([row(id="a"), row(id="b")])
+    Path(argv[argv.index("--out") + 1]).write_text('{"id": "a", "answer": "x"}\nnot json\n{"id": "b"}\n')
+    env.outputs.clear()   # the file is the user's: it must be left exactly as it was (checked below)
+    env.outputs.append(("unchanged", Path(argv[argv.index("--out") + 1]),
+                        '{"id": "a", "answer": "x"}\nnot json\n{"id": "b"}\n'))
+    return argv
+
+
+# (case id, argv builder, fragments the one error line must contain)
+CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
+    # -- config --
+    ("config-missing-file", lambda e: ["config", str(e.tmp / "nope.yaml")], ["nope.yaml", "no such config"]),
+    ("config-yaml-syntax", lambda e: ["config", e.write("bad.yaml", "seed: 1\nmodel: [a,\n  b: c\n")],
+     ["bad.yaml", "line", "invalid YAML"]),
+    ("config-unknown-key", lambda e: ["config", TINY_STAGE1, "trainer.max_stepz=3"],
+     ["stage1.yaml", "trainer.max_stepz", "max_steps"]),
+    ("config-unknown-model-key", lambda e: ["config", TINY_STAGE1, "model.projektor.type=mlp"],
+     ["stage1.yaml", "model.projektor", "projector"]),
+    ("config-wrong-type-trainer", lambda e: ["config", TINY_STAGE1, "trainer.max_steps=ten"],
+     ["stage1.yaml", "trainer.max_steps", "expected a number", "'ten'"]),
+    ("config-wrong-type-data", lambda e: ["config", TINY_STAGE1, "data.batch_size=[1,2]"],
+     ["stage1.yaml", "data.batch_size", "expected a number"]),
+    ("config-wrong-type-bool", lambda e: ["config", TINY_STAGE1, "model.llm.gradient_checkpointing=often"],
+     ["stage1.yaml", "model.llm.gradient_checkpointing", "expected true or false", "'often'"]),
+    ("config-unknown-name", lambda e: ["config", TINY_STAGE1, "model.projector.type=mlp9"],
+     ["stage1.yaml", "model.projector.type", "no projector named 'mlp9'"]),
+    ("config-unknown-dataset", lambda e: ["config", TINY_STAGE1, "data.train.0.type=coco_instancez"],
+     ["stage1.yaml", "data.train[0].type", "coco_instances"]),
+    ("config-base-cycle", lambda e: (e.write("b.yaml", "_base_: a.yaml\n"),
+                                     ["config", e.write("a.yaml", "_base_: b.yaml\nseed: 1\n")])[1],
+     ["a.yaml", "b.yaml", "_base_ cycle"]),
+    ("config-interpolation-missing", lambda e: ["config", TINY_STAGE1, "seed=${nope.x}"],
+     ["stage1.yaml", "seed", "nope.x"]),
+    ("config-env-unset", lambda e: ["config", TINY_STAGE1, "output.root=${oc.env:REGIONVLM_SURELY_UNSET}"],
+     ["stage1.yaml", "output.root", "REGIONVLM_SURELY_UNSET"]),
+    ("config-nonfinite-policy", lambda e: ["config", TINY_STAGE1, "trainer.on_nonfinite_loss=maybe"],
+     ["stage1.yaml", "trainer.on_nonfinite_loss", "stop, skip"]),
+    ("config-pretrained-missing", lambda e: ["train", TINY_STAGE1, f"model.llm.pretrained={e.tmp}/no_llm",
+                                             f"output.root={e.output('runs')}"],
+     ["stage1.yaml", "model.llm.pretrained", "no such folder", "no_llm"]),
+    ("config-data-file-missing", lambda e: ["train", TINY_STAGE1, f"data.train.0.ann_file={e.tmp}/none.json",
+                                            f"output.root={e.output('runs')}"],
+     ["stage1.yaml", "data.train[0].ann_file", "none.json"]),
+    ("config-trust-remote-code-off", lambda e: ["train", TINY_STAGE1, f"model.llm.pretrained={remote_code_model(e)}",
+                                                "~model.llm.config", "model.llm.tokenizer=null",
+                                                f"output.root={e.tmp}/runs"],
+     ["model.llm", "remote", "trust_remote_code: true"]),
+    # -- data: images --
+    ("image-missing", lambda e: e.predict_rows([row(image="synth_999999.png")]),
+     ["synth_999999.png", "image file not found"]),
+    ("image-truncated", lambda e: e.predict_rows([row(image=e.write(
+        "cut.png", (e.data / "images" / IMAGE).read_bytes()[:300]))]), ["cut.png", "cannot decode image"]),
+    ("image-not-an-image", lambda e: e.predict_rows([row(image=e.write("notes.png", "just text"))]),
+     ["notes.png", "cannot decode image"]),
+    ("image-decompression-bomb", lambda e: e.predict_rows([row(image=e.write("bomb.png", bomb_png()))]),
+     ["bomb.png", "10000000000 pixels", "decompression bomb"]),
+    ("image-over-pixel-limit", lambda e: (setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100),   # restored by a fixture
+                                          e.predict_rows([row()]))[1], [IMAGE, "128×128", "decompression bomb"]),
+    ("image-path-escapes-root", lambda e: e.predict_rows([row(image="../../etc/passwd")]),
+     ["questions.jsonl:1", "'../../etc/passwd'", "leads out of the image root"]),
+    # -- data: regions and prompts --
+    ("region-index-beyond-regions", lambda e: e.predict_rows([row(
+        regions=[{"bbox": [1, 1, 5, 5]}, {"bbox": [3, 3, 9, 9]}], question="<image>\nIs <region3> red?")]),
+     ["q1", "<region3>", "2 regions"]),
+    ("box-outside-image", lambda e: e.predict_rows([row(regions=[{"bbox": [500, 500, 20, 20]}])]),
+     ["questions.jsonl:1", "regions[0]", "outside the image"]),
+    ("box-negative-size", lambda e: e.predict_rows([row(regions=[{"bbox": [5, 5, -3, 4]}])]),
+     ["questions.jsonl:1", "regions[0]", "negative area"]),
+    ("box-zero-size", lambda e: e.predict_rows([row(regions=[{"bbox": [5, 5, 0, 4]}])]),
+     ["questions.jsonl:1", "regions[0]", "zero or negative area"]),
+    ("polygon-two-points", lambda e: e.predict_rows([row(regions=[{"segmentation": [[1, 1, 5, 5]]}])]),
+     ["questions.jsonl:1", "regions[0]", "2 points, needs at least 3"]),
+    ("polygon-zero-area", lambda e: e.predict_rows([row(regions=[{"segmentation": [[1, 1, 5, 5, 9, 9]]}])]),
+     ["questions.jsonl:1", "regions[0]", "zero area"]),
+    ("rle-size-mismatch", lambda e: e.predict_rows([row(regions=[{"rle": {"size": [10, 10], "counts": [100]}}])]),
+     ["questions.jsonl:1", "regions[0].size", "[10, 10]", "[128, 128]"]),
+    ("rle-empty-mask", lambda e: e.predict_rows([row(regions=[{"rle": {"size": [128, 128], "counts": [16384]}}])]),
+     ["questions.jsonl:1", "regions[0]", "empty"]),
+    ("conversation-too-long", lambda e: e.predict_rows([row(question="<image>\n<region1> " + "word " * 400)]),
+     ["max_length=200"]),
+    ("input-row-missing-field", lambda e: e.predict_rows([{"id": "q1", "conversations": []}]),
+     ["questions.jsonl:1", "'image'"]),
+    ("input-duplicate-id", lambda e: e.predict_rows([row(), row()]), ["questions.jsonl", "duplicate id 'q1'"]),
+    ("input-no-question", lambda e: e.predict_rows([{**row(), "conversations": [{"from": "gpt", "value": "x"}]}]),
+     ["questions.jsonl:1", "no human turn"]),
+    ("input-invalid-json", lambda e: ["predict", "--model", str(e.export), "--input", e.write("q.jsonl", "{\"id\": 1\n"),
+                                      "--out", e.output("a.jsonl")], ["q.jsonl", "line 1", "invalid JSON"]),
+    ("resume-malformed-middle-line", _resumed_out_with_bad_middle_line, ["answers.jsonl", "line 2", "not valid JSON"]),
+    # -- annotations given to score --
+    ("annotation-missing-field", lambda e: e.score(val_predictions(e), e.write("ann.json", json.dumps(
+        {"images": [{"id": 1, "file_name": "x.png", "width": 9, "height": 9}], "categories": [{"id": 1, "name": "a"}],
+         "annotations": [{"id": 1, "image_id": 1, "category_id": 1}]}))),
+     ["ann.json", "annotations[0]", "neither 'segmentation' nor 'bbox'"]),
+    ("annotation-unknown-image", lambda e: e.score(val_predictions(e), e.write("ann.json", json.dumps(
+        {"images": [], "categories": [{"id": 1, "name": "a"}],
+         "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [0, 0, 2, 2]}]}))),
+     ["ann.json", "annotations[0].image_id", "unknown image id 7"]),
+    ("annotation-invalid-json", lambda e: e.score(val_predictions(e), e.write("ann.json", '{"images": [\n')),
+     ["ann.json", "line 2", "invalid JSON"]),
+    # -- predictions given to score --
+    ("predictions-truncated-line", lambda e: e.score(val_predictions(e, lambda r: r[:-1] + ['{"id": 1, "te'])),
+     ["predictions.jsonl", "line 48", "invalid JSON"]),
+    ("predictions-duplicate-id", lambda e: e.score(val_predictions(e, lambda r: r + r[:1])),
+     ["predictions.jsonl", "line 49", "duplicate id", "first at line 1"]),
+    ("predictions-unknown-id", lambda e: e.score(val_predictions(e, lambda r: r + [{"id": 999999, "text": "x"}])),
+     ["predictions.jsonl", "line 49", "unknown id '999999'"]),
+    ("predictions-missing-field", lambda e: e.score(val_predictions(e, lambda r: [{"id": r[0]["id"]}] + r[1:])),
+     ["predictions.jsonl", "line 1", "missing field 'text'"]),
+    ("predictions-wrong-type", lambda e: e.score(val_predictions(e, lambda r: [{**r[0], "text": 5}] + r[1:])),
+     ["predictions.jsonl", "line 1", "'text' must be a string"]),
+    ("predictions-incomplete", lambda e: e.score(val_predictions(e, lambda r: r[1:])),
+     ["predictions.jsonl", "missing predictions for 1 of 48", "--allow-partial"]),
+    ("predictions-file-missing", lambda e: e.score(str(e.tmp / "none.jsonl")), ["none.jsonl", "file not found"]),
+    # -- checkpoints and exports --
+    ("export-truncated-weights", lambda e: ["predict", "--model", _export_copy(
+        e, lambda d: _truncate(d / "model.safetensors")), "--image", str(e.data / "images" / IMAGE),
+        "--region", "box:1,1,9,9", "--prompt", "<region1>?", "--viz", e.output("pic.png")],
+     ["model.safetensors", "truncated or not a safetensors file"]),
+    ("export-other-architecture", lambda e: ["predict", "--model", _export_copy(e, _other_architecture),
+                                             "--image", str(e.data / "images" / IMAGE), "--region", "box:1,1,9,9",
+                                             "--prompt", "<region1>?", "--viz", e.output("pic.png")],
+     ["model.safetensors", "projector"]),
+    ("export-missing", lambda e: ["predict", "--model", str(e.tmp / "nothing"), "--image", str(e.data / "images" / IMAGE),
+                                  "--region", "box:1,1,9,9", "--prompt", "<region1>?"], ["nothing", "not a regionvlm export"]),
+    ("checkpoint-runs-code", lambda e: (torch.save({"state_dict": {}, "x": RunsCode()}, e.tmp / "evil.ckpt"),
+                                        ["export", str(e.tmp / "evil.ckpt"), "--out", e.output("exp")])[1],
+     ["evil.ckpt", "refused", "weights_only", "posix.system"]),
+    ("checkpoint-truncated", lambda e: ["export", e.write("cut.ckpt", Path(checkpoint(e, lambda c: None)).read_bytes()[:4000]),
+                                        "--out", e.output("exp")], ["cut.ckpt", "truncated or not a PyTorch checkpoint"]),
+    ("checkpoint-other-architecture", lambda e: ["export", checkpoint(e, lambda c: c["state_dict"].update(
+        {"model.projector.extra.weight": torch.zeros(2)})), "--out", e.output("exp")],
+     ["run.ckpt", "unexpected", "model.projector.extra.weight".removeprefix("model.")]),
+    ("checkpoint-missing-weights", lambda e: ["export", checkpoint(e, lambda c: c["state_dict"].pop(
+        next(k for k in c["state_dict"] if "projector" in k))), "--out", e.output("exp")], ["run.ckpt", "missing", "projector"]),
+    ("checkpoint-not-regionvlm", lambda e: (torch.save({"state_dict": {}}, e.tmp / "other.ckpt"),
+                                            ["export", str(e.tmp / "other.ckpt"), "--out", e.output("exp")])[1],
+     ["other.ckpt", "not a regionvlm training checkpoint"]),
+    # -- command line --
+    ("cli-region-malformed", lambda e: ["predict", "--model", str(e.export), "--image", str(e.data / "images" / IMAGE),
+                                        "--region", "box:1,2,3", "--prompt", "<region1>?"], ["--region[0]", "box:1,2,3"]),
+    ("cli-region-unknown-kind", lambda e: ["predict", "--model", str(e.export), "--image", str(e.data / "images" / IMAGE),
+                                           "--region", "circle:5", "--prompt", "<region1>?"], ["--region[0]", "circle:5"]),
+    ("cli-region-mask-missing", lambda e: ["predict", "--model", str(e.export), "--image", str(e.data / "images" / IMAGE),
+                                           "--region", f"mask:{e.tmp}/m.png", "--prompt", "<region1>?"],
+     ["--region[0]", "m.png"]),
+    ("cli-image-missing", lambda e: ["predict", "--model", str(e.export), "--image", str(e.tmp / "x.jpg"),
+                                     "--region", "box:1,1,9,9", "--prompt", "<region1>?"], ["--image", "x.jpg"]),
+    ("cli-export-out-not-empty", lambda e: (e.write("exp/keep.txt", "mine"),
+                                            ["export", e.write("any.ckpt", b""), "--out", str(e.tmp / "exp")])[1],
+     ["exp", "not empty", "--overwrite"]),
+    ("cli-eval-out-holds-results", _finished_eval, ["eval", "results of an earlier evaluation", "--overwrite"]),
+    ("cli-train-run-dir-exists", lambda e: ((e.tmp / "runs" / "r" / "checkpoints").mkdir(parents=True),
+                                            ["train", TINY_STAGE1, f"output.root={e.tmp}/runs", "output.name=r"])[1],
+     ["runs/r", "run directory exists", "--resume last", "--overwrite"]),
+    ("cli-resume-missing", lambda e: ["train", TINY_STAGE1, f"output.root={e.tmp}/runs", "--resume", "last"],
+     ["--resume", "last.ckpt"]),
+]
+
+
+@pytest.fixture(scope="module")
+def env_base(tiny_workspace, tiny_export):
+    return tiny_workspace / "data" / "synth", tiny_export[3]
+
+
+def test_the_catalogue_has_at_least_forty_cases():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("name", "build", "fragments"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(name, build, fragments, env_base, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # a case may lower it
+    data, export = env_base
+    env = Env(tmp=tmp_path, data=data, export=export)
+    argv = build(env)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2, err
+    assert len(errors) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    for out in env.outputs:
+        if isinstance(out, tuple):   # ("unchanged", path, text)
+            assert out[1].read_text() == out[2]
+        else:
+            assert not out.exists(), f"{out} left behind"
+    leftovers = [p for p in tmp_path.rglob("*.tmp")]
+    assert not leftovers, leftovers
+
+
+# -- images that must work --------------------------------------------------------------------------------------
+def _unusual_images(src: Path, folder: Path) -> dict[str, tuple[str, np.ndarray]]:
+    """name → (file, the RGB pixels a viewer shows); each made from the same synthetic image."""
+    rgb = np.asarray(Image.open(src).convert("RGB"))
+    gray = np.asarray(Image.open(src).convert("L"))
+    files = {}
+    Image.fromarray(gray).save(folder / "gray.png")
+    files["grayscale"] = ("gray.png", np.repeat(gray[:, :, None], 3, axis=2))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(folder / "gray16.png")   # 16-bit: 0..65535
+    files["16-bit"] = ("gray16.png", np.repeat(gray[:, :, None], 3, axis=2))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rgba[:8, :8, 3] = 0                           # a transparent corner shows as white
+    Image.fromarray(rgba).save(folder / "rgba.png")
+    shown = rgb.copy()
+    shown[:8, :8] = 255
+    files["RGBA"] = ("rgba.png", shown)
+    pal = Image.fromarray(rgb).quantize(colors=64)
+    pal.save(folder / "palette.png")
+    files["palette"] = ("palette.png", np.asarray(pal.convert("RGB")))
+    wide = np.ascontiguousarray(rgb[:, :96])     # 128 high × 96 wide, stored rotated with EXIF orientation 6
+    stored = Image.fromarray(np.rot90(wide, k=1))  # what a camera writes: pixels sideways + "rotate 90° CW"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(folder / "exif.png", exif=exif)
+    files["EXIF-rotated"] = ("exif.png", wide)
+    return files
+
+
+def test_unusual_images_decode_to_what_a_viewer_shows(env_base, tmp_path):
+    from regionvlm.data.processing import load_image
+
+    data, _ = env_base
+    for kind, (name, expected) in _unusual_images(data / "images" / IMAGE, tmp_path).items():
+        got = np.asarray(load_image(tmp_path / name))
+        assert got.shape == expected.shape and got.dtype == np.uint8, kind
+        assert np.abs(got.astype(int) - expected).max() <= 1, kind
+
+
+def test_unusual_images_work_through_predict(env_base, tmp_path, capsys):
+    data, export = env_base
+    files = _unusual_images(data / "images" / IMAGE, tmp_path)
+    rows = [row(image=name, id=kind) for kind, (name, _) in files.items()]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "a.jsonl"
+    assert main(["predict", "--model", str(export), "--input", str(tmp_path / "q.jsonl"), "--out", str(out),
+                 "--image-root", str(tmp_path), "--device", "cpu"]) == 0, capsys.readouterr().err
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in answers] == list(files) and all(isinstance(a["answer"], str) for a in answers)
+
+
+def test_dataset_image_paths_stay_under_their_root(env_base, tmp_path):
+    from regionvlm.errors import DataError
+    from regionvlm.registry import DATASETS
+
+    data, _ = env_base
+    ann = tmp_path / "conv.json"
+    ann.write_text(json.dumps([{"id": "x", "image": "../secret.png",
+                                "conversations": [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "a"}]}]))
+    ds = DATASETS.build({"type": "llava", "path": str(ann), "image_root": str(data / "images")})
+    with pytest.raises(DataError, match="leads out of the image root"):
+        ds[0]

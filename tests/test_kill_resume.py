@@ -1,0 +1,188 @@
+"""Killed jobs (issue 12): `train`, `eval` and batch `predict` run as real subprocesses, are killed with SIGKILL,
+and rerun; the result equals an uninterrupted run's (same weights, same rows, none lost or duplicated). And a
+NaN/inf loss is never trained on: it stops training with a clear message, or the step is skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from regionvlm.cli import main
+
+TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
+# 8 training samples in batches of 4: an epoch is 2 steps and ends with a validation and a checkpoint
+EPOCHS = ["data.train.0.max_samples=8", "data.batch_size=4", "data.num_workers=0", "trainer.limit_val_batches=1",
+          "data.val.0.max_samples=2", "trainer.log_every_n_steps=1", "generation.max_new_tokens=2"]
+
+
+def cli(*args: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "regionvlm.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled); fails if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()[0][-2000:]}"
+        assert time.monotonic() < deadline, "timed out waiting for the moment to kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def env(tiny_workspace):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:  # not there yet, or being renamed into place
+        return -1
+
+
+def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(env, tmp_path):
+    from safetensors.torch import load_file
+
+    common = [str(TINY / "stage1.yaml"), *EPOCHS, "trainer.max_steps=6", f"output.root={tmp_path}"]
+    finish(cli("train", *common, "output.name=whole", env=env))
+    # killed right after the first epoch's checkpoint (an epoch boundary: the sampler's position is its epoch)
+    killed = cli("train", *common, "output.name=cut", env=env)
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    kill_when(killed, lambda: last.is_file() and _checkpoint_step(last) >= 2)
+    assert not (tmp_path / "cut" / "export").exists()
+    finish(cli("train", *common, "output.name=cut", "--resume", "last", env=env))
+    whole = load_file(tmp_path / "whole" / "export" / "model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "export" / "model.safetensors")
+    assert whole.keys() == resumed.keys()
+    different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
+    assert not different, different[:5]
+    assert _checkpoint_step(tmp_path / "cut" / "checkpoints" / "last.ckpt") == 6
+
+
+def _questions(tmp_path: Path, n: int) -> Path:
+    rows = [{"id": f"q{i}", "image": f"synth_{25 + i % 12:06d}.png", "regions": [{"bbox": [i, i, 40 + i, 40 + i]}],
+             "conversations": [{"from": "human", "value": "<image>\nWhat is <region1>?"}]} for i in range(n)]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_predict_killed_mid_file_resumes_without_losing_or_duplicating_a_row(env, tiny_workspace, tiny_export,
+                                                                              tmp_path):
+    questions = _questions(tmp_path, 24)
+    args = ["predict", "--model", str(tiny_export[3]), "--input", str(questions), "--batch-size", "1",
+            "--image-root", str(tiny_workspace / "data" / "synth" / "images"), "--max-new-tokens", "4",
+            "--device", "cpu"]
+    finish(cli(*args, "--out", str(tmp_path / "whole.jsonl"), env=env))
+    out = tmp_path / "cut.jsonl"
+    kill_when(cli(*args, "--out", str(out), env=env),
+              lambda: out.is_file() and out.read_text().count("\n") >= 3)
+    done_before = out.read_text().count("\n")
+    assert done_before < 24
+    with out.open("a") as f:
+        f.write('{"id": "q2')  # and a torn last line, as a kill in the middle of a write leaves
+    log = finish(cli(*args, "--out", str(out), env=env))
+    assert f"{done_before} already done" in log
+    whole = [json.loads(line) for line in (tmp_path / "whole.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in resumed) == sorted(r["id"] for r in whole) and len(resumed) == 24
+    assert {r["id"]: r["answer"] for r in resumed} == {r["id"]: r["answer"] for r in whole}
+
+
+def test_eval_killed_between_benchmarks_resumes_without_losing_or_duplicating_a_row(env, tiny_workspace, tiny_export,
+                                                                                     tmp_path):
+    benchmarks = ["pope", "coco_cls", "dlc"]
+    drop = [f"~eval.benchmarks.{b}" for b in ("refcocog_caption", "refcocog_rec", "vg_caption", "spatial")]
+    args = ["eval", str(TINY / "eval.yaml"), "--model", str(tiny_export[3]), *drop,
+            *[f"eval.benchmarks.{b}.limit=12" for b in benchmarks], "eval.batch_size=2", "eval.num_workers=0",
+            "generation.max_new_tokens=2", "eval.gallery=0", "trainer.enable_progress_bar=false"]
+    finish(cli(*args, f"eval.out_dir={tmp_path / 'whole'}", env=env))
+    cut = tmp_path / "cut"
+    kill_when(cli(*args, f"eval.out_dir={cut}", env=env), lambda: (cut / "pope" / "predictions.jsonl").is_file())
+    assert not (cut / "results.json").exists()
+    log = finish(cli(*args, f"eval.out_dir={cut}", env=env))
+    assert "pope: predictions of the earlier run reused (12 rows)" in log
+    for b in benchmarks:
+        assert (cut / b / "predictions.jsonl").read_text() == (tmp_path / "whole" / b / "predictions.jsonl").read_text()
+    assert json.loads((cut / "results.json").read_text()) == json.loads((tmp_path / "whole" / "results.json").read_text())
+    # finished: a third run is refused rather than silently redone or mixed
+    rerun = subprocess.run([sys.executable, "-m", "regionvlm.cli", *args, f"eval.out_dir={cut}"], env=env,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 2 and "--overwrite" in rerun.stderr
+
+
+# -- NaN / inf loss ---------------------------------------------------------------------------------------------
+NAN_RUN = [str(TINY / "stage1.yaml"), "data.train.0.max_samples=12", "data.batch_size=4", "data.num_workers=0",
+           "trainer.limit_val_batches=0", "trainer.max_epochs=1", "trainer.max_steps=-1", "trainer.log_every_n_steps=1"]
+
+
+def inject_nan(monkeypatch, calls: set[int]) -> dict:
+    """Make the training loss NaN at the given (0-based) forward calls; record the trainable weights when training
+    starts."""
+    from regionvlm.engine.module import RegionVLMModule
+    from regionvlm.model import RegionVLM
+
+    forward, seen = RegionVLM.forward, {"calls": 0}
+
+    def poisoned(self, batch, *a, **kw):
+        out = forward(self, batch, *a, **kw)
+        if self.training:
+            if seen["calls"] in calls:
+                out["loss"] = out["loss"] * float("nan")
+            seen["calls"] += 1
+        return out
+
+    def snapshot(self):
+        seen["start"] = {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+
+    monkeypatch.setattr(RegionVLM, "forward", poisoned)
+    monkeypatch.setattr(RegionVLMModule, "on_train_start", snapshot)
+    return seen
+
+
+def test_nan_loss_stops_training_with_a_clear_message(tiny_workspace, tmp_path, monkeypatch, capsys):
+    inject_nan(monkeypatch, {1})
+    assert main(["train", *NAN_RUN, f"output.root={tmp_path}", "output.name=r"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: epoch 0, step 1: the loss is nan; training stopped")
+    assert "trainer.on_nonfinite_loss=skip" in err
+    assert not (tmp_path / "r" / "export").exists()
+
+
+def test_nan_loss_steps_are_skipped_when_asked(tiny_workspace, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    seen = inject_nan(monkeypatch, {0, 1, 2})   # every step of the epoch
+    assert main(["train", *NAN_RUN, "trainer.on_nonfinite_loss=skip", f"output.root={tmp_path}",
+                 "output.name=all"]) == 0
+    weights = load_file(tmp_path / "all" / "export" / "model.safetensors")
+    assert seen["start"] and all(torch.equal(weights[k], v) for k, v in seen["start"].items())  # never stepped
+
+    seen = inject_nan(monkeypatch, {1})          # one step of three
+    assert main(["train", *NAN_RUN, "trainer.on_nonfinite_loss=skip", f"output.root={tmp_path}",
+                 "output.name=one"]) == 0
+    weights = load_file(tmp_path / "one" / "export" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert any(not torch.equal(weights[k], v) for k, v in seen["start"].items())
+    log = (tmp_path / "one" / "logs" / "metrics.csv").read_text().splitlines()
+    column = log[0].split(",").index("train/skipped_steps")
+    assert {r.split(",")[column] for r in log[1:] if r.split(",")[column]} == {"1.0"}
