@@ -144,8 +144,15 @@ def test_two_processes_give_the_single_process_output(reference, tmp_path):
 def tiny_llava(tmp_path_factory):
     """A random LLaVA (CLIP tower + 2-layer LLaMA, hidden 32) and its processor, saved with save_pretrained."""
     import torch
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tok = AutoTokenizer.from_pretrained(TINY / "tokenizer")
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
