@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "parameters, memory per GPU and FLOPs of a training config, before it runs"),
     "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),
     "data": ("data", "bundled synthetic data set and offline tokenizer"),
+    "datagen": ("datagen", "generate region captions for annotated images (RGPT's pipeline), resumable, sharded"),
 }
 
 

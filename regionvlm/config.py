@@ -67,6 +67,7 @@ class RootConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: dict[str, Any] = field(default_factory=dict)
+    datagen: dict[str, Any] = field(default_factory=dict)  # `regionvlm datagen` (regionvlm.datagen.settings)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -64,9 +64,18 @@ class Head(Protocol):
     forward: Callable[..., Any]
 
 
+class Captioner(Protocol):
+    """``regionvlm datagen``'s captioner: ``caption(requests) → one string per request``, where a request is
+    ``{"image": PIL image, "prompt": str, "regions": Regions | None (in the image's frame), "stage": "global" |
+    "region", "class_name": str | None, "global_caption": str | None}``; an optional ``to(device)`` moves it."""
+
+    caption: Callable[..., Any]
+
+
 #: registry kind → the contract its built components must meet
 CONTRACTS: dict[str, type] = {"vision_encoder": VisionEncoder, "feature_refiner": FeatureRefiner,
-                              "region_extractor": RegionExtractor, "projector": Projector, "llm": LLM, "head": Head}
+                              "region_extractor": RegionExtractor, "projector": Projector, "llm": LLM, "head": Head,
+                              "captioner": Captioner}
 
 #: ``model:`` node key → registry kind of the component it names
 MODEL_COMPONENTS: dict[str, str] = {"vision_encoder": "vision_encoder", "feature_refiner": "feature_refiner",

@@ -299,11 +299,12 @@ DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
 BENCHMARKS = Registry("benchmark", ("regionvlm.benchmarks",))
 JUDGES = Registry("judge", ("regionvlm.evaluation.judges",))
 OPTIMIZERS = Registry("optimizer", ("regionvlm.engine.optim",))  # torch.optim's by name; plugins add their own
+CAPTIONERS = Registry("captioner", ("regionvlm.datagen.captioners",), CONTRACTS["captioner"])  # regionvlm datagen
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r
     for r in (VISION_ENCODERS, FEATURE_REFINERS, REGION_EXTRACTORS, PROJECTORS, LLMS, HEADS, PROMPTS,
-              DATASETS, BENCHMARKS, JUDGES, OPTIMIZERS)
+              DATASETS, BENCHMARKS, JUDGES, OPTIMIZERS, CAPTIONERS)
 }
 
 
