@@ -199,13 +199,15 @@ class YesNoPrompt(TaskPrompt):
 @PROMPTS.register("spatial_qa")
 class SpatialQAPrompt(YesNoPrompt):
     """Free-form spatial question about regions (SpatialRGPT-Bench): the question as given plus a scope that
-    depends on its kind — ``predicate`` (yes/no), ``choice`` (Region [x]) or ``quantitative`` (number + unit)."""
+    depends on its kind — ``predicate`` (yes/no), ``choice`` (Region [x]), ``quantitative`` (number + unit) or
+    ``direction`` (clock position). These suffixes are ours: SpatialRGPT-Bench asks its questions bare."""
 
     task = "spatial_qa"
     guidances: ClassVar[dict[str, str]] = {
         "predicate": "Answer the question with yes or no.",
         "choice": "Answer the question using the template Region [x].",
         "quantitative": "Answer the question with a number and a unit.",
+        "direction": "Answer the question with a clock direction.",
     }
 
     def __init__(self, guidances: dict[str, str] | None = None, **kw: Any):
