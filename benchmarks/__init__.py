@@ -4,4 +4,13 @@ Importing this package registers every benchmark in `regionvlm.registry.BENCHMAR
 first lookup, so nothing here runs at ``import regionvlm``.
 """
 
-from regionvlm.benchmarks import coco_cls, dlc, pope, refcocog_caption, refcocog_rec, spatial, vg_caption  # noqa: F401
+from regionvlm.benchmarks import (  # noqa: F401
+    coco_cls,
+    dlc,
+    osprey_cls,
+    pope,
+    refcocog_caption,
+    refcocog_rec,
+    spatial,
+    vg_caption,
+)

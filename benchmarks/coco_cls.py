@@ -1,9 +1,13 @@
 """``coco_cls``: region classification on COCO instances (one question per annotation).
 
-Metrics (×100): ``accuracy`` (exact match after `normalize_label`), Osprey's ``semantic_similarity`` and
-``semantic_iou`` (all-MiniLM-L6-v2), and ``mAP``/``AP50`` from pycocotools ``COCOeval`` with each GT region
-submitted with the predicted class and score 1 (SpatialRGPT's ``eval_coco_obo.py``). Answers that name no
-category are left out of the mAP submission, as in the reference, and counted in ``unmatched``.
+Metrics (×100): ``accuracy``, Osprey's ``semantic_similarity`` and ``semantic_iou`` (all-MiniLM-L6-v2), and
+``mAP``/``AP50`` from pycocotools ``COCOeval`` with each GT region submitted with the predicted class and score 1
+(SpatialRGPT's ``eval_coco_obo.py``, the protocol of RGPT's published 80.61). ``protocol: reference`` (default)
+reads answers as that script does: accuracy = stripped answer ``==`` lower-cased name; mAP maps
+``answer.split(",")[0].lower()`` to a category. ``protocol: lenient`` compares `normalize_label` forms (plurals,
+articles, punctuation forgiven). The other protocol's numbers are added under ``lenient/``/``reference/`` when
+they differ, so a report shows both. Answers that name no category are left out of the mAP submission, as in
+the reference, and counted in ``unmatched``.
 """
 
 from __future__ import annotations
@@ -12,11 +16,25 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from regionvlm.data.datasets import check_region_kind
+from regionvlm.errors import ConfigError
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.coco_map import coco_region_map
 from regionvlm.evaluation.labels import exact_match_accuracy, normalize_label
 from regionvlm.evaluation.semantic import semantic_scores
 from regionvlm.registry import BENCHMARKS
+
+PROTOCOLS = ("reference", "lenient")
+
+
+def category_lookup(inst, protocol: str):
+    """``answer → category id or None`` as each protocol maps an answer for mAP: ``reference``: the part before
+    the first comma, lower-cased, against names with ``_`` → space, lower-cased (``eval_coco_obo.py``);
+    ``lenient``: the same part against names, both through `normalize_label`."""
+    if protocol == "reference":
+        table = {c["name"].replace("_", " ").lower(): cid for cid, c in inst.cats.items()}
+        return lambda text: table.get(text.split(",")[0].lower())
+    table = {normalize_label(c["name"]): cid for cid, c in inst.cats.items()}
+    return lambda text: table.get(normalize_label(text.split(",")[0]))
 
 
 @BENCHMARKS.register("coco_cls")
@@ -30,8 +48,12 @@ class CocoClassification(Benchmark):
 
     def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, region: str = "mask", semantic: bool = True,
-                 semantic_model: str | None = None, map_iou_type: str = "bbox", include_crowd: bool = False):
+                 semantic_model: str | None = None, map_iou_type: str = "bbox", include_crowd: bool = False,
+                 protocol: str = "reference"):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"coco_cls: protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
         self.region, self.semantic = check_region_kind(region), semantic
         self.semantic_model = semantic_model
         self.map_iou_type, self.include_crowd = map_iou_type, include_crowd
@@ -48,18 +70,23 @@ class CocoClassification(Benchmark):
         ids = sorted(predictions, key=int)
         answers = [self.postprocess(predictions[i]["text"]) for i in ids]
         names = [inst.category_name(inst.anns[int(i)]) for i in ids]
-        out = {"accuracy": exact_match_accuracy(answers, names)}
+        out: dict[str, float] = {}
         if self.semantic:
             from regionvlm.evaluation.semantic import SentenceEncoder, default_encoder
 
             enc = SentenceEncoder(self.semantic_model) if self.semantic_model else default_encoder()
             out.update(semantic_scores(answers, names, enc))
-        name_to_cat = {normalize_label(c["name"]): cid for cid, c in inst.cats.items()}
-        predicted = {}
-        for i, text in zip(ids, answers):
-            cat = name_to_cat.get(normalize_label(text.split(",")[0]))
-            if cat is not None:
-                predicted[int(i)] = cat
+        by_protocol = {p: self._exact_scores(inst, ids, answers, names, p) for p in PROTOCOLS}
+        out.update(by_protocol[self.protocol])
+        other = next(p for p in PROTOCOLS if p != self.protocol)
+        if by_protocol[other] != by_protocol[self.protocol]:
+            out.update({f"{other}/{k}": v for k, v in by_protocol[other].items()})
+        return out
+
+    def _exact_scores(self, inst, ids, answers, names, protocol: str) -> dict[str, float]:
+        out = {"accuracy": exact_match_accuracy(answers, names, protocol=protocol)}
+        lookup = category_lookup(inst, protocol)
+        predicted = {int(i): cat for i, text in zip(ids, answers) if (cat := lookup(text)) is not None}
         out.update(coco_region_map(inst, predicted, iou_type=self.map_iou_type))
         out["unmatched"] = len(ids) - len(predicted)
         return out

@@ -1,21 +1,22 @@
-"""``dlc``: DLC-Bench-style detailed localized captioning, scored by attribute questions about each region.
+"""``dlc``: DLC-Bench (Describe Anything), detailed localized captions scored by a judge's answers.
 
-File format (JSON lines, one region each; documented in docs/benchmarks.md)::
+Reference: DAM ``evaluation/eval_model_outputs.py``. ``annotations`` = the official ``annotations.json``
+(COCO format: images, one region per annotation), ``qa.json`` (``{ann_id: [{"question", "choices":
+[[text, score], ...], "type": "positive"|"negative"}]}``) and ``class_names.json`` (``{ann_id: name}``), read
+as distributed; a row's id is the annotation id. Generation allows 512 new tokens, as DAM's does.
 
-    {"id": 3, "image": "000001.jpg", "regions": [{"bbox": [x, y, w, h]}], "class_name": "red circle",
-     "questions": [{"type": "positive", "question": "What is the colour of the object?",
-                    "choices": [{"text": "red", "score": 1, "keywords": ["red"]},
-                                {"text": "orange", "score": 0.5, "keywords": ["orange"]},
-                                {"text": "another colour", "score": -1, "keywords": ["blue"]},
-                                {"text": "not mentioned", "score": 0, "default": true}]},
-                   {"type": "negative", ...}]}
+Scoring as the reference: a judge that sees only the description answers, per region, a recognition question
+("Is it likely that the object in the description is a <class> or an object of a similar type? ...", plural
+form for plural names) and then each question, every one in DAM's prompt with the choices lettered A–E; the
+reply is read with DAM's ``parse_pred`` rules (`dam_parse_choice`; no match → score 0). The recognition gate:
+when the judge says the description does not recognise the object, every score of the region is capped at 0.
+Per region, Pos./Neg. are the means of its positive/negative question scores; ``pos`` is their mean over
+regions, ``neg`` over regions that have negatives, ``avg`` = (pos + neg)/2 (×100).
 
-As in DLC-Bench, the judge reads only the generated description (never the image) and answers each question
-by picking a choice; the choice's score counts (+1 right, −1 wrong, 0.5 partially right, 0 not mentioned).
-Per region, Pos. and Neg. are the mean scores of its positive and negative questions; the benchmark's
-``pos``/``neg`` are their means over regions (×100) and ``avg`` their average. Without a ``judge:`` the rules
-judge picks the first choice whose ``keywords`` all occur as words in the description, else the ``default``
-choice (score 0 when there is none); with a judge LLM, the choice letter it answers (unparsed → 0, counted).
+``judge: null`` reads the description with rules instead (a named approximation, not the reference): the
+recognition answer is "Yes" when a word of the class name (singular) occurs in the description, and each
+question's choice is `dam_parse_choice` applied to the description itself (the choice it mentions), else the
+choice saying "not mentioned" where there is one.
 """
 
 from __future__ import annotations
@@ -24,74 +25,169 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
+from regionvlm.evaluation.labels import singularize
 from regionvlm.registry import BENCHMARKS
 
-JUDGE_PROMPT = (
-    "Read the description of an object and answer the question about the object by choosing one option. "
-    "Use only the description.\nDescription: {description}\nQuestion: {question}\n{options}\n"
-    "Answer with the letter of one option.\nAnswer:")
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# DAM's judge prompt (eval_model_outputs.py), word for word: the judge's input decides the numbers.
+DAM_JUDGE_PROMPT = """Answer the multiple-choice question based on the text description of an object in an image. You need to follow these rules:
+1. Do not output any reasoning. Do not perform correction. Please output exactly one answer from the choices for each question. Do not repeat the question.
+2. There is no need for exact matching. Please choose the closest option based on the description.
+
+The description is:
+{pred_caption}
+
+From the description above, please answer the following question with one of the choices:
+{question_text_str}
+"""  # noqa: E501
+LETTERS = "abcde"
 
 
-def _has_words(text: str, keyword: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(keyword.lower())}(?![\w-])", text) is not None
+def dam_parse_choice(reply: str, choices: Sequence[str]) -> int | None:
+    """DAM's ``parse_pred``: the choice index a judge's reply names, else None (scored 0).
 
-
-def rules_choice(description: str, choices: Sequence[Mapping]) -> int | None:
-    """Index of the first choice whose keywords all occur in the description, else the default choice."""
-    text = description.lower()
-    for i, c in enumerate(choices):
-        kws = c.get("keywords") or []
-        if kws and all(_has_words(text, k) for k in kws):
+    In order: the reply equals a choice, "<letter>. <choice>" or the letter; exactly one choice occurs in the
+    reply; the reply starts with "<letter>."; several occur: the one starting last (longest on a tie); the reply
+    occurs in choices: the longest such choice; a lone letter (or a letter then a newline)."""
+    pred = reply.strip().lower()
+    if not pred:
+        return None
+    found = []
+    for i, choice in enumerate(choices):
+        c = choice.strip().lower()
+        if c == pred or pred == f"{LETTERS[i]}. {c}" or pred == LETTERS[i]:
             return i
-    return next((i for i, c in enumerate(choices) if c.get("default")), None)
+        if c in pred:
+            found.append((i, pred.index(c), len(c)))
+    if len(found) == 1:
+        return found[0][0]
+    if pred[0] in LETTERS and len(pred) > 1 and pred[1] == ".":
+        return LETTERS.index(pred[0])
+    if found:
+        last = max(pos for _, pos, _ in found)
+        return max((f for f in found if f[1] == last), key=lambda f: f[2])[0]
+    containing = [(i, len(c.strip())) for i, c in enumerate(choices) if pred in c.strip().lower()]
+    if containing:
+        return max(containing, key=lambda x: x[1])[0]
+    if pred[0] in LETTERS and (len(pred) == 1 or pred[1] == "\n"):
+        return LETTERS.index(pred[0])
+    return None
 
 
-def parse_choice_letter(reply: str, n: int) -> int | None:
-    m = re.search(rf"\b([{LETTERS[:n]}])\b", reply.strip())
-    return LETTERS.index(m.group(1)) if m else None
+def is_plural(name: str) -> bool:
+    """Approximates inflect's ``singular_noun(name) is not False`` (DAM's test), with DAM's "bus" exception:
+    the last word is plural when singularising changes it."""
+    if name == "bus":
+        return False
+    last = name.strip().split()[-1].lower() if name.strip() else ""
+    return singularize(last) != last
+
+
+def with_article(name: str) -> str:
+    """inflect's ``a(name)`` for common nouns: "an" before a vowel letter, else "a"."""
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def recognition_question(class_name: str) -> str:
+    if is_plural(class_name):
+        return (f"Is it likely that the objects in the description are {class_name} or objects of a similar type? "
+                "Again, It does not have to be an exact match.")
+    return (f"Is it likely that the object in the description is {with_article(class_name)} or an object of a "
+            "similar type? Again, It does not have to be an exact match.")
+
+
+def judge_prompt(description: str, question: Mapping) -> str:
+    lines = [question["question"]] + [f"{LETTERS[i].upper()}. {c[0]}" for i, c in enumerate(question["choices"])]
+    return DAM_JUDGE_PROMPT.format(pred_caption=description, question_text_str="\n".join(lines).strip())
+
+
+def _words(text: str) -> set[str]:
+    return {singularize(w) for w in re.findall(r"[a-z]+", text.lower())}
 
 
 @BENCHMARKS.register("dlc")
 class DLC(Benchmark):
-    """DLC-Bench-style detailed region captions judged by attribute questions: Pos., Neg., Avg."""
+    """DLC-Bench: detailed region captions judged by multiple-choice questions: Pos., Neg., Avg."""
 
     name = "dlc"
-    annotation_files = "DLC-style question jsonl (docs/benchmarks.md)"
+    id_key = "ann_id"
+    annotation_files = "DLC-Bench annotations.json, qa.json and class_names.json"
+    min_files = max_files = 3
     default_prompt: ClassVar[dict] = {"type": "detailed_caption"}
 
     def __init__(self, annotations, images: str | None = None, prompt: Any = None,
-                 limit: int | None = None, judge: Any = None):
+                 limit: int | None = None, judge: Any = None, max_new_tokens: int = 512):
+        """``max_new_tokens``: generation length for the descriptions (DAM's ``get_model_outputs.py``: 512)."""
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
         self.judge_node = judge
+        self.generation = {"max_new_tokens": max_new_tokens}
 
     def dataset_nodes(self) -> list[dict]:
-        return [{"type": "dlc", "path": self.annotation_paths[0]}]
+        return [{"type": "dlc_bench", "ann_file": self.annotation_paths[0], "qa_file": self.annotation_paths[1]}]
 
     def load_annotations(self) -> dict[str, dict]:
-        return {str(r["id"]): r for r in self.datasets[0].items}
+        from regionvlm.data import formats
+
+        path = self.annotation_paths[2]
+        names = formats.read_json(path)
+        if not isinstance(names, dict):
+            raise DataError(f"{path}: expected an object of class names keyed by annotation id")
+        qa = self.datasets[0].qa
+        out = {}
+        for key in (str(a["id"]) for a in self.datasets[0].items):
+            if not isinstance(names.get(key), str):
+                raise DataError(f"{path}: {key}: missing class name")
+            for j, q in enumerate(qa[key]):
+                if not isinstance(q, dict) or q.get("type") not in ("positive", "negative") or not all(
+                        isinstance(c, list) and len(c) == 2 for c in q.get("choices") or [None]):
+                    raise DataError(f"{self.annotation_paths[1]}: {key}[{j}]: expected type positive|negative "
+                                    "and choices [[text, score], ...]")
+            out[key] = {"class_name": names[key], "questions": qa[key]}
+        return out
+
+    def _replies(self, judge, asked: list[tuple[str, str, dict | None]]) -> list[str]:
+        """One reply per (key, description, question) — question None: the recognition question."""
+        if judge is not None:
+            rows = self.annotations
+            return judge([judge_prompt(desc, q if q is not None else {
+                "question": recognition_question(rows[key]["class_name"]),
+                "choices": [["Yes", "correct"], ["No", "incorrect"]]}) for key, desc, q in asked])
+        out = []
+        for key, desc, q in asked:
+            if q is None:
+                name_words = _words(self.annotations[key]["class_name"])
+                out.append("Yes" if name_words & _words(desc) else "No")
+            else:
+                k = dam_parse_choice(desc, [c[0] for c in q["choices"]])
+                if k is None:   # mentions no choice: the "not mentioned" choice where there is one
+                    k = next((i for i, c in enumerate(q["choices"]) if "not mentioned" in c[0].lower()), None)
+                out.append("" if k is None else q["choices"][k][0])
+        return out
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         rows = annotations or self.annotations
-        asked = [(rows[k], q, self.postprocess(p["text"])) for k, p in sorted(predictions.items())
-                 for q in rows[k]["questions"]]
-        judge = build_judge(self.judge_node)
-        if judge is None:
-            picks = [rules_choice(desc, q["choices"]) for _, q, desc in asked]
-        else:
-            prompts = [JUDGE_PROMPT.format(description=desc, question=q["question"], options="\n".join(
-                f"{LETTERS[i]}. {c.get('text', '')}" for i, c in enumerate(q["choices"]))) for _, q, desc in asked]
-            picks = [parse_choice_letter(reply, len(q["choices"])) for (_, q, _), reply in zip(asked, judge(prompts))]
-        per_region: dict[str, dict[str, list[float]]] = {}
-        unparsed = 0
-        for (row, q, _), pick in zip(asked, picks):
-            unparsed += pick is None
-            s = 0.0 if pick is None else float(q["choices"][pick]["score"])
-            per_region.setdefault(str(row["id"]), {"positive": [], "negative": []})[q["type"]].append(s)
-        pos = [sum(v["positive"]) / len(v["positive"]) for v in per_region.values() if v["positive"]]
-        neg = [sum(v["negative"]) / len(v["negative"]) for v in per_region.values() if v["negative"]]
+        asked = [(k, self.postprocess(p["text"]), q) for k, p in sorted(predictions.items(), key=lambda x: int(x[0]))
+                 for q in [None, *rows[k]["questions"]]]
+        replies = iter(self._replies(build_judge(self.judge_node), asked))
+        pos, neg = [], []
+        unparsed = not_recognised = 0
+        for key in sorted(predictions, key=int):
+            rec = dam_parse_choice(next(replies), ["Yes", "No"])
+            unparsed += rec is None
+            recognised = rec == 0   # an unreadable recognition answer counts as not recognised
+            not_recognised += not recognised
+            scores: dict[str, list[float]] = {"positive": [], "negative": []}
+            for q in rows[key]["questions"]:
+                k = dam_parse_choice(next(replies), [c[0] for c in q["choices"]])
+                unparsed += k is None
+                s = 0.0 if k is None else float(q["choices"][k][1])
+                scores[q["type"]].append(s if recognised else min(0.0, s))
+            if scores["positive"]:
+                pos.append(sum(scores["positive"]) / len(scores["positive"]))
+            if scores["negative"]:
+                neg.append(sum(scores["negative"]) / len(scores["negative"]))
         p = 100.0 * sum(pos) / len(pos) if pos else 0.0
         n = 100.0 * sum(neg) / len(neg) if neg else 0.0
-        return {"pos": p, "neg": n, "avg": (p + n) / 2, "unparsed": unparsed}
+        return {"pos": p, "neg": n, "avg": (p + n) / 2, "not_recognised": not_recognised, "unparsed": unparsed}

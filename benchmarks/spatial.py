@@ -1,118 +1,174 @@
-"""``spatial``: SpatialRGPT-Bench-style region spatial QA (qualitative relations, quantitative sizes/distances).
+"""``spatial``: SpatialRGPT-Bench, ``SpatialRGPT-Bench_v1.json`` read as distributed (``spatialrgpt_bench``).
 
-File format (JSON lines, one question each; documented in docs/benchmarks.md)::
+Reference: SpatialRGPT ``scripts/srgpt/eval/evaluate_spatial_with_gpt4.py``. The model is asked the human turn
+of ``conversations`` (``<mask>`` k → ``<region{k}>``); the answer turn is the ground truth the judge compares
+with; the row id is the question's ``id``. Per question, a reading of the answer:
 
-    {"id": 7, "image": "000001.jpg", "regions": [{"bbox": [x, y, w, h]}, ...],
-     "question": "Is <region1> to the left of <region2>?", "answer": "Yes, ...",
-     "qa_info": {"type": "qualitative", "category": "left_predicate", "label": "yes"}}
+- qualitative: a 0/1 mark; grouped by category as the reference does (tall/short, left/right, below/above,
+  behind/front, big/small, wide/thin) → ``qualitative/<group>`` and ``qualitative_accuracy`` (×100);
+- quantitative lengths (``distance_data``, ``vertical_distance_data``, ``horizontal_distance_data``,
+  ``width_data``, ``height_data``): answer and response in metres; success when 0.75·gt ≤ pred ≤ 1.25·gt →
+  ``quantitative/<name>/success`` (×100) and ``quantitative/<name>/abs_rel`` (mean |gt−pred|/gt over read
+  answers, as the reference's ``compute_errors``);
+- ``direction``: answer and response in clock positions; success when they differ by at most one hour →
+  ``quantitative/direction/success`` and ``quantitative/direction/error_deg`` (mean hours × 30);
+- ``quantitative_success`` over all of them (×100). An answer that cannot be read fails and is counted in
+  ``unparsed`` (the reference's match-fail count); other quantitative categories are skipped, as there.
 
-``label``: "yes"/"no" for ``*_predicate`` questions, the 1-based region number for ``*_choice`` questions;
-quantitative rows carry ``"value"`` (metres) instead. ``<regionK>`` refers to ``regions[K-1]`` (the original
-benchmark writes "Region [K-1]").
-
-Scoring follows SpatialRGPT-Bench's ``evaluate_spatial_with_gpt4.py``: qualitative accuracy; quantitative
-success when 0.75·gt ≤ pred ≤ 1.25·gt, relative error |pred−gt|/(gt+1e-4) averaged over parsed answers only,
-unparsed answers count as failures (``unparsed``). Answers are read by rules (yes/no, "Region [x]", a number
-with a unit) or, with ``judge:``, by a judge LLM using the reference's questions.
+Readers: ``judge:`` a judge LLM asked for the reference's JSON (``your_mark``; ``answer_in_meters`` /
+``response_in_meters``; ``answer_direction`` / ``response_direction``) — the reference uses gpt-4-turbo through
+the OpenAI API (``openai_judge``). ``judge: null``: rules, a named approximation: yes/no polarity of answer and
+response (predicates), the region named (choices: the response's "Region [x]"/``<regionx>`` 1-based as our
+prompts ask, the ground truth's "Region [k]" 0-based as the bench writes it), the first length with a unit,
+the first "N o'clock".
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from regionvlm.data.datasets import question_kind
-from regionvlm.evaluation.answers import parse_region_index, parse_yes_no
+from regionvlm.data.datasets import spatial_kind
+from regionvlm.evaluation.answers import parse_region_index
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
-from regionvlm.evaluation.lengths import parse_length_m, quantitative_success
+from regionvlm.evaluation.lengths import clock_success, parse_clock, parse_length_m, quantitative_success
 from regionvlm.registry import BENCHMARKS
 
-JUDGE_QUALITATIVE = (
-    "You should help me to evaluate the response given the question and the correct answer.\n"
-    "To mark a response, output a single integer: 1 if the response matches the answer, 0 if it does not.\n"
-    "Question: {question}\nAnswer: {answer}\nResponse: {response}\nMark:")
-JUDGE_QUANTITATIVE = (
-    "Convert the length in the response to meters (1 inch = 0.0254 meters, 1 foot = 0.3048 meters, "
-    "1 centimeter = 0.01 meters). Output only the number of meters.\n"
-    "Question: {question}\nResponse: {response}\nMeters:")
+QUALITATIVE_GROUPS = (("short", "tall/short"), ("tall", "tall/short"), ("left", "left/right"),
+                      ("right", "left/right"), ("below", "below/above"), ("above", "below/above"),
+                      ("behind", "behind/front"), ("front", "behind/front"), ("big", "big/small"),
+                      ("small", "big/small"), ("wide", "wide/thin"), ("thin", "wide/thin"))
+QUANTITATIVE_NAMES = {"vertical_distance_data": "vertical_distance", "horizontal_distance_data": "horizontal_distance",
+                      "distance_data": "direct_distance", "width_data": "width", "height_data": "height",
+                      "direction": "direction"}
+_JUDGE_HEAD = ("You should help me to evaluate the response given the question and the correct answer.\n")
+JUDGE_QUALITATIVE = _JUDGE_HEAD + (
+    "To mark a response, you should output a single integer between 0 and 1.\n1 means that the response "
+    "perfectly matches the answer.\n0 means that the response is completely different from the answer.\n"
+    'The output should be in JSON format, e.g. {{"your_mark": 1}}.\n\n'
+    "Question: {question}\nAnswer: {answer}\nResponse: {response}\n")
+JUDGE_DISTANCE = _JUDGE_HEAD + (
+    "You need to convert the distance of the correct answer and response to meters. The conversion factors are "
+    "as follows: 1 inch = 0.0254 meters. 1 foot = 0.3048 meters. 1 centimeter (cm) = 0.01 meters.\nYou should "
+    "output two floats in meters, one for the answer, and one for the response.\nThe output should be in JSON "
+    'format, e.g. {{"answer_in_meters": 1.02, "response_in_meters": 2.17}}.\n\n'
+    "Question: {question}\nAnswer: {answer}\nResponse: {response}\n")
+JUDGE_DIRECTION = _JUDGE_HEAD + (
+    "You need to extract the direction of the correct answer and response.\nYou should output two integers in "
+    "clock directions, one for the answer, and one for the response.\nThe output should be in JSON format, e.g. "
+    '{{"answer_direction": 2, "response_direction": 2}}.\n\n'
+    "Question: {question}\nAnswer: {answer}\nResponse: {response}\n")
+_NEGATIVE = {"no", "not", "incorrect", "isn", "doesn", "aren", "wrong", "false", "neither"}
+
+
+def qualitative_group(category: str) -> str:
+    return next((g for key, g in QUALITATIVE_GROUPS if key in category), category)
+
+
+def polarity(text: str) -> bool:
+    """True unless the text negates ("Incorrect, Region [0] is not ..." → False)."""
+    return not (_NEGATIVE & set(re.findall(r"[a-z]+", text.lower())))
+
+
+def _json_reply(reply: str) -> dict:
+    m = re.search(r"\{.*\}", reply, re.DOTALL)
+    body = m.group() if m else "{" + reply + "}"
+    try:
+        out = json.loads(body)
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 @BENCHMARKS.register("spatial")
 class Spatial(Benchmark):
-    """SpatialRGPT-Bench-style spatial QA: qualitative accuracy, quantitative success and relative error."""
+    """SpatialRGPT-Bench: qualitative accuracy and quantitative success per category, as the reference."""
 
     name = "spatial"
-    annotation_files = "spatial QA jsonl (docs/benchmarks.md)"
+    annotation_files = "SpatialRGPT-Bench_v1.json"
     default_prompt: ClassVar[dict] = {"type": "spatial_qa"}
 
     def __init__(self, annotations, images: str | None = None, prompt: Any = None,
-                 limit: int | None = None, judge: Any = None, per_category: bool = False):
+                 limit: int | None = None, judge: Any = None, region: str = "mask"):
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
-        self.judge_node, self.per_category = judge, per_category
+        self.judge_node, self.region = judge, region
 
     def dataset_nodes(self) -> list[dict]:
-        return [{"type": "spatial_qa", "path": self.annotation_paths[0]}]
+        return [{"type": "spatialrgpt_bench", "path": self.annotation_paths[0], "region": self.region}]
 
     def load_annotations(self) -> dict[str, dict]:
         return {str(r["id"]): r for r in self.datasets[0].items}
 
-    # -- reading answers ----------------------------------------------------------------------------------------
-    def _read_rules(self, row: dict, text: str) -> Any:
-        info, kind = row["qa_info"], question_kind(row["qa_info"])
+    # -- readings: (answer value, response value) or a mark; None = could not be read ------------------------------
+    @staticmethod
+    def _read_rules(row: dict, text: str) -> Any:
+        gt, kind = row["conversations"][1]["value"], spatial_kind(row["qa_info"])
         if kind == "predicate":
-            ans = parse_yes_no(text)
-            return None if ans is None else ans == info["label"]
+            return int(polarity(text) == polarity(gt))
         if kind == "choice":
-            k = parse_region_index(text, len(row["regions"]))
-            return None if k is None else k + 1 == info["label"]
-        return parse_length_m(text)
+            n = max(len(row.get("rle") or row.get("bbox") or []), 1)
+            k, g = parse_region_index(text, n), parse_region_index(gt, n, one_based=False)
+            return None if k is None or g is None else int(k == g)
+        parse = parse_clock if kind == "direction" else parse_length_m
+        a, r = parse(gt), parse(text)
+        return None if a is None or r is None else (a, r)
 
     def _read_judged(self, judge, items: list[tuple[dict, str]]) -> list[Any]:
-        prompts = []
-        for row, text in items:
-            if question_kind(row["qa_info"]) == "quantitative":
-                prompts.append(JUDGE_QUANTITATIVE.format(question=row["question"], response=text))
-            else:
-                prompts.append(JUDGE_QUALITATIVE.format(question=row["question"], answer=row.get("answer", ""),
-                                                        response=text))
-        out = []
+        templates = {"direction": JUDGE_DIRECTION, "quantitative": JUDGE_DISTANCE}
+        prompts = [templates.get(spatial_kind(row["qa_info"]), JUDGE_QUALITATIVE).format(
+            question=row.get("text_q", ""), answer=row["conversations"][1]["value"], response=text)
+            for row, text in items]
+        out: list[Any] = []
         for (row, _), reply in zip(items, judge(prompts)):
-            if question_kind(row["qa_info"]) == "quantitative":
-                m = re.search(r"-?\d+(?:\.\d+)?", reply)
-                out.append(float(m.group()) if m else None)
-            else:
-                m = re.search(r"\b[01]\b", reply)
-                out.append(None if m is None else m.group() == "1")
+            got, kind = _json_reply(reply), spatial_kind(row["qa_info"])
+            keys = {"direction": ("answer_direction", "response_direction"),
+                    "quantitative": ("answer_in_meters", "response_in_meters")}.get(kind)
+            try:
+                if keys is None:
+                    out.append(int(float(got["your_mark"]) > 0))
+                else:
+                    cast = int if kind == "direction" else float
+                    out.append((cast(got[keys[0]]), cast(got[keys[1]])))
+            except (KeyError, TypeError, ValueError):
+                out.append(None)
         return out
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         rows = annotations or self.annotations
         items = [(rows[k], self.postprocess(p["text"])) for k, p in sorted(predictions.items())]
+        items = [(r, t) for r, t in items
+                 if r["qa_info"].get("type") != "quantitative" or r["qa_info"].get("category") in QUANTITATIVE_NAMES]
         judge = build_judge(self.judge_node)
         readings = self._read_judged(judge, items) if judge else [self._read_rules(r, t) for r, t in items]
-        qual, succ, errs = defaultdict(list), defaultdict(list), []
+        qual, succ, errs = defaultdict(list), defaultdict(list), defaultdict(list)
         unparsed = 0
         for (row, _), reading in zip(items, readings):
-            cat = row["qa_info"].get("category", "unknown")
-            if reading is None:
-                unparsed += 1
-            if question_kind(row["qa_info"]) == "quantitative":
-                ok = False
-                if reading is not None:
-                    ok, err = quantitative_success(reading, float(row["qa_info"]["value"]))
-                    errs.append(err)
-                succ[cat].append(ok)
-            else:
-                qual[cat].append(bool(reading))
+            unparsed += reading is None
+            category, kind = row["qa_info"].get("category", ""), spatial_kind(row["qa_info"])
+            if kind in ("predicate", "choice"):
+                qual[qualitative_group(category)].append(bool(reading))
+                continue
+            name = QUANTITATIVE_NAMES[category]
+            ok = False
+            if reading is not None:
+                gt, pred = reading
+                if kind == "direction":
+                    ok, err = clock_success(pred, gt)
+                    errs[name].append(err * 30.0)   # hours → degrees, as the reference prints it
+                else:
+                    ok, _ = quantitative_success(pred, gt)
+                    errs[name].append(abs(gt - pred) / gt if gt else float("inf"))
+            succ[name].append(ok)
         pct = lambda xs: 100.0 * sum(xs) / len(xs) if xs else 0.0
-        all_q = [x for v in qual.values() for x in v]
-        all_s = [x for v in succ.values() for x in v]
-        out = {"qualitative_accuracy": pct(all_q), "quantitative_success": pct(all_s),
-               "quantitative_rel_error": 100.0 * sum(errs) / len(errs) if errs else 0.0, "unparsed": unparsed}
-        if self.per_category:
-            out.update({f"{c}/accuracy": pct(v) for c, v in sorted(qual.items())})
-            out.update({f"{c}/success": pct(v) for c, v in sorted(succ.items())})
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+        out = {"qualitative_accuracy": pct([x for v in qual.values() for x in v]),
+               "quantitative_success": pct([x for v in succ.values() for x in v]), "unparsed": unparsed}
+        out.update({f"qualitative/{g}": pct(v) for g, v in sorted(qual.items())})
+        for name, v in sorted(succ.items()):
+            out[f"quantitative/{name}/success"] = pct(v)
+            out[f"quantitative/{name}/{'error_deg' if name == 'direction' else 'abs_rel'}"] = mean(errs[name])
         return out

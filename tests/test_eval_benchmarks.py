@@ -12,7 +12,8 @@ from regionvlm.evaluation.benchmark import benchmark_yaml, load_benchmark
 from regionvlm.evaluation.predictions import write_predictions
 from regionvlm.registry import BENCHMARKS
 
-NAMES = ["coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc"]
+NAMES = ["coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc", "lvis_cls",
+         "paco_cls"]
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,22 @@ def data(tmp_path_factory):
 
 
 def annotations_for(name, p):
-    return {"coco_cls": [p["instances_val"]], "refcocog_caption": [p["refcocog_refs"], p["refcocog_instances"]],
+    dlc = p["dlc_bench"]
+    return {"coco_cls": [p["instances_val"]], "refcocog_caption": [p["refcocog_captions_val"]],
             "refcocog_rec": [p["refcocog_refs"], p["refcocog_instances"]],
-            "vg_caption": [p["vg_regions"], p["vg_splits"]], "pope": [p["pope_val"]],
-            "spatial": [p["spatial_qa_val"]], "dlc": [p["dlc_qa_val"]]}[name]
+            "vg_caption": [p["vg_test_caption"]], "pope": [p["pope_val"]],
+            "spatial": [p["spatialrgpt_bench"]],
+            "dlc": [dlc / "annotations.json", dlc / "qa.json", dlc / "class_names.json"],
+            "lvis_cls": [p["osprey_val"]], "paco_cls": [p["osprey_val"]]}[name]
 
 
 def bench(name, data, **kw):
     kw.setdefault("images", str(data["images"]))
-    if name == "vg_caption":
+    if name == "vg_caption" and kw.get("format") == "region_descriptions":
         kw.setdefault("split", "val")
+        return load_benchmark(name, annotations=[str(data["vg_regions"]), str(data["vg_splits"])], **kw)
+    if name == "refcocog_caption" and kw.get("per") == "object":
+        return load_benchmark(name, annotations=[str(data["refcocog_refs"]), str(data["refcocog_instances"])], **kw)
     return load_benchmark(name, annotations=[str(a) for a in annotations_for(name, data)], **kw)
 
 
@@ -67,13 +74,20 @@ def dataset_node(name, p):
     refs = {"refs_file": str(p["refcocog_refs"]), "instances_file": str(p["refcocog_instances"]), "split": "val"}
     return {"coco_cls": {"type": "coco_instances", "ann_file": str(p["instances_val"]),
                          "prompt": {"type": "region_classification", "vocabulary": "COCO-80"}},
-            "refcocog_caption": {"type": "refcoco", **refs, "task": "caption", "per": "ref"},
+            "refcocog_caption": {"type": "region_captions", "path": str(p["refcocog_captions_val"])},
             "refcocog_rec": {"type": "refcoco", **refs, "task": "rec"},
-            "vg_caption": {"type": "vg_regions", "regions_file": str(p["vg_regions"]),
-                           "split_file": str(p["vg_splits"]), "split": "val"},
+            "vg_caption": {"type": "region_captions", "path": str(p["vg_test_caption"]), "region": "box"},
             "pope": {"type": "pope", "path": str(p["pope_val"])},
-            "spatial": {"type": "spatial_qa", "path": str(p["spatial_qa_val"])},
-            "dlc": {"type": "dlc", "path": str(p["dlc_qa_val"])}}[name]
+            "spatial": {"type": "spatialrgpt_bench", "path": str(p["spatialrgpt_bench"])},
+            "dlc": {"type": "dlc_bench", "ann_file": str(p["dlc_bench"] / "annotations.json"),
+                    "qa_file": str(p["dlc_bench"] / "qa.json")},
+            "lvis_cls": {"type": "osprey_categories", "path": str(p["osprey_val"]),
+                         "prompt": {"type": "region_classification", "task_guidance": False,
+                                    "phrasings": ["What is the category of {region}? Using only one word or phrase."]}},
+            "paco_cls": {"type": "osprey_categories", "path": str(p["osprey_val"]),
+                         "prompt": {"type": "region_classification", "task_guidance": False,
+                                    "phrasings": ["What is the category of {region}? Using only one word or phrase."]}},
+            }[name]
 
 
 def plain(x):
@@ -123,9 +137,14 @@ def test_prompts_are_the_training_prompts_in_evaluation_phrasing(data):
     assert human(bench("dlc", data).samples()[0]) == \
         "<image>\nDescribe <region1> in detail. Answer the question with a detailed description."
     by_cat = {s["target"]["qa_info"]["category"]: human(s) for s in bench("spatial", data).samples()}
-    assert by_cat["left_predicate"].endswith("? Answer the question with yes or no.")
+    assert by_cat["left_predicate"] == \
+        "<image>\nIs <region1> to the left of <region2>? Answer the question with yes or no."
     assert by_cat["left_choice"].endswith("? Answer the question using the template Region [x].")
     assert by_cat["width_data"].endswith("? Answer the question with a number and a unit.")
+    assert by_cat["direction"] == ("<image>\nIf you are at <region1>, where will you find <region2>? "
+                                   "Answer the question with a clock direction.")
+    assert human(bench("lvis_cls", data).samples()[0]) == \
+        "<image>\nWhat is the category of <region1>? Using only one word or phrase."
     # `vocabulary: categories` lists the benchmark's own category names
     listed = bench("coco_cls", data, prompt={"type": "region_classification", "vocabulary": "categories"})
     assert "one of these category names: red circle," in human(listed.samples()[0])
@@ -148,14 +167,17 @@ def test_literal_prompt_strings(data):
 
 
 def test_vg_caption_image_file_pattern(data):
-    assert bench("vg_caption", data).samples()[0]["image"].endswith(".jpg")   # VG's own {image_id}.jpg
-    for s in bench("vg_caption", data, image_file="synth_{image_id:06d}.png").samples():
+    fmt = {"format": "region_descriptions"}
+    assert bench("vg_caption", data, **fmt).samples()[0]["image"].endswith(".jpg")   # VG's own {image_id}.jpg
+    for s in bench("vg_caption", data, image_file="synth_{image_id:06d}.png", **fmt).samples():
         assert __import__("os").path.exists(s["image"]), s["image"]
 
 
 def test_wrong_annotation_count_is_a_config_error(data):
     with pytest.raises(ConfigError, match="refcocog_caption: annotations: expected 2 file"):
-        load_benchmark("refcocog_caption", annotations=[str(data["refcocog_refs"])])
+        load_benchmark("refcocog_caption", annotations=[str(data["refcocog_refs"])], per="object")
+    with pytest.raises(ConfigError, match="refcocog_caption: annotations: expected 1 file"):
+        load_benchmark("refcocog_caption", annotations=[str(data["refcocog_refs"])] * 2)
 
 
 def _perfect(b, answer):
@@ -163,10 +185,13 @@ def _perfect(b, answer):
 
 
 def test_coco_cls_known_answers_and_identical_paths(data, tmp_path):
-    b = bench("coco_cls", data)
+    b = bench("coco_cls", data, protocol="lenient")
     rows = _perfect(b, lambda s: s["target"]["answer"].upper() + "s.")   # case, plural, punctuation
     got = b.evaluate(rows)
     assert got["accuracy"] == 100 and got["mAP"] == pytest.approx(100) and got["unmatched"] == 0
+    # the reference reading (eval_coco_obo.py: stripped answer == lower-cased name) counts none of them, and
+    # reports under reference/ when the lenient protocol is the default
+    assert got["reference/accuracy"] == 0 and got["reference/unmatched"] == len(rows)
     assert got["semantic_iou"] == pytest.approx(100 * sum(
         len({w for w in (r["text"].lower().replace(".", " ")).split()} & set(s["target"]["answer"].split())) /
         len({w for w in (r["text"].lower().replace(".", " ")).split()} | set(s["target"]["answer"].split()))
@@ -181,7 +206,7 @@ def test_coco_cls_known_answers_and_identical_paths(data, tmp_path):
 def test_refcocog_rec_known_answers(data):
     b = bench("refcocog_rec", data)
     good = b.evaluate(_perfect(b, lambda s: f"It is {s['target']['answer']}"))
-    assert good == {"accuracy": 100.0, "unparseable": 0, "num_samples": len(b.samples())}
+    assert good["accuracy"] == good["accuracy_by_id"] == 100 and good["unparseable"] == 0
     bad = b.evaluate(_perfect(b, lambda s: "the red one"))
     assert bad["accuracy"] == 0 and bad["unparseable"] == len(b.samples())
     rows = _perfect(b, lambda s: "Region [1]")
@@ -219,26 +244,39 @@ def test_partial_coverage_reported(data):
 
 
 def test_spatial_rules_and_judge(data):
-    b = bench("spatial", data, per_category=True)
-    got = b.evaluate(_perfect(b, lambda s: s["target"]["answer"]))
-    assert got["qualitative_accuracy"] == 100 and got["quantitative_success"] == 100
-    assert got["quantitative_rel_error"] < 1 and got["unparsed"] == 0 and "left_predicate/accuracy" in got
+    b = bench("spatial", data)
+
+    def truth(s):   # the ground truth, choices re-read in our 1-based template
+        gt = s["target"]["answer"]
+        return __import__("re").sub(r"Region \[(\d)\]", lambda m: f"Region [{int(m.group(1)) + 1}]", gt) \
+            if s["target"]["qa_info"]["category"].endswith("_choice") else gt
+
+    got = b.evaluate(_perfect(b, truth))
+    assert got["qualitative_accuracy"] == 100 and got["quantitative_success"] == 100 and got["unparsed"] == 0
+    assert got["quantitative/direction/success"] == 100 and got["quantitative/width/abs_rel"] == 0
+    assert "qualitative/left/right" in got and "quantitative/direct_distance/success" in got
     wrong = b.evaluate(_perfect(b, lambda s: "I cannot tell."))
-    assert wrong["qualitative_accuracy"] == 0 and wrong["quantitative_success"] == 0
-    assert wrong["unparsed"] == len(b.samples())
-    # a judge that always says "match" / "1000 meters"
-    judged = bench("spatial", data, judge=lambda prompts: ["1000" if "Meters:" in p else "1" for p in prompts])
-    res = judged.evaluate(_perfect(judged, lambda s: "whatever"))
+    assert wrong["quantitative_success"] == 0
+    # a judge (reference JSON): always a match, responses 1000 m and the 6 o'clock direction
+    def judge(prompts):
+        return ['{"answer_direction": 12, "response_direction": 6}' if "clock" in p else
+                '{"answer_in_meters": 1.0, "response_in_meters": 1000}' if "meters" in p else '{"your_mark": 1}'
+                for p in prompts]
+    res = bench("spatial", data, judge=judge).evaluate(_perfect(b, lambda s: "whatever"))
     assert res["qualitative_accuracy"] == 100 and res["quantitative_success"] == 0
+    assert res["quantitative/direction/error_deg"] == 180 and res["quantitative/width/abs_rel"] == 999
 
 
 def test_dlc_rules_and_judge(data):
     b = bench("dlc", data)
-    got = b.evaluate(_perfect(b, lambda s: f"A {s['target']['class_name']} with a thin outline."))
-    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "unparsed": 0, "num_samples": len(b.samples())}
+    assert b.generation == {"max_new_tokens": 512}
+    got = b.evaluate(_perfect(b, lambda s: f"A {b.annotations[str(s['target']['ann_id'])]['class_name']}."))
+    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "not_recognised": 0, "unparsed": 0,
+                   "num_samples": len(b.samples())}
+    # not recognised: scores capped at 0 (the recognition gate)
     silent = b.evaluate(_perfect(b, lambda s: "Something."))
-    assert silent["pos"] == 0 and silent["neg"] == 100
-    # the first choice is the right one for positive questions and the wrong one for negatives
+    assert silent["pos"] == 0 and silent["neg"] == 0 and silent["not_recognised"] == len(b.samples())
+    # a judge answering "A": recognised, the first choice: right for positives, wrong for negatives
     judged = bench("dlc", data, judge=lambda prompts: ["A"] * len(prompts))
     res = judged.evaluate(_perfect(judged, lambda s: "anything"))
     assert res["pos"] == 100 and res["neg"] == -100 and res["avg"] == 0

@@ -52,10 +52,10 @@ def test_caption_benchmark_with_option(data, tmp_path, capsys):
     from regionvlm.evaluation.captions import spice_unavailable_reason
 
     ann = [str(data["refcocog_refs"]), str(data["refcocog_instances"])]
-    b = load_benchmark("refcocog_caption", annotations=ann, split="train")
+    b = load_benchmark("refcocog_caption", annotations=ann, split="train", per="object")
     write_predictions(tmp_path / "c.jsonl", [b.prediction_row(s, s["target"]["captions"][0]) for s in b.samples()])
     assert score.run(parse(["refcocog_caption", "--predictions", str(tmp_path / "c.jsonl"), "--annotations", *ann,
-                            "-o", "split=train", "--json"])) == 0
+                            "-o", "split=train", "-o", "per=object", "--json"])) == 0
     out, err = capsys.readouterr()
     got = json.loads(out)
     assert got["ROUGE-L"] == pytest.approx(100) and got["CIDEr"] > 0 and got["num_samples"] == len(b.samples())

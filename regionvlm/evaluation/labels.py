@@ -42,9 +42,21 @@ def normalize_label(text: str) -> str:
     return " ".join(words)
 
 
-def exact_match_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Percentage of predictions equal to their reference after `normalize_label`."""
+def reference_label(text: str) -> str:
+    """SpatialRGPT's ``eval_coco_obo.py`` reading: the stripped answer as is; a category name lower-cased (its
+    accuracy compares them with ``==``, so "Dog", "dogs" and "a dog" are wrong for "dog")."""
+    return text.strip()
+
+
+def exact_match_accuracy(predictions: Sequence[str], references: Sequence[str],
+                         protocol: str = "lenient") -> float:
+    """Percentage of predictions equal to their reference: ``reference`` compares the stripped answer with the
+    lower-cased name exactly (SpatialRGPT's ``eval_coco_obo.py``); ``lenient`` compares both after
+    `normalize_label` (plurals, articles, case and punctuation forgiven)."""
     if not predictions:
         return 0.0
-    hits = sum(normalize_label(p) == normalize_label(r) for p, r in zip(predictions, references, strict=True))
-    return 100.0 * hits / len(predictions)
+    if protocol == "reference":
+        pairs = ((reference_label(p), r.lower()) for p, r in zip(predictions, references, strict=True))
+    else:
+        pairs = ((normalize_label(p), normalize_label(r)) for p, r in zip(predictions, references, strict=True))
+    return 100.0 * sum(p == r for p, r in pairs) / len(predictions)

@@ -1,6 +1,7 @@
-"""Lengths in free text ("2.5 feet") and SpatialRGPT-Bench's success rule for quantitative answers.
+"""Lengths and clock positions in free text ("2.5 feet", "2 o'clock") and SpatialRGPT-Bench's success rules.
 
-Reference: SpatialRGPT-Bench (success if 0.75·gt ≤ pred ≤ 1.25·gt, relative error |pred-gt|/(gt+1e-4)).
+Reference: SpatialRGPT-Bench (success if 0.75·gt ≤ pred ≤ 1.25·gt, relative error |pred-gt|/(gt+1e-4); directions
+in clock positions, success within one hour).
 """
 
 from __future__ import annotations
@@ -34,3 +35,19 @@ def parse_length_m(text: str, default_unit: str = "m") -> float | None:
 def quantitative_success(pred: float, gt: float) -> tuple[bool, float]:
     """SpatialRGPT-Bench: success when 0.75·gt ≤ pred ≤ 1.25·gt; relative error |pred−gt| / (gt + 1e-4)."""
     return (0.75 * gt <= pred <= 1.25 * gt), abs(pred - gt) / (gt + 1e-4)
+
+
+_CLOCK = re.compile(r"\b(1[0-2]|[1-9])\s*o'?\s*clock", re.IGNORECASE)
+
+
+def parse_clock(text: str) -> int | None:
+    """The first clock position in the text ("around the 2 o'clock direction" → 2), else None."""
+    m = _CLOCK.search(text.replace("’", "'"))
+    return int(m.group(1)) if m else None
+
+
+def clock_success(pred: int, gt: int) -> tuple[bool, int]:
+    """SpatialRGPT-Bench's direction rule: the circular difference in hours; success when it is at most 1."""
+    diff = abs(gt - pred)
+    err = min(diff, 12 - diff)
+    return err <= 1, err

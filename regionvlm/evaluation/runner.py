@@ -31,8 +31,10 @@ class SampleDataset:
         return self.processor.process_sample(dict(self.samples[i]))
 
 
-def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: int, num_workers: int) -> list[dict]:
-    """``[{"id": sample id, "text": answer}]`` for every sample, from every process, in sample order."""
+def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: int, num_workers: int,
+                  generation: dict | None = None) -> list[dict]:
+    """``[{"id": sample id, "text": answer}]`` for every sample, from every process, in sample order;
+    ``generation`` overrides the module's generation settings for these samples (a benchmark's protocol)."""
     from torch.utils.data import DataLoader
 
     from regionvlm.evaluation.collectors import PredictionCollector
@@ -42,7 +44,12 @@ def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: in
     loader = DataLoader(SampleDataset(samples, processor), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, collate_fn=collator)
     module.collector = PredictionCollector()
-    trainer.predict(module, dataloaders=loader, return_predictions=False)
+    saved = module.generation
+    module.generation = {**saved, **(generation or {})}
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    finally:
+        module.generation = saved
     rows = module.collector.compute()
     module.collector = None
     order = {s["id"]: i for i, s in enumerate(samples)}
@@ -102,7 +109,7 @@ def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: st
             print(f"{name}: predictions of the earlier run reused ({len(done)} rows)")
             prediction_rows, rows = done, [{"id": s["id"], "text": r["text"]} for s, r in zip(samples, done)]
         else:
-            rows = generate_rows(module, trainer, samples, batch_size, num_workers)
+            rows = generate_rows(module, trainer, samples, batch_size, num_workers, generation=bench.generation)
             prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
         results[name] = score_on_rank_zero(
             trainer, partial(bench.evaluate, prediction_rows, source=f"{name} predictions"))

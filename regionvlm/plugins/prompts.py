@@ -3,7 +3,9 @@
 RGPT appends the output scope to each question ("Answer the question using COCO-80 category names.", "Answer
 the question using the template Region [x].") so one model can serve several region tasks without mixing their
 answer formats. Each template has several phrasings: training samples one per call with the dataset's rng
-(variety), evaluation uses the first (comparability). ``task_guidance=False`` drops the suffix (the ablation).
+(variety), evaluation uses the first (comparability). The first phrasing of the classification and REC prompts
+is the RGPT paper's own wording; the caption prompts' wording and suffixes are ours (no source gives them).
+``task_guidance=False`` drops the suffix (the ablation).
 
 ``build(...)`` returns a conversation ``[{"from": "human", ...}, {"from": "gpt", ...}]``; the answer turn is
 omitted when ``answer`` is None (pure inference). A benchmark evaluates a training dataset built with
@@ -80,6 +82,7 @@ class RegionClassificationPrompt(SingleRegionPrompt):
 
     task = "region_classification"
     phrasings = (
+        "What category name best describes the region represented by {region}?",   # RGPT paper's wording
         "What is the category of {region}?",
         "What is {region}?",
         "What kind of object is {region}?",
@@ -109,7 +112,8 @@ class RegionClassificationPrompt(SingleRegionPrompt):
 
 @PROMPTS.register("brief_caption")
 class BriefCaptionPrompt(SingleRegionPrompt):
-    """Brief region caption: a short phrase describing <region1>."""
+    """Brief region caption: a short phrase describing <region1>. The phrasings and the guidance suffix are ours
+    (the RGPT paper gives no caption wording)."""
 
     task = "brief_caption"
     phrasings = (
@@ -123,7 +127,8 @@ class BriefCaptionPrompt(SingleRegionPrompt):
 
 @PROMPTS.register("detailed_caption")
 class DetailedCaptionPrompt(BriefCaptionPrompt):
-    """Detailed region caption: several sentences about <region1> in the context of the image."""
+    """Detailed region caption: several sentences about <region1> in the context of the image (our phrasings and
+    suffix; DAM asks "Describe the masked region in detail.")."""
 
     task = "detailed_caption"
     phrasings = (
@@ -141,6 +146,7 @@ class ReferringExpressionPrompt(TaskPrompt):
 
     task = "rec"
     phrasings = (
+        "From the provided masks denoted by {candidates}, which one fits '{expression}'?",   # RGPT paper's wording
         "Which region does the text \"{expression}\" describe? Options: {candidates}.",
         "Find the region that matches \"{expression}\" among {candidates}.",
         "Here are some candidate regions: {candidates}. Which one is \"{expression}\"?",
@@ -199,13 +205,15 @@ class YesNoPrompt(TaskPrompt):
 @PROMPTS.register("spatial_qa")
 class SpatialQAPrompt(YesNoPrompt):
     """Free-form spatial question about regions (SpatialRGPT-Bench): the question as given plus a scope that
-    depends on its kind — ``predicate`` (yes/no), ``choice`` (Region [x]) or ``quantitative`` (number + unit)."""
+    depends on its kind — ``predicate`` (yes/no), ``choice`` (Region [x]), ``quantitative`` (number + unit) or
+    ``direction`` (clock position). These suffixes are ours: SpatialRGPT-Bench asks its questions bare."""
 
     task = "spatial_qa"
     guidances: ClassVar[dict[str, str]] = {
         "predicate": "Answer the question with yes or no.",
         "choice": "Answer the question using the template Region [x].",
         "quantitative": "Answer the question with a number and a unit.",
+        "direction": "Answer the question with a clock direction.",
     }
 
     def __init__(self, guidances: dict[str, str] | None = None, **kw: Any):

@@ -18,7 +18,8 @@ from regionvlm.registry import REGION_EXTRACTORS
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int], mode: str = "area") -> torch.Tensor:
-    """R×S×S → R×H×W. ``area`` keeps each cell's covered fraction (a small mask keeps a small weight)."""
+    """R×S×S → R×H×W. ``bilinear`` is what SpatialRGPT's ``MaskPooling`` does (the RGPT recipe's setting);
+    ``area`` keeps each cell's covered fraction (a small mask keeps a small weight), the named variant."""
     if masks.shape[-2:] == tuple(size):
         return masks
     x = masks[:, None]
@@ -74,7 +75,8 @@ def mask_geometry(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.
 class MaskPool(nn.Module):
     """RGPT mask pooling: mask-weighted mean of the refined map, optionally + an Osprey-style mask-shape embedding.
 
-    Options: ``mask_resize`` (``area`` | ``bilinear``: how masks reach the map's grid), ``geometry`` (null |
+    Options: ``mask_resize`` (``area`` | ``bilinear``: how masks reach the map's grid; the RGPT recipe sets
+    ``bilinear`` as SpatialRGPT's pooling, ``area`` is the variant), ``geometry`` (null |
     ``add`` | ``token``: the mask cropped to its box, ``geometry_size``² through an MLP, added to the pooled
     feature or emitted as a second region token), ``geometry_size`` (16), ``geometry_hidden`` (256),
     ``geometry_box`` (also feed the normalised box xyxy to the MLP; default false).

@@ -25,27 +25,41 @@ A sample (the schema every dataset yields, also in docs/architecture.md)::
 set); generation drops the last answer turn itself, so an evaluation sample is the training sample.
 
 ``family modules``: `base` (`RegionDataset`), `coco` (``coco_instances``, ``refcoco``), `vg`
-(``vg_regions``), `conversations` (``llava``, ``conversations``), `qa` (``pope``, ``spatial_qa``, ``dlc``).
+(``vg_regions``), `conversations` (``llava``, ``conversations``), `qa` (``pope``, ``spatial_qa``, ``dlc``),
+`official` (benchmark files as distributed: ``region_captions``, ``spatialrgpt_bench``, ``dlc_bench``,
+``osprey_categories``).
 """
 
 from regionvlm.data.datasets.base import RegionDataset, ann_region, check_region_kind
 from regionvlm.data.datasets.coco import CocoInstancesDataset, RefCocoDataset
 from regionvlm.data.datasets.conversations import ConversationsDataset, LlavaDataset
+from regionvlm.data.datasets.official import (
+                                             DLCBenchDataset,
+                                             OspreyCategoriesDataset,
+                                             RegionCaptionsDataset,
+                                             SpatialRGPTBenchDataset,
+                                             spatial_kind,
+)
 from regionvlm.data.datasets.qa import DLCDataset, PopeDataset, SpatialQADataset, pope_split, question_kind
 from regionvlm.data.datasets.vg import VgRegionsDataset
 
 __all__ = [
     "CocoInstancesDataset",
     "ConversationsDataset",
+    "DLCBenchDataset",
     "DLCDataset",
     "LlavaDataset",
+    "OspreyCategoriesDataset",
     "PopeDataset",
     "RefCocoDataset",
+    "RegionCaptionsDataset",
     "RegionDataset",
     "SpatialQADataset",
+    "SpatialRGPTBenchDataset",
     "VgRegionsDataset",
     "ann_region",
     "check_region_kind",
     "pope_split",
     "question_kind",
+    "spatial_kind",
 ]

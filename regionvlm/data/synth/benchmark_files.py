@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from regionvlm.data.formats import CocoInstances, write_jsonl
+from regionvlm.data.formats import CocoInstances, write_json, write_jsonl
 
 
 def make_synthetic_spatial(instances_path: str, out_path: str, meters_per_pixel: float = 0.01,
@@ -86,3 +86,134 @@ def make_synthetic_dlc(instances_path: str, out_path: str) -> int:
                      "questions": questions})
     write_jsonl(out_path, rows)
     return len(rows)
+
+
+# -- the official benchmark formats (docs/benchmarks.md), derived from the synthetic COCO-format files ------------
+def _rle(ann: dict, inst: CocoInstances) -> dict:
+    rle = inst.ann_to_rle(ann)
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode() if isinstance(rle["counts"], bytes)
+            else rle["counts"]}
+
+
+def make_region_captions(instances_path: str, out_path: str, refs: list[dict] | None = None,
+                         split: str = "val") -> int:
+    """GLaMM's COCO-caption region format (``finetune_refcocog_val_captions.json``/``test_caption.json``): one
+    image entry per sentence of ``refs`` (in ``split``), or per annotation captioned "a <category>" when no refs
+    are given; the entry's annotation has the entry's id. Returns the number of entries."""
+    inst = CocoInstances(instances_path)
+    pairs = ([(inst.anns[r["ann_id"]], s["sent"]) for r in sorted(refs, key=lambda r: r["ref_id"])
+              if r["split"] == split for s in r["sentences"]] if refs is not None
+             else [(inst.anns[k], f"a {inst.category_name(inst.anns[k])}") for k in sorted(inst.anns)])
+    images, anns = [], []
+    for k, (ann, caption) in enumerate(pairs, 1):
+        im = inst.images[ann["image_id"]]
+        images.append({"id": k, "file_name": im["file_name"], "height": im["height"], "width": im["width"],
+                       "caption": caption, "original_id": im["id"]})
+        anns.append({"id": k, "image_id": k, "bbox": list(ann["bbox"]), "segmentation": ann.get("segmentation"),
+                     "area": ann.get("area", 0), "iscrowd": 0, "category_id": 1, "caption": caption})
+    write_json(out_path, {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "object"}]})
+    return len(images)
+
+
+def _clock(ax: float, ay: float, bx: float, by: float) -> int:
+    """Clock position of b seen from a (12 = up in the image)."""
+    import math
+
+    hours = round(math.degrees(math.atan2(bx - ax, ay - by)) / 30) % 12
+    return 12 if hours == 0 else hours
+
+
+def make_spatialrgpt_bench(instances_path: str, out_path: str, meters_per_pixel: float = 0.01) -> int:
+    """``SpatialRGPT-Bench_v1.json``'s format from the synthetic questions (`make_synthetic_spatial`'s), plus a
+    clock-direction question per pair: ``<mask>`` placeholders, answers naming regions 0-based ("Region [0]"),
+    regions as ``rle`` masks and ``bbox`` boxes. Returns the number of questions."""
+    import tempfile
+    from pathlib import Path
+
+    from regionvlm.data.formats import read_jsonl
+
+    inst = CocoInstances(instances_path)
+    by_file = {im["file_name"]: im for im in inst.images.values()}
+    with tempfile.TemporaryDirectory() as tmp:
+        make_synthetic_spatial(instances_path, str(Path(tmp) / "q.jsonl"), meters_per_pixel=meters_per_pixel)
+        rows = read_jsonl(Path(tmp) / "q.jsonl")
+    out, seen_pairs = [], set()
+    for r in rows:
+        im = by_file[r["image"]]
+        boxes = [b["bbox"] for b in r["regions"]]
+        anns = [next(a for a in inst.anns_by_image[im["id"]] if list(a["bbox"]) == list(b)) for b in boxes]
+
+        def add(question: str, answer: str, info: dict, r=r, im=im, boxes=boxes, anns=anns):
+            out.append({"id": len(out), "image_info": {"file_path": r["image"], "height": im["height"],
+                                                       "width": im["width"]},
+                        "text_q": question.replace("<mask>", "Region [{}]").format(*range(len(boxes))),
+                        "qa_info": info, "bbox": [[x, y, x + w, y + h] for x, y, w, h in boxes],
+                        "rle": [_rle(a, inst) for a in anns],
+                        "conversations": [{"from": "human", "value": "<image>\n" + question},
+                                          {"from": "gpt", "value": answer}]})
+
+        info = r["qa_info"]
+        question = r["question"].replace("<region1>", "<mask>").replace("<region2>", "<mask>")
+        answer = r["answer"]
+        if info["category"].endswith("_choice"):
+            answer = f"Region [{info['label'] - 1}]."
+        add(question, answer, {"type": info["type"], "category": info["category"]})
+        key = tuple(a["id"] for a in anns)
+        if len(anns) == 2 and key not in seen_pairs:
+            seen_pairs.add(key)
+            (ax, ay, aw, ah), (bx, by, bw, bh) = boxes
+            clock = _clock(ax + aw / 2, ay + ah / 2, bx + bw / 2, by + bh / 2)
+            add("If you are at <mask>, where will you find <mask>?",
+                f"Region [0] will find Region [1] around the {clock} o'clock direction.",
+                {"type": "quantitative", "category": "direction"})
+    write_json(out_path, out)
+    return len(out)
+
+
+def make_dlc_bench(instances_path: str, out_dir: str) -> int:
+    """DLC-Bench's files under ``out_dir``: ``annotations.json`` (the instances), ``qa.json`` (per annotation id:
+    colour and shape questions, positive, and absent colours, negative; choices ``[text, score]``, at most five as
+    DAM's letters A–E) and ``class_names.json``. Categories are named "<colour> <shape>". Returns the regions."""
+    from pathlib import Path
+
+    inst = CocoInstances(instances_path)
+    split = {cid: c["name"].split(" ", 1) if " " in c["name"] else ["", c["name"]] for cid, c in inst.cats.items()}
+    colours = sorted({c for c, _ in split.values() if c})
+    shapes = sorted({s for _, s in split.values()})
+    qa, names = {}, {}
+    for ann_id in sorted(inst.anns):
+        colour, shape = split[inst.anns[ann_id]["category_id"]]
+        others = [c for c in colours if c != colour]
+        questions = [{"type": "positive", "question": "What is the shape of the object?",
+                      "choices": [[shape, 1], *([o, -1] for o in [s for s in shapes if s != shape][:3]),
+                                  ["The shape is not mentioned", 0]]}]
+        if colour:
+            questions.insert(0, {"type": "positive", "question": "What is the colour of the object?",
+                                 "choices": [[colour, 1], *([o, -1] for o in others[:3]),
+                                             ["The colour is not mentioned", 0]]})
+        for other in others[:2]:
+            questions.append({"type": "negative", "question": f"Is the object {other}?",
+                              "choices": [[f"Yes, it is {other}", -1], ["The colour is not mentioned", 1]]})
+        qa[str(ann_id)], names[str(ann_id)] = questions, inst.category_name(inst.anns[ann_id])
+    out = Path(out_dir)
+    write_json(out / "annotations.json", {"images": list(inst.images.values()),
+                                          "annotations": [inst.anns[k] for k in sorted(inst.anns)],
+                                          "categories": list(inst.cats.values())})
+    write_json(out / "qa.json", qa)
+    write_json(out / "class_names.json", names)
+    return len(qa)
+
+
+def make_osprey_categories(instances_path: str, out_path: str) -> int:
+    """Osprey's LVIS/PACO eval format: one entry per image with its regions' ``categories`` and
+    ``annotations`` (segmentations). Returns the number of regions."""
+    inst = CocoInstances(instances_path)
+    entries = []
+    for image_id, im in inst.images.items():
+        anns = sorted(inst.anns_by_image[image_id], key=lambda a: a["id"])
+        if anns:
+            entries.append({"file_name": im["file_name"], "height": im["height"], "width": im["width"],
+                            "categories": [inst.category_name(a) for a in anns],
+                            "annotations": [{"segmentation": a["segmentation"]} for a in anns]})
+    write_json(out_path, entries)
+    return sum(len(e["categories"]) for e in entries)

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from regionvlm.data.formats import write_bytes, write_json, write_jsonl, write_pickle
-from regionvlm.data.synth.benchmark_files import make_synthetic_dlc, make_synthetic_spatial
+from regionvlm.data.synth.benchmark_files import (
+    make_dlc_bench,
+    make_osprey_categories,
+    make_region_captions,
+    make_spatialrgpt_bench,
+    make_synthetic_dlc,
+    make_synthetic_spatial,
+)
 from regionvlm.data.synth.scenes import (
     CAT_ID,
     CATEGORIES,
@@ -178,6 +185,17 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
     make_synthetic_spatial(paths["instances_val"], paths["spatial_qa_val"])
     paths["dlc_qa_val"] = out / "dlc" / "dlc_qa_val.jsonl"
     make_synthetic_dlc(paths["instances_val"], paths["dlc_qa_val"])
+    # the benchmark files in their official formats (docs/benchmarks.md), from the val split
+    paths["refcocog_captions_val"] = out / "refcocog" / "finetune_refcocog_val_captions.json"
+    make_region_captions(paths["refcocog_instances"], paths["refcocog_captions_val"], refs=refs)
+    paths["vg_test_caption"] = out / "vg" / "test_caption.json"
+    make_region_captions(paths["instances_val"], paths["vg_test_caption"])
+    paths["spatialrgpt_bench"] = out / "spatial" / "SpatialRGPT-Bench_v1.json"
+    make_spatialrgpt_bench(paths["instances_val"], paths["spatialrgpt_bench"])
+    paths["dlc_bench"] = out / "DLC-bench"
+    make_dlc_bench(paths["instances_val"], paths["dlc_bench"])
+    paths["osprey_val"] = out / "osprey" / "synth_val_category.json"
+    make_osprey_categories(paths["instances_val"], paths["osprey_val"])
     write_bytes(out / "README.md", README.format(
         seed=seed, n_train=n_train, n_val=n_val, size=size, shapes=", ".join(SHAPES),
         colours=", ".join(COLOURS), patterns=", ".join(PATTERNS)).encode())
