@@ -21,10 +21,10 @@ def quiet_lightning() -> None:
 
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
     """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument; unknown keys are errors).
-    With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``)."""
+    With ``run_dir``: the ``loggers:`` (default: CSV in ``run_dir/logs``),
+    checkpoints in ``run_dir/checkpoints`` (``last.ckpt``)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     quiet_lightning()
     kwargs = dict(config.get("trainer") or {})
@@ -35,7 +35,9 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
 
         runtime["callbacks"].append(GenerationSamples(run_dir))
         runtime["default_root_dir"] = str(run_dir)
-        runtime["logger"] = CSVLogger(str(run_dir), name="", version="logs")
+        from regionvlm.engine.loggers import build_loggers
+
+        runtime["logger"] = build_loggers(config.get("loggers"), run_dir)
         runtime["callbacks"].append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
                                                     save_top_k=0 if kwargs.get("limit_val_batches") == 0 else 1,
                                                     monitor=None))
