@@ -68,6 +68,7 @@ class RootConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: dict[str, Any] = field(default_factory=dict)
     datagen: dict[str, Any] = field(default_factory=dict)  # `regionvlm datagen` (regionvlm.datagen.settings)
+    loggers: list[Any] = field(default_factory=lambda: ["csv"])  # regionvlm.engine.loggers
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
