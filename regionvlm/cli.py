@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("export", "turn a training checkpoint into a self-contained model folder"),
     "plan": ("plan", "parameters, memory per GPU and FLOPs of a training config, before it runs"),
     "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),
+    "ablate": ("ablate", "train and evaluate variants × seeds of a config; one table and chart"),
     "data": ("data", "bundled synthetic data set and offline tokenizer"),
     "datagen": ("datagen", "generate region captions for annotated images (RGPT's pipeline), resumable, sharded"),
 }
