@@ -31,7 +31,6 @@ objects' masks (overlapping or nested shapes: there a box describes different co
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -166,7 +165,11 @@ def cell_overrides(spec: Spec, cell: Cell) -> tuple[list[str], list[str]]:
 
 def run_cell(spec: Spec, cell: Cell) -> str:
     """Train and evaluate one cell unless it has finished; returns "skipped", "resumed" or "ran"."""
-    from regionvlm.commands import eval_cmd, train
+    from regionvlm.cli import command_parser
+
+    def run_command(name: str, argv: list[str]) -> None:  # through the command's own parser: its defaults hold
+        parser, module = command_parser(name)
+        module.run(parser.parse_args(argv))
 
     out = cell_dir(spec, cell)
     if (out / "result.json").is_file():
@@ -178,9 +181,10 @@ def run_cell(spec: Spec, cell: Cell) -> str:
     else:
         resume = "last" if (out / "checkpoints" / "last.ckpt").is_file() else None
         status = "resumed" if resume else "ran"
-        train.run(argparse.Namespace(config=str(spec.train), overrides=train_overrides, resume=resume,
-                                     overwrite=resume is None))
-    eval_cmd.run(argparse.Namespace(config=str(spec.eval), overrides=eval_overrides, model=str(export), ckpt=None))
+        run_command("train", [str(spec.train), *train_overrides,
+                              *(["--resume", resume] if resume else ["--overwrite"])])
+    if not (out / "eval" / "results.json").is_file():  # else a killed rerun finished evaluating already
+        run_command("eval", [str(spec.eval), *eval_overrides, "--model", str(export)])  # resumes a killed eval
     metrics = read_cell_metrics(spec, cell)
     write_text(out / "result.json", json.dumps({"variant": cell.variant, "seed": cell.seed, "metrics": metrics},
                                                indent=2) + "\n")

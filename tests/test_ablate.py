@@ -24,7 +24,8 @@ def write_spec(path: Path, **changes) -> Path:
                            "eval.benchmarks.coco_cls.semantic=false", "eval.gallery=0", "eval.num_workers=0",
                            "generation.max_new_tokens=4"],
         "seeds": [0],
-        "variants": {"tiny": [], "blind": ["~model.region_extractor.geometry", "model.region_extractor.type=zero"]},
+        "variants": {"tiny": [], "blind": ["~model.region_extractor.geometry", "~model.region_extractor.mask_resize",
+                                           "model.region_extractor.type=zero"]},
         "splits": {"coco_cls": {"patch_size": 16, "image_size": 128, "overlap": 0.25}},
         "output": str(path.parent / "sweep"),
     }
