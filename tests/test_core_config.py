@@ -94,12 +94,12 @@ def test_unknown_top_level_key_from_override(cfgs):
         load_config(cfgs / "base.yaml", ["trainr.max_steps=1"])
 
 
-@pytest.mark.parametrize("section", ["predict", "datagen"])
+@pytest.mark.parametrize("section", ["predict"])
 def test_sections_without_a_feature_are_unknown(cfgs, section):
-    """Only sections something reads exist (the predict command takes flags; there is no datagen command yet)."""
+    """Only sections something reads exist (the predict command takes flags)."""
     write(cfgs / "extra.yaml", f"{section}: {{batch_size: 2}}\n")
     with pytest.raises(ConfigError, match=rf"extra.yaml {section}: unknown key(; did you mean 'data'\?)? known: imports, "
-                                          r"seed, model, data, trainer, optim, generation, eval, output$"):
+                                          r"seed, model, data, trainer, optim, generation, eval, datagen, output$"):
         load_config(cfgs / "extra.yaml")
 
 
