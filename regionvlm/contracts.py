@@ -72,10 +72,9 @@ class Captioner(Protocol):
     caption: Callable[..., Any]
 
 
-#: registry kind → the contract its built components must meet
+#: model component kind → the contract its built components must meet (`Captioner` is given to its registry directly)
 CONTRACTS: dict[str, type] = {"vision_encoder": VisionEncoder, "feature_refiner": FeatureRefiner,
-                              "region_extractor": RegionExtractor, "projector": Projector, "llm": LLM, "head": Head,
-                              "captioner": Captioner}
+                              "region_extractor": RegionExtractor, "projector": Projector, "llm": LLM, "head": Head}
 
 #: ``model:`` node key → registry kind of the component it names
 MODEL_COMPONENTS: dict[str, str] = {"vision_encoder": "vision_encoder", "feature_refiner": "feature_refiner",

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from regionvlm.contracts import CONTRACTS, contract_violation
+from regionvlm.contracts import CONTRACTS, Captioner, contract_violation
 from regionvlm.errors import PluginError, RegistryError, UserError
 
 ENTRY_POINT_GROUP = "regionvlm.plugins"
@@ -299,7 +299,7 @@ DATASETS = Registry("dataset", ("regionvlm.data.datasets",))
 BENCHMARKS = Registry("benchmark", ("regionvlm.benchmarks",))
 JUDGES = Registry("judge", ("regionvlm.evaluation.judges",))
 OPTIMIZERS = Registry("optimizer", ("regionvlm.engine.optim",))  # torch.optim's by name; plugins add their own
-CAPTIONERS = Registry("captioner", ("regionvlm.datagen.captioners",), CONTRACTS["captioner"])  # regionvlm datagen
+CAPTIONERS = Registry("captioner", ("regionvlm.datagen.captioners",), Captioner)  # regionvlm datagen
 
 REGISTRIES: dict[str, Registry] = {
     r.kind: r

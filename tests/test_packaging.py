@@ -16,6 +16,7 @@ from regionvlm.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_FILES = {"rgpt/README.md", "rgpt/base.yaml", "rgpt/eval.yaml", "rgpt/stage1.yaml", "rgpt/stage2.yaml",
                 "rgpt/tiny/base.yaml", "rgpt/tiny/eval.yaml", "rgpt/tiny/stage1.yaml", "rgpt/tiny/stage2.yaml",
+                "rgpt/datagen_v3det.yaml", "rgpt/tiny/datagen.yaml", "rgpt/tiny/datagen_train.yaml",
                 "rgpt/tiny/tokenizer/tokenizer.json", "rgpt/tiny/tokenizer/tokenizer_config.json"}
 
 
@@ -96,7 +97,7 @@ def test_unknown_recipe_is_one_line_with_close_names(tmp_path, monkeypatch, caps
     with pytest.raises(ConfigError) as e:
         resolve_config_path("rgpt/tiny/stage3")
     assert str(e.value) == ("rgpt/tiny/stage3: no such config file or installed recipe; did you mean "
-                            "'rgpt/tiny/stage2' or 'rgpt/tiny/stage1' or 'rgpt/tiny/base'? installed recipes: "
+                            "'rgpt/tiny/stage2' or 'rgpt/tiny/stage1' or 'rgpt/tiny/datagen'? installed recipes: "
                             + ", ".join(recipe_names()))
     assert main(["train", "rgpt/tiny/stage3"]) == 2
     err = capsys.readouterr().err

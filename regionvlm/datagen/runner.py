@@ -83,6 +83,7 @@ def preflight(config: dict, s: DatagenSettings, source: str = "") -> None:
         _check_templates(s)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from exc
+    # the training preflight's path convention (keys `path`, `*_file`, `*_root`), named as datagen's keys
     problems = [p.replace("data.train[", "datagen.sources[", 1) for p in missing_data({"data": {"train": s.sources}})]
     node = dict(s.captioner)
     captioner_cls = CAPTIONERS.get(node.pop("type"))
