@@ -197,3 +197,41 @@ def test_smollm2_judge_reads_dam_prompt_offline():
     q = {"question": "What colour is the object?", "choices": [["red", 1], ["blue", -1], ["Not mentioned", 0]]}
     reply = judge([judge_prompt("A red circle with stripes.", q)])[0]
     assert dam_parse_choice(reply, [c[0] for c in q["choices"]]) == 0, reply
+
+
+def test_openai_judge_speaks_the_chat_completions_api(monkeypatch):
+    """What DAM's vLLM server and SpatialRGPT-Bench's OpenAI client see: model, messages, temperature 0."""
+    import http.server
+    import threading
+
+    from regionvlm.registry import JUDGES
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers["Authorization"], body))
+            reply = json.dumps({"choices": [{"message": {"content": " B. blue "}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("JUDGE_KEY", "secret")
+        judge = JUDGES.build({"type": "openai_judge", "model": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+                              "base_url": f"http://127.0.0.1:{server.server_port}/v1", "api_key_env": "JUDGE_KEY"})
+        assert judge(["Q1", "Q2"]) == ["B. blue", "B. blue"]
+    finally:
+        server.shutdown()
+    path, auth, body = seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer secret"
+    assert body["model"] == "meta-llama/Meta-Llama-3.1-8B-Instruct" and body["temperature"] == 0
+    assert body["messages"] == [{"role": "user", "content": "Q1"}] and body["max_tokens"] == 300
