@@ -6,7 +6,8 @@ Metrics (×100): ``accuracy``, Osprey's ``semantic_similarity`` and ``semantic_i
 reads answers as that script does: accuracy = stripped answer ``==`` lower-cased name; mAP maps
 ``answer.split(",")[0].lower()`` to a category. ``protocol: lenient`` compares `normalize_label` forms (plurals,
 articles, punctuation forgiven). The other protocol's numbers are added under ``lenient/``/``reference/`` when
-they differ, so a report shows both. Answers that name no category are left out of the mAP submission, as in
+they differ, so a report shows both. ``crop: square`` encodes the reference's square crop around the object
+(`reference_crop_box`). Answers that name no category are left out of the mAP submission, as in
 the reference, and counted in ``unmatched``.
 """
 
@@ -24,6 +25,29 @@ from regionvlm.evaluation.semantic import semantic_scores
 from regionvlm.registry import BENCHMARKS
 
 PROTOCOLS = ("reference", "lenient")
+
+
+def reference_crop_box(bbox_xywh, height: int, width: int) -> list[int]:
+    """SpatialRGPT's ``get_crop_box`` (``eval_region_cls.py``): a square of the image's short side centred on
+    the object, the whole image when the object is larger than that. Reproduced as written, including its
+    edge rule: the square moves to the far edge when its right (bottom) side passes the *short side* length,
+    not the image's width (height)."""
+    short = min(height, width)
+    x0, y0, w, h = bbox_xywh
+    x1, y1 = x0 + w, y0 + h
+    if h > short or w > short:
+        return [0, 0, width, height]
+    cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
+    left, right, top, bottom = cx - short // 2, cx + short // 2, cy - short // 2, cy + short // 2
+    if left < 0:
+        left, right = 0, short
+    if right > short:
+        left, right = width - short, width
+    if top < 0:
+        top, bottom = 0, short
+    if bottom > short:
+        top, bottom = height - short, height
+    return [left, top, right, bottom]
 
 
 def category_lookup(inst, protocol: str):
@@ -49,8 +73,13 @@ class CocoClassification(Benchmark):
     def __init__(self, annotations, images: str | None = None, prompt: Any = None,
                  limit: int | None = None, region: str = "mask", semantic: bool = True,
                  semantic_model: str | None = None, map_iou_type: str = "bbox", include_crowd: bool = False,
-                 protocol: str = "reference"):
+                 protocol: str = "reference", crop: str | None = None):
+        """``crop: square``: encode a square crop around the object, as SpatialRGPT's ``eval_region_cls.py``
+        (`reference_crop_box`); null: the whole image."""
         super().__init__(annotations, images=images, prompt=prompt, limit=limit)
+        if crop not in (None, "square"):
+            raise ConfigError(f"coco_cls: crop: expected null or 'square', got {crop!r}")
+        self.crop = crop
         if protocol not in PROTOCOLS:
             raise ConfigError(f"coco_cls: protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
@@ -64,6 +93,18 @@ class CocoClassification(Benchmark):
 
     def load_annotations(self):
         return self.datasets[0].coco
+
+    def samples(self) -> list[dict]:
+        samples = super().samples()
+        if self.crop is None:
+            return samples
+        coco = self.datasets[0].coco
+        out = []
+        for s in samples:
+            ann = coco.anns[s["target"]["ann_id"]]
+            im = coco.images[ann["image_id"]]
+            out.append({**s, "crop": reference_crop_box(ann["bbox"], im["height"], im["width"])})
+        return out
 
     def score(self, predictions: Mapping[str, dict], annotations: Any = None) -> dict[str, float]:
         inst = annotations or self.annotations

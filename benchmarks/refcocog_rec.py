@@ -6,10 +6,10 @@ image's annotations (ascending ann id; crowd regions left out, as in training), 
 (boxes or masks, best score first). The model answers "Region [x]" or "No corresponding options found.".
 Metrics (×100): ``accuracy`` = share of answers whose chosen candidate's box has IoU ≥ ``iou_threshold`` with
 the referred box, or that say no option fits when none does; ``accuracy_by_id`` = the chosen candidate is the
-referred annotation (annotation candidates only). Counts: ``unparseable`` (wrong), ``no_option_fits``
-(questions where no candidate reaches the threshold), ``answered_no_option``, ``no_option_correct``. Rows carry
-``candidates``: the annotation ids (or proposal boxes, xywh) in the order shown to the model, so a file is
-scored against what the model actually saw.
+referred annotation (left out with proposals, which have no ids). Counts: ``unparseable`` (wrong),
+``no_option_fits`` (questions where no candidate reaches the threshold), ``answered_no_option``,
+``no_option_correct``. Rows carry ``candidates``: the annotation ids (or proposal boxes, xywh) in the order
+shown to the model, so a file is scored against what the model actually saw.
 """
 
 from __future__ import annotations
@@ -75,8 +75,10 @@ class RefCocogREC(RefCocoBase):
         inst = a["instances"]
         sent_to_ann = {s["sent_id"]: r["ann_id"] for r in a["refs"] for s in r["sentences"]}
         correct = correct_id = unparseable = no_fit = no_fit_said = no_fit_right = 0
+        by_id = True   # annotation candidates: ids are known; proposals have none
         for key, row in predictions.items():
             cands = self._candidate_boxes(key, row["candidates"], inst)
+            by_id &= all(cid is not None for cid, _ in cands)
             target_id = sent_to_ann[int(key)]
             target = inst.anns[target_id]["bbox"]
             fits = any(box_iou_xywh(box, target) >= self.iou_threshold for _, box in cands)
@@ -96,5 +98,8 @@ class RefCocogREC(RefCocoBase):
             correct_id += cid == target_id
         n = len(predictions)
         pct = lambda x: 100.0 * x / n if n else 0.0
-        return {"accuracy": pct(correct), "accuracy_by_id": pct(correct_id), "unparseable": unparseable,
-                "no_option_fits": no_fit, "answered_no_option": no_fit_said, "no_option_correct": no_fit_right}
+        out = {"accuracy": pct(correct), "accuracy_by_id": pct(correct_id), "unparseable": unparseable,
+               "no_option_fits": no_fit, "answered_no_option": no_fit_said, "no_option_correct": no_fit_right}
+        if not by_id:
+            del out["accuracy_by_id"]
+        return out

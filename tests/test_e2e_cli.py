@@ -136,11 +136,13 @@ def test_eval_then_score_give_the_same_numbers(stage2, workspace, capsys):
     overrides = [f"eval.out_dir={out}", "eval.benchmarks.coco_cls.limit=6", "eval.benchmarks.pope.limit=6",
                  "eval.benchmarks.refcocog_caption.limit=4", "eval.benchmarks.refcocog_rec.limit=4",
                  "eval.benchmarks.vg_caption.limit=4", "eval.benchmarks.spatial.limit=4",
-                 "eval.benchmarks.dlc.limit=4", "eval.batch_size=4", "eval.num_workers=0",
+                 "eval.benchmarks.dlc.limit=4", "eval.benchmarks.dlc.max_new_tokens=4",
+                 "eval.benchmarks.lvis_cls.limit=4", "eval.batch_size=4", "eval.num_workers=0",
                  "generation.max_new_tokens=4", "eval.gallery=2"]
     assert main(["eval", str(TINY / "eval.yaml"), "--model", str(stage2 / "export"), *overrides]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc"}
+    assert set(results) == {"coco_cls", "refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc",
+                            "lvis_cls"}
     assert "| coco_cls |" in (out / "results.md").read_text()
     assert (out / "coco_cls" / "gallery.png").is_file()
     capsys.readouterr()

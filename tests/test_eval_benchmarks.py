@@ -366,3 +366,31 @@ def test_two_processes_get_rank_zeros_scores(tmp_path):
     mp.spawn(_score_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
     seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert seen[0] == seen[1] == {"got": {"accuracy": 100.0 / 3, "scored_by": 0}, "err": "p.jsonl: line 2: bad"}
+
+
+def test_refcocog_rec_proposals_and_no_option(data, tmp_path):
+    """Candidates from a detections file: accuracy by IoU ≥ 0.5 (ids unknown), and "no option fits" is right
+    exactly when no proposal reaches the threshold."""
+    from regionvlm.data.formats import CocoInstances, read_refs
+
+    inst = CocoInstances(str(data["refcocog_instances"]))
+    refs = [r for r in read_refs(data["refcocog_refs"]) if r["split"] == "val"]
+    referred = {r["ann_id"] for r in refs}
+    # per image: a far-off junk box, then the image's first referred box (if any, shifted by 1 px)
+    dets = []
+    for image_id in sorted({r["image_id"] for r in refs}):
+        dets.append({"image_id": image_id, "bbox": [0, 0, 2, 2], "score": 0.9})
+        first = min(a for a in referred if inst.anns[a]["image_id"] == image_id)
+        x, y, w, h = inst.anns[first]["bbox"]
+        dets.append({"image_id": image_id, "bbox": [x + 1, y, w, h], "score": 0.5})
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    b = bench("refcocog_rec", data, proposals=str(tmp_path / "dets.json"))
+    samples = b.samples()
+    fits = [s["target"]["answer"] != "No corresponding options found." for s in samples]
+    assert any(fits) and not all(fits)   # some refs are the image's first referred box, some are not
+    got = b.evaluate(_perfect(b, lambda s: s["target"]["answer"]))
+    assert got["accuracy"] == 100 and "accuracy_by_id" not in got   # proposals have no annotation ids
+    assert got["no_option_fits"] == got["answered_no_option"] == got["no_option_correct"] == fits.count(False)
+    assert all(len(c) == 4 for c in b.prediction_row(samples[0], "")["candidates"])   # proposal boxes, xywh
+    always_first = b.evaluate(_perfect(b, lambda s: "Region [1]."))   # the junk box: never right
+    assert always_first["accuracy"] == 0 and always_first["unparseable"] == 0

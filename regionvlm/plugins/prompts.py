@@ -146,7 +146,7 @@ class ReferringExpressionPrompt(TaskPrompt):
 
     task = "rec"
     phrasings = (
-        "From the provided masks denoted by {candidates}, which one fits '{expression}'?",   # RGPT paper's wording
+        "From the provided masks denoted by {candidates}, which one fits \"{expression}\"?",   # RGPT paper's wording
         "Which region does the text \"{expression}\" describe? Options: {candidates}.",
         "Find the region that matches \"{expression}\" among {candidates}.",
         "Here are some candidate regions: {candidates}. Which one is \"{expression}\"?",

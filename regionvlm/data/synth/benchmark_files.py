@@ -1,19 +1,19 @@
-"""The synthetic `spatial` and `dlc` benchmark files, derived from a COCO-format instances file whose categories
-are named "<colour> <shape>" (formats in docs/benchmarks.md; `write_synthetic` writes both from its val split)."""
+"""The synthetic benchmark files in their official formats (docs/benchmarks.md), derived from a COCO-format
+instances file whose categories are named "<colour> <shape>": GLaMM's region captions, SpatialRGPT-Bench,
+DLC-Bench and Osprey's LVIS/PACO format (`write_synthetic` writes them from its val split)."""
 
 from __future__ import annotations
 
 import itertools
 
-from regionvlm.data.formats import CocoInstances, write_json, write_jsonl
+from regionvlm.data.formats import CocoInstances, write_json
 
 
-def make_synthetic_spatial(instances_path: str, out_path: str, meters_per_pixel: float = 0.01,
-                           max_pairs_per_image: int = 2) -> int:
-    """Derive a spatial QA jsonl from a COCO-format instances file (synthetic scenes with boxes named like
-    "red circle"): left/above/bigger predicates, a left choice, width and distance questions per object pair.
-    Boxes are in pixels and ``meters_per_pixel`` gives the metric scale. Returns the number of questions."""
-    inst = CocoInstances(instances_path)
+def synthetic_spatial_rows(inst: CocoInstances, meters_per_pixel: float = 0.01,
+                           max_pairs_per_image: int = 2) -> list[dict]:
+    """Spatial questions about the synthetic scenes (boxes named like "red circle"): left/above/bigger
+    predicates, a left choice, width and distance per object pair; ``label`` is "yes"/"no" or the 1-based region
+    number, ``value`` metres. Boxes are in pixels and ``meters_per_pixel`` gives the metric scale."""
     rows: list[dict] = []
     for image_id in sorted(inst.images):
         anns = sorted((a for a in inst.anns_by_image[image_id] if "bbox" in a), key=lambda a: a["id"])
@@ -48,44 +48,7 @@ def make_synthetic_spatial(instances_path: str, out_path: str, meters_per_pixel:
             if dist > 0:
                 add("How far apart are <region1> and <region2>?", f"They are {dist:.2f} meters apart.",
                     type="quantitative", category="distance_data", value=dist)
-    write_jsonl(out_path, rows)
-    return len(rows)
-
-
-def make_synthetic_dlc(instances_path: str, out_path: str) -> int:
-    """Derive a DLC-style jsonl from a COCO-format instances file whose categories are named "<colour> <shape>"
-    ("red circle"): per object a positive colour and shape question and a negative question per absent colour
-    (at most two). Returns the number of regions."""
-    inst = CocoInstances(instances_path)
-    split = {cid: c["name"].split(" ", 1) if " " in c["name"] else ["", c["name"]] for cid, c in inst.cats.items()}
-    colours = sorted({c for c, _ in split.values() if c})
-    shapes = sorted({s for _, s in split.values()})
-    rows = []
-    for ann_id in sorted(inst.anns):
-        ann = inst.anns[ann_id]
-        colour, shape = split[ann["category_id"]]
-        questions = []
-        if colour:
-            questions.append({"type": "positive", "question": "What is the colour of the object?", "choices": [
-                {"text": colour, "score": 1, "keywords": [colour]},
-                *({"text": o, "score": -1, "keywords": [o]} for o in colours if o != colour),
-                {"text": "the colour is not mentioned", "score": 0, "default": True}]})
-        questions.append({"type": "positive", "question": "What is the shape of the object?", "choices": [
-            {"text": shape, "score": 1, "keywords": [shape]},
-            {"text": f"round, but not a {shape}", "score": 0.5, "keywords": ["round"]} if shape in ("circle", "ellipse")
-            else {"text": f"angular, but not a {shape}", "score": 0.5, "keywords": ["angular"]},
-            *({"text": o, "score": -1, "keywords": [o]} for o in shapes if o != shape),
-            {"text": "the shape is not mentioned", "score": 0, "default": True}]})
-        for other in [c for c in colours if c != colour][:2]:
-            questions.append({"type": "negative", "question": f"Does the description say the object is {other}?",
-                              "choices": [{"text": f"it says the object is {other}", "score": -1, "keywords": [other]},
-                                          {"text": f"it does not say the object is {other}", "score": 1,
-                                           "default": True}]})
-        rows.append({"id": ann_id, "image": inst.images[ann["image_id"]]["file_name"],
-                     "regions": [{"bbox": list(ann["bbox"])}], "class_name": inst.category_name(ann),
-                     "questions": questions})
-    write_jsonl(out_path, rows)
-    return len(rows)
+    return rows
 
 
 # -- the official benchmark formats (docs/benchmarks.md), derived from the synthetic COCO-format files ------------
@@ -124,21 +87,13 @@ def _clock(ax: float, ay: float, bx: float, by: float) -> int:
 
 
 def make_spatialrgpt_bench(instances_path: str, out_path: str, meters_per_pixel: float = 0.01) -> int:
-    """``SpatialRGPT-Bench_v1.json``'s format from the synthetic questions (`make_synthetic_spatial`'s), plus a
+    """``SpatialRGPT-Bench_v1.json``'s format from the synthetic questions (`synthetic_spatial_rows`), plus a
     clock-direction question per pair: ``<mask>`` placeholders, answers naming regions 0-based ("Region [0]"),
     regions as ``rle`` masks and ``bbox`` boxes. Returns the number of questions."""
-    import tempfile
-    from pathlib import Path
-
-    from regionvlm.data.formats import read_jsonl
-
     inst = CocoInstances(instances_path)
     by_file = {im["file_name"]: im for im in inst.images.values()}
-    with tempfile.TemporaryDirectory() as tmp:
-        make_synthetic_spatial(instances_path, str(Path(tmp) / "q.jsonl"), meters_per_pixel=meters_per_pixel)
-        rows = read_jsonl(Path(tmp) / "q.jsonl")
     out, seen_pairs = [], set()
-    for r in rows:
+    for r in synthetic_spatial_rows(inst, meters_per_pixel=meters_per_pixel):
         im = by_file[r["image"]]
         boxes = [b["bbox"] for b in r["regions"]]
         anns = [next(a for a in inst.anns_by_image[im["id"]] if list(a["bbox"]) == list(b)) for b in boxes]

@@ -16,8 +16,6 @@ from regionvlm.data.synth.benchmark_files import (
     make_osprey_categories,
     make_region_captions,
     make_spatialrgpt_bench,
-    make_synthetic_dlc,
-    make_synthetic_spatial,
 )
 from regionvlm.data.synth.scenes import (
     CAT_ID,
@@ -49,8 +47,11 @@ The category of an object is "<colour> <shape>" (e.g. "red circle"); the pattern
 | `vg/region_descriptions.json`, `vg/image_data.json`, `vg/densecap_splits.json` | Visual Genome + split file | region captions |
 | `pope/synth_pope_random_{{train,val}}.json` | POPE (JSON lines) | yes/no object existence |
 | `spatial/spatial_{{train,val}}.jsonl` | region conversation jsonl | spatial relation QA |
-| `spatial/spatial_qa_val.jsonl` | SpatialRGPT-Bench-like QA (docs/benchmarks.md) | `spatial` benchmark |
-| `dlc/dlc_qa_val.jsonl` | DLC-Bench-like questions (docs/benchmarks.md) | `dlc` benchmark |
+| `refcocog/finetune_refcocog_val_captions.json` | GLaMM's RefCOCOg captions (val, one entry per sentence) | `refcocog_caption` |
+| `vg/test_caption.json` | GLaMM's VG test captions format (val regions) | `vg_caption` |
+| `spatial/SpatialRGPT-Bench_v1.json` | SpatialRGPT-Bench (val) | `spatial` benchmark |
+| `DLC-bench/{{annotations,qa,class_names}}.json` | DLC-Bench (val) | `dlc` benchmark |
+| `osprey/synth_val_category.json` | Osprey's LVIS/PACO eval format (val) | `lvis_cls`, `paco_cls` |
 | `llava/captions_{{train,val}}.json` | LLaVA conversations | image-level captions (stage 1) |
 """
 
@@ -180,11 +181,6 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
     paths["vg_splits"] = out / "vg" / "densecap_splits.json"
     write_json(paths["vg_splits"], {"train": splits["train"], "val": splits["val"], "test": []})
     paths["images"] = out / "images"
-    # the spatial and dlc benchmark files, derived from the val instances
-    paths["spatial_qa_val"] = out / "spatial" / "spatial_qa_val.jsonl"
-    make_synthetic_spatial(paths["instances_val"], paths["spatial_qa_val"])
-    paths["dlc_qa_val"] = out / "dlc" / "dlc_qa_val.jsonl"
-    make_synthetic_dlc(paths["instances_val"], paths["dlc_qa_val"])
     # the benchmark files in their official formats (docs/benchmarks.md), from the val split
     paths["refcocog_captions_val"] = out / "refcocog" / "finetune_refcocog_val_captions.json"
     make_region_captions(paths["refcocog_instances"], paths["refcocog_captions_val"], refs=refs)
