@@ -1,6 +1,6 @@
-"""Exact mid-epoch resume (issue 12): the training loader's position is part of the checkpoint, so a run stopped
-inside an epoch and resumed ends with the same weights as an uninterrupted run (CPU, fixed seed), and Lightning
-no longer warns that the loader is not resumable."""
+"""Exact resume (issue 12): the batches trained, restored by Lightning with its loop counters, fix the sampler's
+epoch and skip, so a run stopped inside an epoch and resumed ends with the same weights as an uninterrupted run
+(CPU, fixed seed), and Lightning no longer warns that the loader is not resumable."""
 
 import warnings
 
@@ -58,6 +58,22 @@ def repo_cwd(monkeypatch):
     monkeypatch.chdir(Path(__file__).parents[1])
 
 
+def test_the_sampler_derives_epoch_and_skip_from_the_batches_trained():
+    from regionvlm.data.datamodule import MixtureSampler
+
+    progress = {"done": 0}
+    s = MixtureSampler([12], [1.0], seed=3, batch_size=4, progress=lambda: (progress["done"], 3))
+    s.set_epoch(0)
+    epoch0 = list(s)
+    progress["done"] = 3  # an epoch of 3 batches trained: whatever epoch number Lightning passes, it is epoch 1
+    s.set_epoch(7)
+    assert s.epoch == 1
+    epoch1 = list(s)
+    progress["done"] = 5  # restored mid-epoch 1 after 2 of its batches: the rest of epoch 1
+    s.set_epoch(1)
+    assert list(s) == epoch1[8:] and epoch1 != epoch0
+
+
 def test_mid_epoch_resume_equals_uninterrupted_run(tiny_workspace, tmp_path, repo_cwd):
     straight = train(config_for(tiny_workspace, 5), tmp_path)
     mid = tmp_path / "step=2.ckpt"
@@ -78,7 +94,7 @@ def test_resume_without_the_position_differs(tiny_workspace, tmp_path, repo_cwd,
     from regionvlm.data import datamodule
 
     straight = train(config_for(tiny_workspace, 5), tmp_path)
-    monkeypatch.setattr(datamodule.ResumableLoader, "load_state_dict", lambda self, state: None)
+    monkeypatch.setattr(datamodule.RegionDataModule, "_training_progress", lambda self: (0, 0))  # no position
     resumed = train(config_for(tiny_workspace, 5), tmp_path / "again", ckpt_path=str(tmp_path / "step=2.ckpt"))
     assert any(not torch.equal(resumed[k], straight[k]) for k in straight)
 

@@ -54,7 +54,8 @@ class MixtureSampler(DistributedSampler):
     It is a `DistributedSampler` so that Lightning uses it as is (its wrapper would shuffle the order again)."""
 
     def __init__(self, lengths: Sequence[int], ratios: Sequence[float], num_samples: int | None = None,
-                 seed: int = 0, shuffle: bool = True, on_epoch=None, num_replicas: int = 1, rank: int = 0):
+                 seed: int = 0, shuffle: bool = True, on_epoch=None, num_replicas: int = 1, rank: int = 0,
+                 batch_size: int = 1, progress: Callable[[], tuple[int, float]] | None = None):
         # DistributedSampler.__init__ is not called: it wants a dataset and an initialised process group
         self.lengths, self.seed, self.shuffle, self.epoch = list(lengths), seed, shuffle, 0
         self.num_replicas, self.rank = int(num_replicas), int(rank)
@@ -62,6 +63,7 @@ class MixtureSampler(DistributedSampler):
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.on_epoch = on_epoch
         self.resume_at: tuple[int, int] | None = None  # (epoch, samples of this rank to skip): see ResumableLoader
+        self.batch_size, self.progress = int(batch_size), progress
         weights = np.asarray(ratios, dtype=float)
         self.num_samples = int(num_samples or sum(lengths))
         w = weights / weights.sum()
@@ -71,7 +73,14 @@ class MixtureSampler(DistributedSampler):
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
 
     def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this at each epoch start; it also re-seeds the datasets' prompt phrasing."""
+        """Lightning calls this at each epoch start; it also re-seeds the datasets' prompt phrasing. With
+        ``progress`` (batches trained so far, batches per epoch), the epoch and the samples to skip are derived
+        from the batches trained (see `ResumableLoader`)."""
+        if self.progress is not None:
+            done, per_epoch = self.progress()
+            if 0 < per_epoch < float("inf"):
+                epoch, skip = divmod(int(done), int(per_epoch))
+                self.resume_at = (epoch, skip * self.batch_size) if skip else None
         self.epoch = epoch
         if self.on_epoch is not None:
             self.on_epoch(epoch)
@@ -105,11 +114,13 @@ class MixtureSampler(DistributedSampler):
 
 
 class ResumableLoader(DataLoader):
-    """The training DataLoader with Lightning's ``state_dict``/``load_state_dict`` interface, so its position is
-    part of every checkpoint: the epoch and how many batches of it were trained (read off the trainer through
-    ``position``, not counted here: Lightning fetches a batch ahead). Restoring sets the sampler's epoch and
-    makes its next pass skip those batches: the order is a function of (seed, epoch) and each sample's prompt
-    rng of (seed, epoch, index), so a resumed run sees exactly the batches an uninterrupted one would."""
+    """The training DataLoader, stateful for Lightning. Its position needs no state of its own: Lightning restores
+    its loop counters from the checkpoint, and the sampler re-derives the epoch and the samples to skip from the
+    batches trained so far (``progress``, read at every `set_epoch`), not from the epoch number Lightning passes
+    (a step-bounded run restored from an epoch-closing checkpoint first replays that epoch with nothing in it,
+    which would shift every later epoch by one). The order is a function of (seed, epoch) and each sample's
+    prompt rng of (seed, epoch, index), so a resumed run sees exactly the batches an uninterrupted one would.
+    The saved state (epoch, batches of it trained) is informational."""
 
     def __init__(self, *args: Any, position: Callable[[], int], **kw: Any):
         super().__init__(*args, **kw)
@@ -119,8 +130,7 @@ class ResumableLoader(DataLoader):
         return {"epoch": int(self.sampler.epoch), "batches": int(self.position())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(int(state["epoch"]))
-        self.sampler.resume_at = (int(state["epoch"]), int(state["batches"]) * int(self.batch_size))
+        """Nothing to restore: see the class docstring."""
 
 
 class RegionDataModule(L.LightningDataModule):
@@ -234,9 +244,17 @@ class RegionDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         self._sampler = MixtureSampler([len(d) for d in self.train_sets], self.ratios, self.samples_per_epoch,
                                        seed=self.seed, on_epoch=self._set_dataset_epoch, num_replicas=world,
-                                       rank=rank)
+                                       rank=rank, batch_size=self.batch_size, progress=self._training_progress)
         return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler,
                             loader=ResumableLoader, position=self._batches_trained)
+
+    def _training_progress(self) -> tuple[int, float]:
+        """(batches trained in the whole run, batches per epoch) from Lightning's restored counters; (0, 0)
+        outside a trainer."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        return trainer.fit_loop.epoch_loop.batch_progress.total.processed, trainer.num_training_batches
 
     def _batches_trained(self) -> int:
         """Batches of the current epoch trained so far (Lightning's progress; 0 outside a trainer)."""
