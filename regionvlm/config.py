@@ -67,6 +67,7 @@ class RootConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: dict[str, Any] = field(default_factory=dict)
+    loggers: list[Any] = field(default_factory=lambda: ["csv"])  # regionvlm.engine.loggers
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

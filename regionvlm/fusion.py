@@ -27,7 +27,7 @@ def _name(i: int, sample_ids: Sequence[str] | None) -> str:
 def fuse(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, image_token_id: int,
          image_features: torch.Tensor | None, region_token_id: int, region_features: torch.Tensor | None,
          region_mentions: torch.Tensor, region_image_index: torch.Tensor | None = None,
-         sample_ids: Sequence[str] | None = None) -> torch.Tensor:
+         sample_ids: Sequence[str] | None = None, image_row_index: torch.Tensor | None = None) -> torch.Tensor:
     """Return ``inputs_embeds`` (B×L×D) with features written at the placeholders (a new tensor).
 
     - ``image_features`` B×N×D: sample b's N image placeholders get ``image_features[b]``; a sample with no image
@@ -36,6 +36,8 @@ def fuse(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, image_token_id: i
       the M·k region placeholders receive ``region_features[region_mentions]`` in order. With
       ``region_image_index`` (R) each sample's placeholder count must be k × its mentions and the mentions must
       be ordered by sample; without it only the batch total is checked.
+    - ``image_row_index`` (I, packed rows): image i belongs to row ``image_row_index[i]`` (rows then hold several
+      images, in token order; -1 for an image without placeholders); without it image b is row b.
     Raises `FusionError` naming the sample and both counts.
     """
     out = inputs_embeds
@@ -44,7 +46,18 @@ def fuse(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, image_token_id: i
 
     image_mask = input_ids == image_token_id
     image_counts = image_mask.sum(1)
-    if image_features is not None or bool(image_mask.any()):
+    if image_row_index is not None:  # packed: row r holds (its images × N) placeholders, features in row order
+        n = image_features.shape[1] if image_features is not None else 0
+        placed = image_row_index >= 0  # -1: a text-only sample's blank image, no placeholders
+        expected = torch.bincount(image_row_index[placed], minlength=b) * n
+        bad = (image_counts != expected).nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise FusionError(f"row {i}: {int(image_counts[i])} image placeholder tokens but its images have "
+                              f"{int(expected[i])} feature tokens")
+        if n and bool(placed.any()):
+            out = out.masked_scatter(image_mask[..., None], image_features[placed].reshape(-1, d).type(dtype))
+    elif image_features is not None or bool(image_mask.any()):
         if image_features is None:
             raise FusionError(f"{_name(int(image_mask.any(1).nonzero()[0]), sample_ids)} has "
                               f"{int(image_counts.max())} image placeholder tokens but no image features were given")
@@ -65,6 +78,8 @@ def fuse(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, image_token_id: i
     k = region_features.shape[1] if region_features is not None else 1
     if region_image_index is not None and m:
         mention_image = region_image_index[region_mentions]
+        if image_row_index is not None:
+            mention_image = image_row_index[mention_image]
         if bool((mention_image[1:] < mention_image[:-1]).any()):
             raise FusionError("region_mentions are not ordered sample by sample (token order)")
         expected = torch.bincount(mention_image, minlength=b) * k

@@ -108,7 +108,8 @@ class RegionVLM(nn.Module):
         embeds = self.llm.get_input_embeddings()(batch.input_ids)
         return fuse(embeds, batch.input_ids, self.image_token_id, image_tokens, self.region_token_id,
                     region_tokens, batch.region_mentions, region_image_index=batch.region_image_index,
-                    sample_ids=batch.ids or None)
+                    sample_ids=None if batch.image_row_index is not None else (batch.ids or None),
+                    image_row_index=batch.image_row_index)
 
     def forward(self, batch: Batch, all_logits: bool = False) -> dict[str, Any]:
         """``{"loss": scalar or None (no labels), "logits": ..., ...head outputs}``.
@@ -125,9 +126,14 @@ class RegionVLM(nn.Module):
                                                (self.image_token_id, self.region_token_id))
             if not (all_logits or need_hidden):
                 keep = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-        extra = {} if keep is None else {"logits_to_keep": keep}
-        out = self.llm(inputs_embeds=embeds, attention_mask=batch.attention_mask, output_hidden_states=need_hidden,
-                       **extra)
+        extra: dict[str, Any] = {} if keep is None else {"logits_to_keep": keep}
+        attention = batch.attention_mask
+        if batch.segment_ids is not None or batch.turn_ids is not None:
+            attention = structured_attention_mask(batch.attention_mask, batch.segment_ids, batch.turn_ids,
+                                                  embeds.dtype)
+        if batch.position_ids is not None:
+            extra["position_ids"] = batch.position_ids
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention, output_hidden_states=need_hidden, **extra)
         result: dict[str, Any] = {"loss": None, "logits": out.logits}
         if labels is not None:
             hidden = out.hidden_states[-1] if need_hidden else None
@@ -154,6 +160,24 @@ class RegionVLM(nn.Module):
             gen.update(temperature=temperature, top_p=top_p)
         gen.update(kwargs)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=True, **gen)
+
+
+def structured_attention_mask(attention_mask: torch.Tensor, segment_ids: torch.Tensor | None,
+                              turn_ids: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The additive B×1×L×L mask (0 = attend, dtype's min = not) for packed rows and independent turns: token i
+    sees token j ≤ i of the same packed sample (``segment_ids``) that is either in the shared prefix (turn 0) or
+    in i's own turn (``turn_ids``). Each packed sample / turn then computes exactly what it would alone (with
+    the collator's restarted ``position_ids``). Every token sees itself, so no row is empty (no NaN at pads)."""
+    length = attention_mask.shape[1]
+    idx = torch.arange(length, device=attention_mask.device)
+    allowed = (idx[None, :, None] >= idx[None, None, :]) & attention_mask.bool()[:, None, :]
+    if segment_ids is not None:
+        allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
+    if turn_ids is not None:
+        allowed &= (turn_ids[:, None, :] == 0) | (turn_ids[:, :, None] == turn_ids[:, None, :])
+    allowed |= torch.eye(length, dtype=torch.bool, device=attention_mask.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def _grid(value: Any) -> tuple[int, int] | None:

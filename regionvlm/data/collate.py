@@ -150,13 +150,19 @@ class Collator:
     *empty* `Batch` (``len(batch) == 0``, zero-size tensors with the usual trailing shapes); the training
     step should skip it (return None).
 
+    A grouped sample (a dataset's ``regions_per_sample``) carries ``turns``: independent one-region
+    conversations joined into one sequence around one shared image prefix (`_join_turns`); ``pack=True`` puts
+    several samples in one row (`_rows`). Both set ``position_ids``/``segment_ids``/``turn_ids`` on the `Batch`,
+    from which the model builds attention that keeps every sample and turn to itself.
+
     ``for_generation=True``: the prompt up to and including the assistant cue only, left padding,
     ``labels=None``, ``targets`` = the sample's ``target`` or else its last answer.
     """
 
     def __init__(self, tokenizer, num_image_tokens: int, tokens_per_region: int = 1, template: str = "vicuna_v1",
                  max_length: int | None = 2048, padding_side: str = "right", for_generation: bool = False,
-                 processor=None, add_bos: bool | None = None, system_prompt: str | None = None):
+                 processor=None, add_bos: bool | None = None, system_prompt: str | None = None,
+                 pack: bool = False):
         if template not in TEMPLATES:
             raise ConfigError(f"template: unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
         if padding_side not in ("left", "right"):
@@ -182,6 +188,9 @@ class Collator:
         if add_bos and bos is None:
             raise ConfigError("add_bos: the tokenizer has no bos token")
         self.num_dropped = 0
+        if pack and for_generation:
+            raise ConfigError("pack: packing is for training batches, not generation")
+        self.pack = bool(pack)
 
     # -- rendering ------------------------------------------------------------------------------------------
     def render(self, conversations, where="sample"):
@@ -197,64 +206,124 @@ class Collator:
         return "".join(eos if t is EOS else t for t, _ in self.render(conversations))
 
     # -- tokenisation ---------------------------------------------------------------------------------------
-    def _encode(self, samples: list[dict]) -> list[tuple[np.ndarray, np.ndarray, list[int], int] | None]:
-        """Per sample: (ids, labels, mentioned region indices (0-based, token order), end of last placeholder)."""
-        plans, texts = [], []
-        for s in samples:
-            where = f"sample {s.get('id', '?')}"
-            plan = []  # ("text", index into texts, is_answer) | ("image",) | ("region", k) | ("eos", is_answer)
-            for text, is_answer in self.render(s["conversations"], where):
-                if text is EOS:
-                    plan.append(("eos", is_answer))
-                    continue
-                for frag in _TAG.split(text):
-                    if not frag:
-                        continue
-                    if frag == "<image>":
-                        plan.append(("image",))
-                    elif frag.startswith("<region") and _TAG.fullmatch(frag):
-                        plan.append(("region", int(frag[7:-1])))
-                    else:
-                        plan.append(("text", len(texts), is_answer))
-                        texts.append(frag)
-            plans.append(plan)
-        token_lists = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    def _conversations(self, s: dict) -> list:
+        """The conversations a sample is encoded from: its independent ``turns`` (a grouped training sample, see
+        `_join_turns`) or its one ``conversations``."""
+        turns = s.get("turns")
+        return list(turns) if turns and not self.for_generation else [s["conversations"]]
 
-        out = []
-        for s, plan in zip(samples, plans):
+    def _encode(self, samples: list[dict]) -> list[dict | None]:
+        """Per sample (None when dropped): ``ids``, ``labels``, ``mentions`` (region indices, token order) and, for
+        grouped samples, ``positions`` and ``turns`` (see `_join_turns`)."""
+        plans, texts, owners = [], [], []
+        for si, s in enumerate(samples):
             where = f"sample {s.get('id', '?')}"
-            num_regions = len(s["region_masks"])
-            ids, labels, mentions, n_images = [np.asarray(self.bos, dtype=np.int64)], [], [], 0
-            labels.append(np.full(len(self.bos), IGNORE_INDEX, dtype=np.int64))
-            length, last_placeholder_end = len(self.bos), 0
-            for step in plan:
-                kind = step[0]
-                if kind == "text":
-                    tok = np.asarray(token_lists[step[1]], dtype=np.int64)
-                    lab = tok if step[2] else np.full(len(tok), IGNORE_INDEX, dtype=np.int64)
-                elif kind == "eos":
-                    tok = np.asarray([self.eos_token_id], dtype=np.int64)
-                    lab = tok if step[1] else np.full(1, IGNORE_INDEX, dtype=np.int64)
-                else:
-                    if kind == "image":
-                        n_images += 1
-                        if n_images > 1:
-                            raise DataError(f"{where}: more than one <image> tag")
-                        tok = np.full(self.num_image_tokens, self.image_token_id, dtype=np.int64)
-                    else:
-                        k = step[1]
-                        if not 1 <= k <= num_regions:
-                            raise DataError(f"{where}: <region{k}> but the sample has {num_regions} regions")
-                        mentions.append(k - 1)
-                        tok = np.full(self.tokens_per_region, self.region_token_id, dtype=np.int64)
-                    lab = np.full(len(tok), IGNORE_INDEX, dtype=np.int64)
-                    last_placeholder_end = length + len(tok)
-                ids.append(tok)
-                labels.append(lab)
-                length += len(tok)
-            ids_arr, lab_arr = np.concatenate(ids), np.concatenate(labels)
-            out.append(self._truncate(ids_arr, lab_arr, mentions, last_placeholder_end, where))
+            for conv in self._conversations(s):
+                plan = []  # ("text", index into texts, is_answer) | ("image",) | ("region", k) | ("eos", is_answer)
+                for text, is_answer in self.render(conv, where):
+                    if text is EOS:
+                        plan.append(("eos", is_answer))
+                        continue
+                    for frag in _TAG.split(text):
+                        if not frag:
+                            continue
+                        if frag == "<image>":
+                            plan.append(("image",))
+                        elif frag.startswith("<region") and _TAG.fullmatch(frag):
+                            plan.append(("region", int(frag[7:-1])))
+                        else:
+                            plan.append(("text", len(texts), is_answer))
+                            texts.append(frag)
+                plans.append(plan)
+                owners.append(si)
+        token_lists = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        encoded: list[list[dict]] = [[] for _ in samples]
+        for si, plan in zip(owners, plans):
+            s = samples[si]
+            encoded[si].append(self._encode_plan(plan, token_lists, len(s["region_masks"]),
+                                                 f"sample {s.get('id', '?')}"))
+        out = []
+        for s, parts in zip(samples, encoded):
+            where = f"sample {s.get('id', '?')}"
+            if len(parts) == 1:
+                e = parts[0]
+                cut = self._truncate(e["ids"], e["labels"], e["mentions"], e["last_placeholder_end"], where)
+                out.append(None if cut is None else dict(zip(("ids", "labels", "mentions"), cut)))
+            else:
+                out.append(self._join_turns(parts, where))
         return out
+
+    def _encode_plan(self, plan: list, token_lists: list, num_regions: int, where: str) -> dict:
+        ids, labels, mentions, n_images = [np.asarray(self.bos, dtype=np.int64)], [], [], 0
+        labels.append(np.full(len(self.bos), IGNORE_INDEX, dtype=np.int64))
+        length, last_placeholder_end, image_end = len(self.bos), 0, None
+        for step in plan:
+            kind = step[0]
+            if kind == "text":
+                tok = np.asarray(token_lists[step[1]], dtype=np.int64)
+                lab = tok if step[2] else np.full(len(tok), IGNORE_INDEX, dtype=np.int64)
+            elif kind == "eos":
+                tok = np.asarray([self.eos_token_id], dtype=np.int64)
+                lab = tok if step[1] else np.full(1, IGNORE_INDEX, dtype=np.int64)
+            else:
+                if kind == "image":
+                    n_images += 1
+                    if n_images > 1:
+                        raise DataError(f"{where}: more than one <image> tag")
+                    tok = np.full(self.num_image_tokens, self.image_token_id, dtype=np.int64)
+                    image_end = length + len(tok)
+                else:
+                    k = step[1]
+                    if not 1 <= k <= num_regions:
+                        raise DataError(f"{where}: <region{k}> but the sample has {num_regions} regions")
+                    mentions.append(k - 1)
+                    tok = np.full(self.tokens_per_region, self.region_token_id, dtype=np.int64)
+                lab = np.full(len(tok), IGNORE_INDEX, dtype=np.int64)
+                last_placeholder_end = length + len(tok)
+            ids.append(tok)
+            labels.append(lab)
+            length += len(tok)
+        return {"ids": np.concatenate(ids), "labels": np.concatenate(labels), "mentions": mentions,
+                "last_placeholder_end": last_placeholder_end, "image_end": image_end}
+
+    def _join_turns(self, parts: list[dict], where: str) -> dict | None:
+        """One sequence from a grouped sample's independent turns (each a whole conversation about one region,
+        all starting with the same text and ``<image>``): the shared prefix (up to the image placeholders) once,
+        then each turn's own tokens. ``turns`` marks the prefix 0 and turn k's tokens k, ``positions`` continue
+        the prefix in every turn, so with the model's structured attention each turn computes exactly what it
+        would as a sample of its own, while the image is encoded and its tokens carried once.
+
+        Truncation drops whole turns from the end (never a placeholder); a first turn that does not fit alone
+        is truncated or dropped as a single sample is."""
+        prefix = parts[0]["image_end"]
+        if prefix is None or any(p["image_end"] != prefix or not np.array_equal(p["ids"][:prefix],
+                                                                                parts[0]["ids"][:prefix])
+                                 for p in parts):
+            raise DataError(f"{where}: grouped turns must all start with the same text and <image>")
+        first = parts[0]
+        kept = [first]
+        total = len(first["ids"])
+        for p in parts[1:]:
+            if self.max_length is not None and total + len(p["ids"]) - prefix > self.max_length:
+                break
+            kept.append(p)
+            total += len(p["ids"]) - prefix
+        if len(kept) == 1:
+            cut = self._truncate(first["ids"], first["labels"], first["mentions"], first["last_placeholder_end"],
+                                 where)
+            if cut is None:
+                return None
+            ids = cut[0]
+            return {"ids": ids, "labels": cut[1], "mentions": cut[2], "positions": np.arange(len(ids)),
+                    "turns": np.where(np.arange(len(ids)) < prefix, 0, 1)}
+        ids = [first["ids"]] + [p["ids"][prefix:] for p in kept[1:]]
+        labels = [first["labels"]] + [p["labels"][prefix:] for p in kept[1:]]
+        positions = [np.arange(len(first["ids"]))] + [np.arange(prefix, len(p["ids"])) for p in kept[1:]]
+        turns = [np.where(np.arange(len(first["ids"])) < prefix, 0, 1)] + [
+            np.full(len(p["ids"]) - prefix, k + 1) for k, p in enumerate(kept[1:], start=1)]
+        return {"ids": np.concatenate(ids), "labels": np.concatenate(labels),
+                "mentions": [m for p in kept for m in p["mentions"]], "positions": np.concatenate(positions),
+                "turns": np.concatenate(turns)}
 
     def _truncate(self, ids, labels, mentions, last_placeholder_end, where):
         if self.max_length is None or len(ids) <= self.max_length:
@@ -275,6 +344,25 @@ class Collator:
         return ids[: self.max_length], labels[: self.max_length], mentions
 
     # -- batch ----------------------------------------------------------------------------------------------
+    def _rows(self, kept: list[tuple[dict, dict]]) -> list[list[int]]:
+        """Which kept samples share a row: one each, or (``pack``) first-fit by decreasing length into rows of
+        at most ``max_length`` tokens (the longest sample when there is no limit)."""
+        if not self.pack:
+            return [[i] for i in range(len(kept))]
+        lengths = [len(e["ids"]) for _, e in kept]
+        capacity = self.max_length or max(lengths, default=0)
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(kept)), key=lambda i: (-lengths[i], i)):
+            r = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+            if r is None:
+                rows.append([i])
+                room.append(capacity - lengths[i])
+            else:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+        return [sorted(r) for r in rows]
+
     def __call__(self, samples: list[dict]) -> Batch:
         if self.processor is not None:
             samples = [s if "pixel_values" in s else self.processor.process_sample(s) for s in samples]
@@ -284,23 +372,41 @@ class Collator:
                                 "give the Collator a processor")
         encoded = self._encode(samples)
         kept = [(s, e) for s, e in zip(samples, encoded) if e is not None]
+        rows = self._rows(kept)
+        order = [i for r in rows for i in r]  # images, regions and ids in row-major token order
+        structured = self.pack or any("turns" in e for _, e in kept)
         ref = samples[0]["pixel_values"] if samples else torch.zeros(3, 1, 1)
-        B = len(kept)
-        L = max((len(e[0]) for _, e in kept), default=0)
+        B = len(rows)
+        L = max((sum(len(kept[i][1]["ids"]) for i in r) for r in rows), default=0)
         input_ids = np.full((B, L), self.pad_token_id, dtype=np.int64)
         labels = np.full((B, L), IGNORE_INDEX, dtype=np.int64)
         attention = np.zeros((B, L), dtype=np.int64)
-        mentions, image_index, offset = [], [], 0
-        for b, (s, (ids, lab, ment)) in enumerate(kept):
-            n = len(ids)
-            sl = slice(L - n, L) if self.padding_side == "left" else slice(0, n)
-            input_ids[b, sl], labels[b, sl], attention[b, sl] = ids, lab, 1
-            R = len(s["region_masks"])
-            mentions.extend(offset + k for k in ment)
-            image_index.extend([b] * R)
-            offset += R
+        positions = np.zeros((B, L), dtype=np.int64)
+        segments = np.full((B, L), -1, dtype=np.int64)
+        turn_ids = np.zeros((B, L), dtype=np.int64)
+        mentions, image_index, image_row, offset = [], [], [], 0
+        image = 0
+        for b, r in enumerate(rows):
+            n_row = sum(len(kept[i][1]["ids"]) for i in r)
+            start = L - n_row if self.padding_side == "left" else 0
+            for seg, i in enumerate(r):
+                s, e = kept[i]
+                n = len(e["ids"])
+                sl = slice(start, start + n)
+                input_ids[b, sl], labels[b, sl], attention[b, sl] = e["ids"], e["labels"], 1
+                positions[b, sl] = e.get("positions", np.arange(n))
+                segments[b, sl] = seg
+                if "turns" in e:
+                    turn_ids[b, sl] = e["turns"]
+                start += n
+                R = len(s["region_masks"])
+                mentions.extend(offset + k for k in e["mentions"])
+                image_index.extend([image] * R)
+                image_row.append(b if (e["ids"] == self.image_token_id).any() else -1)
+                offset += R
+                image += 1
         S = ref.shape[-2:]
-        kept_s = [s for s, _ in kept]
+        kept_s = [kept[i][0] for i in order]
         return Batch(
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(attention),
@@ -312,6 +418,10 @@ class Collator:
             labels=None if self.for_generation else torch.from_numpy(labels),
             ids=[str(s.get("id", "")) for s in kept_s],
             targets=[self._target(s) for s in kept_s],
+            position_ids=torch.from_numpy(positions) if structured else None,
+            segment_ids=torch.from_numpy(segments) if self.pack else None,
+            turn_ids=torch.from_numpy(turn_ids) if any("turns" in e for _, e in kept) else None,
+            image_row_index=torch.tensor(image_row, dtype=torch.long) if self.pack else None,
         )
 
     def _target(self, s: dict) -> Any:

@@ -61,6 +61,7 @@ class MixtureSampler(DistributedSampler):
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.on_epoch = on_epoch
+        self.resume_at: tuple[int, int] | None = None  # (epoch, samples of this rank to skip): see ResumableLoader
         weights = np.asarray(ratios, dtype=float)
         self.num_samples = int(num_samples or sum(lengths))
         w = weights / weights.sum()
@@ -97,7 +98,29 @@ class MixtureSampler(DistributedSampler):
         order = self.epoch_order()
         if self.num_replicas > 1 and len(order):
             order = np.resize(order, len(self) * self.num_replicas)[self.rank::self.num_replicas]
+        resume, self.resume_at = self.resume_at, None
+        if resume is not None and resume[0] == self.epoch:
+            order = order[resume[1]:]
         return iter(order.tolist())
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader with Lightning's ``state_dict``/``load_state_dict`` interface, so its position is
+    part of every checkpoint: the epoch and how many batches of it were trained (read off the trainer through
+    ``position``, not counted here: Lightning fetches a batch ahead). Restoring sets the sampler's epoch and
+    makes its next pass skip those batches: the order is a function of (seed, epoch) and each sample's prompt
+    rng of (seed, epoch, index), so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, *args: Any, position: Callable[[], int], **kw: Any):
+        super().__init__(*args, **kw)
+        self.position = position
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches": int(self.position())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(int(state["epoch"]))
+        self.sampler.resume_at = (int(state["epoch"]), int(state["batches"]) * int(self.batch_size))
 
 
 class RegionDataModule(L.LightningDataModule):
@@ -116,6 +139,7 @@ class RegionDataModule(L.LightningDataModule):
       template: vicuna_v1          # vicuna_v1 | plain | chat_template
       max_length: 2048
       padding_side: right
+      pack: false                  # several samples per row (attention kept inside each), rows ≤ max_length
       samples_per_epoch: null      # default: sum of the train datasets' lengths
       processor: {resize_mode: pad}  # ImageProcessor options; size and mean/std come from the model
     ```
@@ -133,7 +157,8 @@ class RegionDataModule(L.LightningDataModule):
     def __init__(self, processing: Processing | Callable[[], Processing] | None = None,
                  train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, template: str = "vicuna_v1",
-                 max_length: int | None = 2048, padding_side: str = "right", samples_per_epoch: int | None = None,
+                 max_length: int | None = 2048, padding_side: str = "right", pack: bool = False,
+                 samples_per_epoch: int | None = None,
                  seed: int = 0, pin_memory: bool = False, tokenizer: Any = None, processor: Any = None,
                  num_image_tokens: int | None = None, tokens_per_region: int = 1):
         super().__init__()
@@ -144,6 +169,7 @@ class RegionDataModule(L.LightningDataModule):
             processing = Processing(tokenizer, processor, int(num_image_tokens), int(tokens_per_region))
         self._processing = processing
         self.template, self.max_length, self.padding_side = template, max_length, padding_side
+        self.pack = bool(pack)
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.pin_memory, self.seed = int(num_workers), pin_memory, seed
         self.train_sets, ratios = self._build(train, "data.train", training=True)
@@ -188,17 +214,17 @@ class RegionDataModule(L.LightningDataModule):
 
     @cached_property
     def train_collator(self) -> Collator:
-        return self._collator(padding_side=self.padding_side)
+        return self._collator(padding_side=self.padding_side, pack=self.pack)
 
     @cached_property
     def predict_collator(self) -> Collator:
         return self._collator(for_generation=True)
 
-    def _loader(self, sets, collator, batch_size, sampler=None) -> DataLoader:
+    def _loader(self, sets, collator, batch_size, sampler=None, loader=DataLoader, **kw: Any) -> DataLoader:
         data = ConcatDataset([ProcessedDataset(d, self.processor) for d in sets])
-        return DataLoader(data, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=False, drop_last=False)
+        return loader(data, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator,
+                      num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      persistent_workers=False, drop_last=False, **kw)
         # not persistent: workers hold copies of the datasets, and a fresh copy per epoch carries set_epoch
 
     def train_dataloader(self) -> DataLoader:
@@ -209,7 +235,13 @@ class RegionDataModule(L.LightningDataModule):
         self._sampler = MixtureSampler([len(d) for d in self.train_sets], self.ratios, self.samples_per_epoch,
                                        seed=self.seed, on_epoch=self._set_dataset_epoch, num_replicas=world,
                                        rank=rank)
-        return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler)
+        return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler,
+                            loader=ResumableLoader, position=self._batches_trained)
+
+    def _batches_trained(self) -> int:
+        """Batches of the current epoch trained so far (Lightning's progress; 0 outside a trainer)."""
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_sets:

@@ -40,5 +40,8 @@ class GenerationSamples(L.Callback):
         if self.path is not None:
             with self.path.open("a") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        from regionvlm.engine.loggers import log_samples
+
+        log_samples(trainer.loggers, rows, trainer.global_step)
         for r in rows:
             print(f"[step {r['step']}] {r['id']}: {r['prediction']!r} (reference: {r['reference']!r})")

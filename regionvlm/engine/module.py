@@ -135,8 +135,12 @@ class RegionVLMModule(L.LightningModule):
         if len(batch) == 0:
             return
         seconds = max(time.perf_counter() - self._step_start, 1e-9)
-        self.log("train/samples_per_s", len(batch) / seconds, batch_size=len(batch))
-        self.log("train/tokens_per_s", float(batch.attention_mask.sum()) / seconds, batch_size=len(batch))
+        real = float(batch.attention_mask.sum())
+        self.log("train/samples_per_s", len(batch.ids or batch) / seconds, batch_size=len(batch))
+        self.log("train/regions_per_s", len(batch.region_mentions) / seconds, batch_size=len(batch))
+        self.log("train/tokens_per_s", real / seconds, batch_size=len(batch))
+        # share of the LLM's B×L token slots that are padding (what packing and grouping exist to cut)
+        self.log("train/padding_waste", 1.0 - real / max(batch.attention_mask.numel(), 1), batch_size=len(batch))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch))  # CSV: bar rounds it
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:

@@ -24,11 +24,10 @@ def quiet_lightning() -> None:
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
     """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument, plus ``on_nonfinite_loss: stop |
     skip``, see `RegionVLMModule`; unknown keys are errors).
-    With ``run_dir``: CSV log in ``run_dir/logs``, checkpoints in ``run_dir/checkpoints`` (``last.ckpt``), each
-    written to a temporary name and renamed (`atomic_checkpoint_io`)."""
+    With ``run_dir``: the ``loggers:`` (default: CSV in ``run_dir/logs``), checkpoints in ``run_dir/checkpoints``
+    (``last.ckpt``), each written to a temporary name and renamed (`atomic_checkpoint_io`)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     quiet_lightning()
     kwargs = dict(config.get("trainer") or {})
@@ -40,7 +39,9 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
 
         runtime["callbacks"].append(GenerationSamples(run_dir))
         runtime["default_root_dir"] = str(run_dir)
-        runtime["logger"] = CSVLogger(str(run_dir), name="", version="logs")
+        from regionvlm.engine.loggers import build_loggers
+
+        runtime["logger"] = build_loggers(config.get("loggers"), run_dir)
         if "plugins" not in kwargs and "deepspeed" not in str(kwargs.get("strategy", "")):  # DeepSpeed saves itself
             from regionvlm.engine.checkpoint import atomic_checkpoint_io
 

@@ -92,3 +92,41 @@ def ann_region(ann: dict, use: str = "mask") -> tuple[str, Any]:
         x, y, w, h = ann["bbox"]
         return ("box", [x, y, x + w, y + h])
     return ("polygon" if isinstance(seg, list) else "rle", seg)
+
+
+def check_regions_per_sample(value: Any) -> int | None:
+    """``regions_per_sample``: 1 (one sample per region), N (an image's regions in groups of at most N) or
+    ``all`` (returned as None: one sample per image)."""
+    if value == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"regions_per_sample: expected 1, a larger integer or 'all', got {value!r}")
+    return value
+
+
+def group_by_image(items: list, image_of, per_sample: int | None) -> list:
+    """``items`` (in their fixed order) as lists of at most ``per_sample`` items of one image (None: all of
+    them), groups in the order of their first item: a fixed, seed-independent grouping."""
+    by_image: dict[Any, list] = {}
+    for item in items:
+        by_image.setdefault(image_of(item), []).append(item)
+    groups = []
+    for members in by_image.values():
+        step = per_sample or len(members)
+        groups += [members[k: k + step] for k in range(0, len(members), step)]
+    return groups
+
+
+def grouped_sample(turns: list[list[dict]], rng: np.random.Generator | None) -> dict:
+    """``turns`` (one conversation per region, each opening with ``<image>``) as one grouped sample's
+    ``turns`` (shuffled with ``rng`` when training; the collator joins them around one image prefix, each turn
+    attending only to that prefix and itself) and ``conversations`` (the same turns as one multi-turn
+    conversation, ``<image>`` in the first only: what a reader or a generation prompt sees)."""
+    order = rng.permutation(len(turns)) if rng is not None else np.arange(len(turns))
+    turns = [turns[k] for k in order]
+    conversation = [dict(t) for conv in turns for t in conv]
+    for k, t in enumerate(conversation):
+        if k > 0 and isinstance(t.get("value"), str):
+            t["value"] = t["value"].replace("<image>\n", "").replace("<image>", "")
+    return {"turns": turns, "conversations": conversation}
+

@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from regionvlm.data import formats
-from regionvlm.data.datasets.base import RegionDataset, ann_region, check_region_kind
+from regionvlm.data.datasets.base import (
+    RegionDataset,
+    ann_region,
+    check_region_kind,
+    check_regions_per_sample,
+    group_by_image,
+    grouped_sample,
+)
 from regionvlm.data.geometry import box_iou_xywh
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
@@ -17,27 +24,35 @@ from regionvlm.registry import DATASETS
 
 @DATASETS.register("coco_instances")
 class CocoInstancesDataset(RegionDataset):
-    """Region classification from a COCO-format instances json (COCO, V3Det, ...): one sample per annotation."""
+    """Region classification from a COCO-format instances json (COCO, V3Det, ...): one sample per annotation, or
+    (``regions_per_sample``: N or ``all``) an image's annotations in groups, one question per region, all
+    answers in the loss, the image encoded and carried through the LLM once per group."""
 
     task = "region_classification"
     # "... a single word or phrase"; set a vocabulary in YAML
     default_prompt: ClassVar[dict | None] = {"type": "region_classification"}
 
     def __init__(self, ann_file: str, image_root: str | None = None, skip_crowd: bool = True,
-                 min_area: float = 0.0, region: str = "mask", **kw: Any):
-        """``region``: ``mask`` (the segmentation) or ``box`` (the bbox only). Items in annotation-id order."""
+                 min_area: float = 0.0, region: str = "mask", regions_per_sample: int | str = 1, **kw: Any):
+        """``region``: ``mask`` (the segmentation) or ``box`` (the bbox only). Items in annotation-id order;
+        grouped: groups of one image's annotations in id order (`group_by_image`), turns shuffled per epoch."""
         self.region = check_region_kind(region)
+        self.per_sample = check_regions_per_sample(regions_per_sample)
         self.coco = formats.CocoInstances(ann_file)
         super().__init__(image_root, **kw)
-        self.items = self._limit([
-            self.coco.anns[k] for k in sorted(self.coco.anns)
-            if not (skip_crowd and self.coco.anns[k].get("iscrowd", 0))
-            and self.coco.anns[k].get("area", np.inf) >= min_area])
+        anns = [self.coco.anns[k] for k in sorted(self.coco.anns)
+                if not (skip_crowd and self.coco.anns[k].get("iscrowd", 0))
+                and self.coco.anns[k].get("area", np.inf) >= min_area]
+        if self.per_sample != 1:
+            anns = group_by_image(anns, lambda a: a["image_id"], self.per_sample)
+        self.items = self._limit(anns)
 
     def prompt_runtime(self) -> dict[str, Any]:
         return {"categories": self.coco.category_names}
 
     def __getitem__(self, i: int) -> dict:
+        if self.per_sample != 1:
+            return self._group(i)
         ann = self.items[i]
         im = self.coco.images[ann["image_id"]]
         regions = Regions([ann_region(ann, self.region)], (im["height"], im["width"]),
@@ -46,6 +61,22 @@ class CocoInstancesDataset(RegionDataset):
         return {"id": f"coco-{ann['id']}", "image": self.image_path(im["file_name"]), "regions": regions,
                 "conversations": self.ask(i, region=1, answer=label),
                 "target": {"ann_id": ann["id"], "category_id": ann["category_id"], "answer": label},
+                "task": self.task}
+
+
+    def _group(self, i: int) -> dict:
+        anns = self.items[i]
+        im = self.coco.images[anns[0]["image_id"]]
+        regions = Regions([ann_region(a, self.region) for a in anns], (im["height"], im["width"]),
+                          out_of_bounds=self.out_of_bounds,
+                          where=f"{self.coco.path}: annotations {[a['id'] for a in anns]}")
+        labels = [self.coco.category_name(a) for a in anns]
+        rng = self.rng(i)
+        turns = [self.ask(i, rng=rng, region=k + 1, answer=label) for k, label in enumerate(labels)]
+        return {"id": f"coco-{anns[0]['id']}-x{len(anns)}", "image": self.image_path(im["file_name"]),
+                "regions": regions, **grouped_sample(turns, rng),
+                "target": {"ann_ids": [a["id"] for a in anns], "category_ids": [a["category_id"] for a in anns],
+                           "answers": labels},
                 "task": self.task}
 
 
