@@ -26,9 +26,27 @@ MID_EPOCH = ["data.train.0.max_samples=32", "data.batch_size=4", "data.num_worke
              "generation.max_new_tokens=2"]
 
 
-def cli(*args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "regionvlm.cli", *args], env=env, stdout=subprocess.PIPE,
+def cli(*args: str, env: dict, kill_after: str | None = None) -> subprocess.Popen:
+    """``regionvlm ARGS`` in a subprocess. ``kill_after``: ``"module:function:count"``, the process SIGKILLs itself
+    right after its ``count``-th call of that function returns (a kill at an exact point, however loaded the
+    machine is: polling from outside can miss a short window)."""
+    code = "import sys\nfrom regionvlm.cli import main\n"
+    if kill_after:
+        module, function, count = kill_after.split(":")
+        code += (f"import os, signal, importlib\nm = importlib.import_module({module!r})\n"
+                 f"f, calls = getattr(m, {function!r}), [0]\n"
+                 f"def wrapped(*a, **k):\n    out = f(*a, **k)\n    calls[0] += 1\n"
+                 f"    if calls[0] == {int(count)}:\n        os.kill(os.getpid(), signal.SIGKILL)\n    return out\n"
+                 f"setattr(m, {function!r}, wrapped)\n")
+    code += "sys.exit(main(sys.argv[1:]))\n"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def killed(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+    return out
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -96,10 +114,9 @@ def test_predict_killed_mid_file_resumes_without_losing_or_duplicating_a_row(env
             "--device", "cpu"]
     finish(cli(*args, "--out", str(tmp_path / "whole.jsonl"), env=env))
     out = tmp_path / "cut.jsonl"
-    kill_when(cli(*args, "--out", str(out), env=env),
-              lambda: out.is_file() and out.read_text().count("\n") >= 3)
+    killed(cli(*args, "--out", str(out), env=env, kill_after="os:fsync:3"))   # after the third answered batch
     done_before = out.read_text().count("\n")
-    assert done_before < 24
+    assert done_before == 3
     with out.open("a") as f:
         f.write('{"id": "q2')  # and a torn last line, as a kill in the middle of a write leaves
     log = finish(cli(*args, "--out", str(out), env=env))
@@ -112,17 +129,19 @@ def test_predict_killed_mid_file_resumes_without_losing_or_duplicating_a_row(env
 
 def test_eval_killed_between_benchmarks_resumes_without_losing_or_duplicating_a_row(env, tiny_workspace, tiny_export,
                                                                                      tmp_path):
-    benchmarks = ["pope", "coco_cls"]
+    benchmarks = ["coco_cls", "pope"]
     drop = [f"~eval.benchmarks.{b}" for b in ("refcocog_caption", "refcocog_rec", "vg_caption", "spatial", "dlc")]
     args = ["eval", str(TINY / "eval.yaml"), "--model", str(tiny_export[3]), *drop,
             *[f"eval.benchmarks.{b}.limit=8" for b in benchmarks], "eval.batch_size=2", "eval.num_workers=0",
             "generation.max_new_tokens=2", "eval.gallery=0", "trainer.enable_progress_bar=false"]
     finish(cli(*args, f"eval.out_dir={tmp_path / 'whole'}", env=env))
     cut = tmp_path / "cut"
-    kill_when(cli(*args, f"eval.out_dir={cut}", env=env), lambda: (cut / "pope" / "predictions.jsonl").is_file())
+    # killed right after the first benchmark's predictions are written (coco_cls: eval.yaml's order), before pope's
+    killed(cli(*args, f"eval.out_dir={cut}", env=env, kill_after="regionvlm.evaluation.runner:write_text:1"))
+    assert (cut / "coco_cls" / "predictions.jsonl").is_file() and not (cut / "pope").exists()
     assert not (cut / "results.json").exists()
     log = finish(cli(*args, f"eval.out_dir={cut}", env=env))
-    assert "pope: predictions of the earlier run reused (8 rows)" in log
+    assert "coco_cls: predictions of the earlier run reused (8 rows)" in log
     for b in benchmarks:
         assert (cut / b / "predictions.jsonl").read_text() == (tmp_path / "whole" / b / "predictions.jsonl").read_text()
     assert json.loads((cut / "results.json").read_text()) == json.loads((tmp_path / "whole" / "results.json").read_text())
