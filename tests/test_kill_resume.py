@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,28 +53,13 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled); fails if it ends first."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()[0][-2000:]}"
-        assert time.monotonic() < deadline, "timed out waiting for the moment to kill"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 @pytest.fixture(scope="module")
 def env(tiny_workspace):
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # not there yet, or being renamed into place
-        return -1
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(env, tmp_path):
@@ -84,11 +67,11 @@ def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(env, tmp_pa
 
     common = [str(TINY / "stage1.yaml"), *MID_EPOCH, "trainer.max_steps=6", f"output.root={tmp_path}"]
     finish(cli("train", *common, "output.name=whole", env=env))
-    # killed right after the first checkpoint (step 2 of an 8-step epoch; a slower poll lands after step 4's)
-    killed = cli("train", *common, "output.name=cut", env=env)
+    # killed right after the first checkpoint, step 2 of an 8-step epoch (atomic writes: config.yaml, the step-2
+    # checkpoint, then last.ckpt)
+    killed(cli("train", *common, "output.name=cut", env=env, kill_after="regionvlm.io:atomic_write:3"))
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    kill_when(killed, lambda: last.is_file() and _checkpoint_step(last) >= 2)
-    assert not (tmp_path / "cut" / "export").exists()
+    assert _checkpoint_step(last) == 2 and not (tmp_path / "cut" / "export").exists()
     finish(cli("train", *common, "output.name=cut", "--resume", "last", env=env))
     whole = load_file(tmp_path / "whole" / "export" / "model.safetensors")
     resumed = load_file(tmp_path / "cut" / "export" / "model.safetensors")
