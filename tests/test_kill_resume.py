@@ -190,3 +190,21 @@ def test_nan_loss_steps_are_skipped_when_asked(tiny_workspace, tmp_path, monkeyp
     log = (tmp_path / "one" / "logs" / "metrics.csv").read_text().splitlines()
     column = log[0].split(",").index("train/skipped_steps")
     assert {r.split(",")[column] for r in log[1:] if r.split(",")[column]} == {"1.0"}
+
+
+def test_eval_output_folder_is_claimed_by_one_evaluation(tmp_path):
+    from regionvlm.commands.eval_cmd import claim_out_dir
+    from regionvlm.errors import UserError
+
+    out, run, other = tmp_path / "eval", {"model": "/m", "benchmarks": {"pope": {}}}, {"model": "/n", "benchmarks": {}}
+    assert claim_out_dir(out, run, overwrite=False) is False                # a fresh folder: nothing to resume
+    assert claim_out_dir(out, run, overwrite=False) is True                 # the same evaluation again: resume
+    assert claim_out_dir(out, other, overwrite=False) is False              # another, before any prediction
+    (out / "pope").mkdir()
+    (out / "pope" / "predictions.jsonl").write_text('{"id": 1, "text": "yes"}\n')
+    with pytest.raises(UserError, match="predictions of another model"):
+        claim_out_dir(out, run, overwrite=False)
+    assert claim_out_dir(out, run, overwrite=True) is False                 # --overwrite: generate everything again
+    (out / "results.json").write_text("{}\n")
+    with pytest.raises(UserError, match="results of an earlier evaluation"):
+        claim_out_dir(out, run, overwrite=False)
