@@ -9,8 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,14 +17,34 @@ import torch
 from regionvlm.cli import main
 
 TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
-# 8 training samples in batches of 4: an epoch is 2 steps and ends with a validation and a checkpoint
-EPOCHS = ["data.train.0.max_samples=8", "data.batch_size=4", "data.num_workers=0", "trainer.limit_val_batches=1",
-          "data.val.0.max_samples=2", "trainer.log_every_n_steps=1", "generation.max_new_tokens=2"]
+# 32 training samples in batches of 4: an epoch is 8 steps; a validation and a checkpoint every 2 steps, so every
+# checkpoint of a 6-step run is taken inside the epoch (exact thanks to the stateful training loader)
+MID_EPOCH = ["data.train.0.max_samples=32", "data.batch_size=4", "data.num_workers=0", "trainer.limit_val_batches=1",
+             "trainer.val_check_interval=2", "data.val.0.max_samples=2", "trainer.log_every_n_steps=1",
+             "generation.max_new_tokens=2"]
 
 
-def cli(*args: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "regionvlm.cli", *args], env=env, stdout=subprocess.PIPE,
+def cli(*args: str, env: dict, kill_after: str | None = None) -> subprocess.Popen:
+    """``regionvlm ARGS`` in a subprocess. ``kill_after``: ``"module:function:count"``, the process SIGKILLs itself
+    right after its ``count``-th call of that function returns (a kill at an exact point, however loaded the
+    machine is: polling from outside can miss a short window)."""
+    code = "import sys\nfrom regionvlm.cli import main\n"
+    if kill_after:
+        module, function, count = kill_after.split(":")
+        code += (f"import os, signal, importlib\nm = importlib.import_module({module!r})\n"
+                 f"f, calls = getattr(m, {function!r}), [0]\n"
+                 f"def wrapped(*a, **k):\n    out = f(*a, **k)\n    calls[0] += 1\n"
+                 f"    if calls[0] == {int(count)}:\n        os.kill(os.getpid(), signal.SIGKILL)\n    return out\n"
+                 f"setattr(m, {function!r}, wrapped)\n")
+    code += "sys.exit(main(sys.argv[1:]))\n"
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def killed(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == -signal.SIGKILL, out[-3000:]
+    return out
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -35,40 +53,25 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
     return out
 
 
-def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled); fails if it ends first."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()[0][-2000:]}"
-        assert time.monotonic() < deadline, "timed out waiting for the moment to kill"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-
-
 @pytest.fixture(scope="module")
 def env(tiny_workspace):
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _checkpoint_step(path: Path) -> int:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # not there yet, or being renamed into place
-        return -1
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(env, tmp_path):
     from safetensors.torch import load_file
 
-    common = [str(TINY / "stage1.yaml"), *EPOCHS, "trainer.max_steps=6", f"output.root={tmp_path}"]
+    common = [str(TINY / "stage1.yaml"), *MID_EPOCH, "trainer.max_steps=6", f"output.root={tmp_path}"]
     finish(cli("train", *common, "output.name=whole", env=env))
-    # killed right after the first epoch's checkpoint (an epoch boundary: the sampler's position is its epoch)
-    killed = cli("train", *common, "output.name=cut", env=env)
+    # killed right after the first checkpoint, step 2 of an 8-step epoch (atomic writes: config.yaml, the step-2
+    # checkpoint, then last.ckpt)
+    killed(cli("train", *common, "output.name=cut", env=env, kill_after="regionvlm.io:atomic_write:3"))
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    kill_when(killed, lambda: last.is_file() and _checkpoint_step(last) >= 2)
-    assert not (tmp_path / "cut" / "export").exists()
+    assert _checkpoint_step(last) == 2 and not (tmp_path / "cut" / "export").exists()
     finish(cli("train", *common, "output.name=cut", "--resume", "last", env=env))
     whole = load_file(tmp_path / "whole" / "export" / "model.safetensors")
     resumed = load_file(tmp_path / "cut" / "export" / "model.safetensors")
@@ -94,10 +97,9 @@ def test_predict_killed_mid_file_resumes_without_losing_or_duplicating_a_row(env
             "--device", "cpu"]
     finish(cli(*args, "--out", str(tmp_path / "whole.jsonl"), env=env))
     out = tmp_path / "cut.jsonl"
-    kill_when(cli(*args, "--out", str(out), env=env),
-              lambda: out.is_file() and out.read_text().count("\n") >= 3)
+    killed(cli(*args, "--out", str(out), env=env, kill_after="os:fsync:3"))   # after the third answered batch
     done_before = out.read_text().count("\n")
-    assert done_before < 24
+    assert done_before == 3
     with out.open("a") as f:
         f.write('{"id": "q2')  # and a torn last line, as a kill in the middle of a write leaves
     log = finish(cli(*args, "--out", str(out), env=env))
@@ -110,17 +112,19 @@ def test_predict_killed_mid_file_resumes_without_losing_or_duplicating_a_row(env
 
 def test_eval_killed_between_benchmarks_resumes_without_losing_or_duplicating_a_row(env, tiny_workspace, tiny_export,
                                                                                      tmp_path):
-    benchmarks = ["pope", "coco_cls", "dlc"]
-    drop = [f"~eval.benchmarks.{b}" for b in ("refcocog_caption", "refcocog_rec", "vg_caption", "spatial")]
+    benchmarks = ["coco_cls", "pope"]
+    drop = [f"~eval.benchmarks.{b}" for b in ("refcocog_caption", "refcocog_rec", "vg_caption", "spatial", "dlc")]
     args = ["eval", str(TINY / "eval.yaml"), "--model", str(tiny_export[3]), *drop,
-            *[f"eval.benchmarks.{b}.limit=12" for b in benchmarks], "eval.batch_size=2", "eval.num_workers=0",
+            *[f"eval.benchmarks.{b}.limit=8" for b in benchmarks], "eval.batch_size=2", "eval.num_workers=0",
             "generation.max_new_tokens=2", "eval.gallery=0", "trainer.enable_progress_bar=false"]
     finish(cli(*args, f"eval.out_dir={tmp_path / 'whole'}", env=env))
     cut = tmp_path / "cut"
-    kill_when(cli(*args, f"eval.out_dir={cut}", env=env), lambda: (cut / "pope" / "predictions.jsonl").is_file())
+    # killed right after the first benchmark's predictions are written (coco_cls: eval.yaml's order), before pope's
+    killed(cli(*args, f"eval.out_dir={cut}", env=env, kill_after="regionvlm.evaluation.runner:write_text:1"))
+    assert (cut / "coco_cls" / "predictions.jsonl").is_file() and not (cut / "pope").exists()
     assert not (cut / "results.json").exists()
     log = finish(cli(*args, f"eval.out_dir={cut}", env=env))
-    assert "pope: predictions of the earlier run reused (12 rows)" in log
+    assert "coco_cls: predictions of the earlier run reused (8 rows)" in log
     for b in benchmarks:
         assert (cut / b / "predictions.jsonl").read_text() == (tmp_path / "whole" / b / "predictions.jsonl").read_text()
     assert json.loads((cut / "results.json").read_text()) == json.loads((tmp_path / "whole" / "results.json").read_text())
@@ -186,3 +190,21 @@ def test_nan_loss_steps_are_skipped_when_asked(tiny_workspace, tmp_path, monkeyp
     log = (tmp_path / "one" / "logs" / "metrics.csv").read_text().splitlines()
     column = log[0].split(",").index("train/skipped_steps")
     assert {r.split(",")[column] for r in log[1:] if r.split(",")[column]} == {"1.0"}
+
+
+def test_eval_output_folder_is_claimed_by_one_evaluation(tmp_path):
+    from regionvlm.commands.eval_cmd import claim_out_dir
+    from regionvlm.errors import UserError
+
+    out, run, other = tmp_path / "eval", {"model": "/m", "benchmarks": {"pope": {}}}, {"model": "/n", "benchmarks": {}}
+    assert claim_out_dir(out, run, overwrite=False) is False                # a fresh folder: nothing to resume
+    assert claim_out_dir(out, run, overwrite=False) is True                 # the same evaluation again: resume
+    assert claim_out_dir(out, other, overwrite=False) is False              # another, before any prediction
+    (out / "pope").mkdir()
+    (out / "pope" / "predictions.jsonl").write_text('{"id": 1, "text": "yes"}\n')
+    with pytest.raises(UserError, match="predictions of another model"):
+        claim_out_dir(out, run, overwrite=False)
+    assert claim_out_dir(out, run, overwrite=True) is False                 # --overwrite: generate everything again
+    (out / "results.json").write_text("{}\n")
+    with pytest.raises(UserError, match="results of an earlier evaluation"):
+        claim_out_dir(out, run, overwrite=False)

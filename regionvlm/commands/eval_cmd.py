@@ -48,9 +48,10 @@ def claim_out_dir(out_dir, run: dict, overwrite: bool) -> bool:
         if (out_dir / "results.json").exists():
             raise UserError(f"{out_dir}: holds the results of an earlier evaluation; pass --overwrite to replace "
                             f"them or set eval.out_dir=...")
-        if earlier is not None and earlier != run:
+        if earlier is not None and earlier != run and any(out_dir.glob("*/predictions.jsonl")):
             raise UserError(f"{manifest}: the output folder holds predictions of another model or benchmark "
                             f"set; pass --overwrite or set eval.out_dir=...")
+    # before the model exists there is no trainer to ask: Lightning's launcher sets these in the other processes
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
         write_text(manifest, json.dumps(run, indent=2, default=str) + "\n")
     return earlier == run and not overwrite

@@ -67,8 +67,8 @@ def parse_region(spec: str, where: str = "--region") -> Any:
         if kind == "rle":
             return json.loads(Path(value).read_text())
     except (ValueError, OSError) as exc:
-        raise UserError(f"{where} '{spec}': {exc}") from exc
-    raise UserError(f"{where} '{spec}': expected box:x1,y1,x2,y2 | mask:PATH | polygon:x,y,... | rle:PATH")
+        raise UserError(f"{where} {spec!r}: {exc}") from exc
+    raise UserError(f"{where} {spec!r}: expected box:x1,y1,x2,y2 | mask:PATH | polygon:x,y,... | rle:PATH")
 
 
 def generation_overrides(args: argparse.Namespace) -> dict:

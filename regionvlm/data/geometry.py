@@ -24,7 +24,14 @@ def segmentation_to_rle(seg: Any, h: int, w: int, where: str = "segmentation") -
     if isinstance(seg, dict):
         if "size" not in seg or "counts" not in seg:
             raise DataError(f"{where}: RLE needs 'size' and 'counts'")
-        if [int(v) for v in seg["size"]] != [h, w]:
+        size, counts = seg["size"], seg["counts"]
+        if not (isinstance(size, (list, tuple)) and len(size) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in size)):
+            raise DataError(f"{where}.size: expected [height, width], got {size!r}")
+        if not (isinstance(counts, (str, bytes)) or (isinstance(counts, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts))):
+            raise DataError(f"{where}.counts: expected a compressed string or a list of run lengths ≥ 0")
+        if [int(v) for v in size] != [h, w]:
             raise DataError(f"{where}.size: RLE size {list(seg['size'])} does not match the image size [{h}, {w}]")
         if isinstance(seg["counts"], list):  # uncompressed: run lengths, column-major
             if sum(seg["counts"]) != h * w:

@@ -128,6 +128,13 @@ class Regions:
                 if int(mask_utils.area(rle)) == 0:
                     raise DataError(f"{where}: RLE mask is empty (no pixel set)")
                 self.items[k] = (RLE, rle)
+            elif kind == POLYGON:
+                from pycocotools import mask as mask_utils
+
+                # a sliver of positive area can still cover no pixel centre: as empty as a zero-area polygon
+                rle = mask_utils.merge(mask_utils.frPyObjects([p.tolist() for p in data], h, w))
+                if int(mask_utils.area(rle)) == 0:
+                    raise DataError(f"{where}: polygon covers no pixel of the {h}×{w} image: an empty region")
             elif kind == MASK and data.shape != (h, w):
                 raise DataError(f"{where}: mask shape {data.shape} does not match the image size ({h}, {w})")
 
