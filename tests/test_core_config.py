@@ -99,7 +99,7 @@ def test_sections_without_a_feature_are_unknown(cfgs, section):
     """Only sections something reads exist (the predict command takes flags; there is no datagen command yet)."""
     write(cfgs / "extra.yaml", f"{section}: {{batch_size: 2}}\n")
     with pytest.raises(ConfigError, match=rf"extra.yaml {section}: unknown key(; did you mean 'data'\?)? known: imports, "
-                                          r"seed, model, data, trainer, optim, generation, eval, output$"):
+                                          r"seed, model, data, trainer, optim, generation, eval, loggers, output$"):
         load_config(cfgs / "extra.yaml")
 
 
