@@ -75,3 +75,24 @@ def test_missing_deepspeed_is_named():
         pytest.skip("deepspeed is installed here")
     with pytest.raises(ConfigError, match="needs the 'deepspeed' package"):
         build_strategy({"type": "deepspeed", "stage": 3})
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(),
+                    reason="Lightning runs FSDP only on GPUs (its accelerator check refuses accelerator=cpu)")
+def test_fsdp_trains_the_tiny_preset_on_a_gpu(tiny_workspace, tmp_path, monkeypatch):
+    """The tiny preset under the FSDP node of the 8-GPU config (decoder layer as unit, activation checkpointing),
+    on the GPUs there are; the checkpoint exports."""
+    from omegaconf import OmegaConf
+
+    from regionvlm.config import load_config
+    from regionvlm.engine.checkpoint import export_checkpoint
+    from regionvlm.engine.trainer import fit
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    cfg = OmegaConf.to_container(load_config("projects/rgpt/tiny/stage1.yaml"), resolve=True)
+    cfg["data"].update(batch_size=4, num_workers=0, val=[])
+    cfg["trainer"].update(accelerator="gpu", devices=1, max_steps=3, limit_val_batches=0, enable_progress_bar=False,
+                          strategy={"type": "fsdp", "wrap": [LAYER], "activation_checkpointing": True,
+                                    "state_dict_type": "full"})
+    fit(cfg, tmp_path / "run")
+    assert export_checkpoint(tmp_path / "run", tmp_path / "export").is_dir()
