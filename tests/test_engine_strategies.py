@@ -52,7 +52,8 @@ def test_fsdp_node_builds_lightnings_strategy():
                         "sharding_strategy": "SHARD_GRAD_OP"})
     assert isinstance(s, FSDPStrategy)
     assert s.cpu_offload.offload_params is True
-    assert s._fsdp_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert s.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert s._activation_checkpointing_kwargs  # the wrap classes are checkpointed
     assert str(s.sharding_strategy).endswith("SHARD_GRAD_OP")
     assert build_strategy("ddp") == "ddp"
 
