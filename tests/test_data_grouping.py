@@ -124,3 +124,22 @@ def test_packing_is_refused_for_generation(parts):
     model, tokenizer, _ = parts
     with pytest.raises(Exception, match="pack"):
         Collator(tokenizer, model.num_image_tokens, for_generation=True, pack=True)
+
+
+def test_training_with_grouped_packed_batches_logs_padding_waste(tiny_workspace, tmp_path, monkeypatch):
+    """The whole path through Lightning: grouped samples, packed rows, and the padding-waste figure in the log."""
+    import csv
+    from pathlib import Path
+
+    from test_engine_resume import config_for
+
+    from regionvlm.engine.trainer import fit
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    cfg = config_for(tiny_workspace, 3)
+    cfg["data"]["train"][0]["regions_per_sample"] = "all"
+    cfg["data"].update(pack=True, max_length=256)
+    fit(cfg, tmp_path / "run")
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()) if r["train/padding_waste"]]
+    assert len(rows) == 3
+    assert all(0.0 <= float(r["train/padding_waste"]) < 1.0 and float(r["train/regions_per_s"]) > 0 for r in rows)

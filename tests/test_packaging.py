@@ -18,7 +18,9 @@ RECIPE_FILES = {"rgpt/README.md", "rgpt/base.yaml", "rgpt/eval.yaml", "rgpt/stag
                 "rgpt/tiny/base.yaml", "rgpt/tiny/eval.yaml", "rgpt/tiny/stage1.yaml", "rgpt/tiny/stage2.yaml",
                 "rgpt/datagen_v3det.yaml", "rgpt/tiny/datagen.yaml", "rgpt/tiny/datagen_train.yaml",
                 "rgpt/tiny/ablations.yaml",
-                "rgpt/tiny/tokenizer/tokenizer.json", "rgpt/tiny/tokenizer/tokenizer_config.json"}
+                "rgpt/tiny/tokenizer/tokenizer.json", "rgpt/tiny/tokenizer/tokenizer_config.json",
+                *(f"rgpt/scale/{n}.yaml" for n in ("stage1_1gpu", "stage2_lora_1gpu", "stage2_fsdp_8gpu",
+                                                    "stage2_zero3_8gpu", "stage2_multinode"))}
 
 
 def _setuptools_config() -> dict:
@@ -72,7 +74,7 @@ def test_installed_recipe_resolves_bases_and_file_dirname(wheel, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     recipes = tmp_path / "site" / "regionvlm" / "recipes"
     cfg = load_config(recipes / "rgpt" / "tiny" / "stage2.yaml")
-    assert cfg.trainer.max_steps == 800 and cfg.optim.lr == 1.0e-3  # tiny/stage2 itself
+    assert cfg.trainer.max_steps == 200 and cfg.optim.lr == 1.0e-3  # tiny/stage2 itself
     assert cfg.model.llm.pretrained is None and cfg.data.max_length == 256  # tiny/base over ../stage2 over ../base
     assert cfg.model.init_from == "runs/rgpt-tiny-stage1/export"
     tokenizer = Path(cfg.model.llm.tokenizer)

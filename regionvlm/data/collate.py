@@ -1,4 +1,5 @@
 """Chat templates and the `Collator`: processed samples → `Batch` (the only place that knows about tokens).
+(Over 350 lines: rendering, tokenising, turn joining and packing are one pipeline over the same pieces.)
 
 How a sample becomes tokens: the conversation is rendered by the template into *pieces* — text, answer text
 (the spans that carry labels), and the end-of-answer token — then every piece's text is split at the ``<image>``

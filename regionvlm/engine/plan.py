@@ -149,6 +149,7 @@ def world_size(trainer_cfg: Mapping[str, Any], gpus: int | None) -> int:
 def plan(config: Mapping[str, Any], gpus: int | None = None, micro_batch: int | None = None) -> dict:
     """The plan of a resolved config (a plain dict): see the module docstring for what each figure counts."""
     from regionvlm.engine.optim import apply_trainable
+    from regionvlm.engine.strategies import strategy_name
 
     model_cfg = dict(config["model"])
     model, arch = build_meta_model(model_cfg)
@@ -156,7 +157,7 @@ def plan(config: Mapping[str, Any], gpus: int | None = None, micro_batch: int | 
     trainer_cfg = dict(config.get("trainer") or {})
     data_cfg = dict(config.get("data") or {})
     precision = str(trainer_cfg.get("precision", "32"))
-    strategy = str(trainer_cfg.get("strategy", "auto"))
+    strategy = strategy_name(trainer_cfg.get("strategy"))
     n_gpus = world_size(trainer_cfg, gpus)
     batch = int(micro_batch or data_cfg.get("batch_size", 1))
     seq = int(data_cfg.get("max_length", 2048))

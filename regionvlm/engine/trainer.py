@@ -30,9 +30,13 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_lightning()
+    from regionvlm.engine.strategies import build_strategy
+
     kwargs = dict(config.get("trainer") or {})
     kwargs.pop("on_nonfinite_loss", None)  # ours, not Lightning's: read by RegionVLMModule.training_step
     kwargs.update(overrides)
+    if "strategy" in kwargs:
+        kwargs["strategy"] = build_strategy(kwargs["strategy"])
     runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
     if run_dir is not None:
         from regionvlm.engine.callbacks import GenerationSamples
