@@ -16,6 +16,7 @@ from regionvlm.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_FILES = {"rgpt/README.md", "rgpt/base.yaml", "rgpt/eval.yaml", "rgpt/stage1.yaml", "rgpt/stage2.yaml",
                 "rgpt/tiny/base.yaml", "rgpt/tiny/eval.yaml", "rgpt/tiny/stage1.yaml", "rgpt/tiny/stage2.yaml",
+                "rgpt/tiny/ablations.yaml",
                 "rgpt/tiny/tokenizer/tokenizer.json", "rgpt/tiny/tokenizer/tokenizer_config.json"}
 
 
