@@ -91,7 +91,7 @@ def test_sweep_writes_the_table_and_a_rerun_skips_finished_cells(tiny_workspace,
 
 
 def test_region_subsets_known_answer():
-    from regionvlm.ablate import region_subsets
+    from regionvlm.ablation.cells import region_subsets
     from regionvlm.data.formats import CocoInstances
 
     def box(x, y, w, h):

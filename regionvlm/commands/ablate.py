@@ -3,7 +3,7 @@
 Without a flag: every cell not yet finished is trained and evaluated (a rerun skips finished cells), then the
 table is written. ``--list`` prints the cells; ``--cell I`` runs those cells only (one job of an array);
 ``--table`` merges whatever cells have finished into ``table.md``, ``table.json`` and ``chart.png``. The spec's
-format is in `regionvlm.ablate` and docs/ablations.md.
+format is in `regionvlm.ablation` and docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from regionvlm.ablate import cell_dir, load_spec, markdown_table, run_cell, write_table
+    from regionvlm.ablation.cells import run_cell
+    from regionvlm.ablation.spec import cell_dir, load_spec
+    from regionvlm.ablation.table import markdown_table, write_table
     from regionvlm.errors import UserError
 
     spec = load_spec(args.spec, output=args.out)
