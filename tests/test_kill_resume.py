@@ -210,3 +210,16 @@ def test_eval_output_folder_is_claimed_by_one_evaluation(tmp_path):
     (out / "results.json").write_text("{}\n")
     with pytest.raises(UserError, match="results of an earlier evaluation"):
         claim_out_dir(out, run, overwrite=False)
+
+
+def test_a_resumed_runs_csv_log_is_kept_not_deleted(tmp_path):
+    from regionvlm.engine.trainer import keep_csv_log
+
+    log = tmp_path / "logs" / "metrics.csv"
+    log.parent.mkdir()
+    for n, rows in enumerate(["step\n0\n1\n", "step\n2\n3\n"], 1):
+        log.write_text(rows)
+        keep_csv_log(log)  # what `train --resume` does before Lightning's CSV logger deletes the file it finds
+        assert not log.exists() and (log.parent / f"metrics.{n}.csv").read_text() == rows
+    keep_csv_log(log)  # nothing to keep
+    assert sorted(p.name for p in log.parent.iterdir()) == ["metrics.1.csv", "metrics.2.csv"]

@@ -79,6 +79,9 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
 
     from regionvlm.engine.module import RegionVLMModule
     from regionvlm.hub import save_export
+
+    if ckpt_path is not None:
+        keep_csv_log(run_dir / "logs" / "metrics.csv")
     L.seed_everything(int(config.get("seed", 0)), workers=True, verbose=False)
     module = RegionVLMModule(config)  # the model itself is built by Lightning, in configure_model
     datamodule = build_datamodule(config, module)
@@ -89,3 +92,14 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
         save_export(export_dir, module.model, module.tokenizer, config, overwrite=True)
         print(f"export written to {export_dir}")
     return export_dir
+
+
+def keep_csv_log(path: Path) -> None:
+    """Move a resumed run's CSV log aside (``metrics.csv`` → ``metrics.1.csv``, ``metrics.2.csv``, …): Lightning's
+    CSV logger deletes the file it finds, which would lose every row logged before the resume."""
+    if not path.is_file():
+        return
+    n = 1
+    while path.with_name(f"metrics.{n}.csv").exists():
+        n += 1
+    path.rename(path.with_name(f"metrics.{n}.csv"))
