@@ -85,9 +85,11 @@ def model_card(config: dict, model: Any) -> dict:
         prompts.setdefault(node["type"], node)  # several datasets may share a prompt type: the first one wins
     return {
         "model": architecture_config(config["model"], model),
+        # the arguments training gave ImageProcessor (RegionVLMModule.processing): the encoder's size and
+        # statistics plus every data.processor option, not only the ones known today
         "processor": {"image_size": int(model.image_size), "mean": [float(v) for v in model.image_mean],
-                      "std": [float(v) for v in model.image_std],
-                      "resize_mode": (data.get("processor") or {}).get("resize_mode", "pad")},
+                      "std": [float(v) for v in model.image_std], "resize_mode": "pad",
+                      **(data.get("processor") or {})},
         "text": {"template": data.get("template", "vicuna_v1"), "max_length": int(data.get("max_length", 2048))},
         "prompts": prompts,
         "generation": dict(config.get("generation") or {}),
