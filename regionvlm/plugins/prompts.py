@@ -125,6 +125,21 @@ class BriefCaptionPrompt(SingleRegionPrompt):
     guidance = "Answer the question using a short phrase."
 
 
+@PROMPTS.register("sentence_caption")
+class SentenceCaptionPrompt(BriefCaptionPrompt):
+    """A one-sentence region description: the open question a chat model gets ("Describe <region1> in one
+    sentence."), between the brief phrase and the detailed paragraph. Phrasings and suffix are ours."""
+
+    task = "sentence_caption"
+    phrasings = (
+        "Describe {region} in one sentence.",
+        "What can you tell me about {region}?",
+        "Write one sentence about {region}.",
+        "Tell me about {region}.",
+    )
+    guidance = "Answer the question with one full sentence."
+
+
 @PROMPTS.register("detailed_caption")
 class DetailedCaptionPrompt(BriefCaptionPrompt):
     """Detailed region caption: several sentences about <region1> in the context of the image (our phrasings and

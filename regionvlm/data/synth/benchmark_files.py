@@ -58,15 +58,41 @@ def _rle(ann: dict, inst: CocoInstances) -> dict:
             else rle["counts"]}
 
 
+_SENTENCES = (  # chosen by annotation id, so the file needs no random state
+    "This is a {size}{colour} {shape} with a {pattern} fill, in the {where} of the image.",
+    "A {size}{pattern} {colour} {shape} sits in the {where} of the image.",
+    "The region shows a {size}{colour} {shape}; its fill is {pattern}, and it lies in the {where} of the image.",
+)
+
+
+def region_sentence(ann: dict, category: str, width: int, height: int) -> str:
+    """One sentence about a synthetic object: colour, shape, fill pattern, size and where it lies."""
+    colour, shape = category.split(" ", 1)
+    attrs = ann.get("attributes", {})
+    size = {"small": "small ", "large": "large "}.get(attrs.get("size"), "")
+    x, y, w, h = ann["bbox"]
+    col = ("left", "centre", "right")[min(int(3 * (x + w / 2) / width), 2)]
+    row = ("top", "middle", "bottom")[min(int(3 * (y + h / 2) / height), 2)]
+    where = "centre" if (row, col) == ("middle", "centre") else f"{row} {col}".replace("middle ", "")
+    return _SENTENCES[ann["id"] % len(_SENTENCES)].format(
+        size=size, colour=colour, shape=shape, pattern=attrs.get("pattern", "solid"), where=where)
+
+
 def make_region_captions(instances_path: str, out_path: str, refs: list[dict] | None = None,
-                         split: str = "val") -> int:
+                         split: str = "val", sentences: bool = False) -> int:
     """GLaMM's COCO-caption region format (``finetune_refcocog_val_captions.json``/``test_caption.json``): one
     image entry per sentence of ``refs`` (in ``split``), or per annotation captioned "a <category>" when no refs
-    are given; the entry's annotation has the entry's id. Returns the number of entries."""
+    are given (``sentences``: a `region_sentence` instead); the entry's annotation has the entry's id. Returns the
+    number of entries."""
     inst = CocoInstances(instances_path)
+
+    def caption(ann: dict) -> str:
+        name, im = inst.category_name(ann), inst.images[ann["image_id"]]
+        return region_sentence(ann, name, im["width"], im["height"]) if sentences else f"a {name}"
+
     pairs = ([(inst.anns[r["ann_id"]], s["sent"]) for r in sorted(refs, key=lambda r: r["ref_id"])
               if r["split"] == split for s in r["sentences"]] if refs is not None
-             else [(inst.anns[k], f"a {inst.category_name(inst.anns[k])}") for k in sorted(inst.anns)])
+             else [(inst.anns[k], caption(inst.anns[k])) for k in sorted(inst.anns)])
     images, anns = [], []
     for k, (ann, caption) in enumerate(pairs, 1):
         im = inst.images[ann["image_id"]]

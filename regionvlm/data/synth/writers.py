@@ -47,6 +47,7 @@ The category of an object is "<colour> <shape>" (e.g. "red circle"); the pattern
 | `vg/region_descriptions.json`, `vg/image_data.json`, `vg/densecap_splits.json` | Visual Genome + split file | region captions |
 | `pope/synth_pope_random_{{train,val}}.json` | POPE (JSON lines) | yes/no object existence |
 | `spatial/spatial_{{train,val}}.jsonl` | region conversation jsonl | spatial relation QA |
+| `captions/region_sentences_{{train,val}}.json` | GLaMM's region captions format, one sentence per object | open region questions (small preset) |
 | `refcocog/finetune_refcocog_val_captions.json` | GLaMM's RefCOCOg captions (val, one entry per sentence) | `refcocog_caption` |
 | `vg/test_caption.json` | GLaMM's VG test captions format (val regions) | `vg_caption` |
 | `spatial/SpatialRGPT-Bench_v1.json` | SpatialRGPT-Bench (val) | `spatial` benchmark |
@@ -186,6 +187,9 @@ def write_synthetic(out_dir: str | Path, n_train: int = 2000, n_val: int = 300, 
     make_region_captions(paths["refcocog_instances"], paths["refcocog_captions_val"], refs=refs)
     paths["vg_test_caption"] = out / "vg" / "test_caption.json"
     make_region_captions(paths["instances_val"], paths["vg_test_caption"])
+    for split in ("train", "val"):  # one sentence per region (colour, shape, pattern, place): open questions
+        paths[f"region_sentences_{split}"] = out / "captions" / f"region_sentences_{split}.json"
+        make_region_captions(paths[f"instances_{split}"], paths[f"region_sentences_{split}"], sentences=True)
     paths["spatialrgpt_bench"] = out / "spatial" / "SpatialRGPT-Bench_v1.json"
     make_spatialrgpt_bench(paths["instances_val"], paths["spatialrgpt_bench"])
     paths["dlc_bench"] = out / "DLC-bench"
