@@ -5,13 +5,13 @@ Reference: DAM ``evaluation/eval_model_outputs.py``. ``annotations`` = the offic
 [[text, score], ...], "type": "positive"|"negative"}]}``) and ``class_names.json`` (``{ann_id: name}``), read
 as distributed; a row's id is the annotation id. Generation allows 512 new tokens, as DAM's does.
 
-Scoring as the reference: a judge that sees only the description answers, per region, a recognition question
-("Is it likely that the object in the description is a <class> or an object of a similar type? ...", plural
-form for plural names) and then each question, every one in DAM's prompt with the choices lettered A–E; the
-reply is read with DAM's ``parse_pred`` rules (`dam_parse_choice`; no match → score 0). The recognition gate:
-when the judge says the description does not recognise the object, every score of the region is capped at 0.
-Per region, Pos./Neg. are the means of its positive/negative question scores; ``pos`` is their mean over
-regions, ``neg`` over regions that have negatives, ``avg`` = (pos + neg)/2 (×100).
+Scoring as the reference: a judge that sees only the description answers, per region, a recognition question ("Is
+it likely that the object in the description is a <class> or an object of a similar type? ...", plural form for
+plural names; number and article by the ``inflect`` package, as DAM's) and then each question, every one in DAM's
+prompt with the choices lettered A–E; the reply is read with DAM's ``parse_pred`` rules (`dam_parse_choice`; no
+match → score 0). The recognition gate: when the judge says the description does not recognise the object, every
+score of the region is capped at 0. Per region, Pos./Neg. are the means of its positive/negative question scores;
+``pos`` is their mean over regions, ``neg`` over regions that have negatives, ``avg`` = (pos + neg)/2 (×100).
 
 ``judge: null`` reads the description with rules instead (a named approximation, not the reference): the
 recognition answer is "Yes" when a word of the class name (singular) occurs in the description, and each
@@ -21,6 +21,7 @@ choice saying "not mentioned" where there is one.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -76,18 +77,24 @@ def dam_parse_choice(reply: str, choices: Sequence[str]) -> int | None:
     return None
 
 
+@functools.cache
+def _inflect():
+    import inflect  # DAM's own dependency for the recognition question's wording
+
+    return inflect.engine()
+
+
 def is_plural(name: str) -> bool:
-    """Approximates inflect's ``singular_noun(name) is not False`` (DAM's test), with DAM's "bus" exception:
-    the last word is plural when singularising changes it."""
+    """DAM's ``is_plural``: inflect's ``singular_noun(name) is not False`` on the whole name, except "bus"
+    (which inflect would singularise to "bu")."""
     if name == "bus":
         return False
-    last = name.strip().split()[-1].lower() if name.strip() else ""
-    return singularize(last) != last
+    return _inflect().singular_noun(name) is not False
 
 
 def with_article(name: str) -> str:
-    """inflect's ``a(name)`` for common nouns: "an" before a vowel letter, else "a"."""
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+    """inflect's ``a(name)`` as DAM calls it: "an hour", "a unicorn", "an x-ray"."""
+    return _inflect().a(name)
 
 
 def recognition_question(class_name: str) -> str:

@@ -15,12 +15,14 @@ with; the row id is the question's ``id``. Per question, a reading of the answer
 - ``quantitative_success`` over all of them (×100). An answer that cannot be read fails and is counted in
   ``unparsed`` (the reference's match-fail count); other quantitative categories are skipped, as there.
 
-Readers: ``judge:`` a judge LLM asked for the reference's JSON (``your_mark``; ``answer_in_meters`` /
-``response_in_meters``; ``answer_direction`` / ``response_direction``) — the reference uses gpt-4-turbo through
-the OpenAI API (``openai_judge``). ``judge: null``: rules, a named approximation: yes/no polarity of answer and
-response (predicates), the region named (choices: the response's "Region [x]"/``<regionx>`` 1-based as our
-prompts ask, the ground truth's "Region [k]" 0-based as the bench writes it), the first length with a unit,
-the first "N o'clock".
+Readers: ``judge:`` a judge LLM given the reference's own prompts, few-shot examples included
+(``spatial_judge.py``), and read as the reference reads its JSON replies (``your_mark``; ``answer_in_meters`` /
+``response_in_meters``; ``answer_direction`` / ``response_direction``) — the reference asks gpt-4-turbo through
+the OpenAI API in JSON mode with the system message ``JUDGE_SYSTEM`` (``openai_judge`` with ``system`` and
+``json_mode: true``, as benchmarks/spatial.yaml shows). ``judge: null``: rules, a named approximation: yes/no
+polarity of answer and response (predicates), the region named (choices: the response's "Region [x]"/
+``<regionx>`` 1-based as our prompts ask, the ground truth's "Region [k]" 0-based as the bench writes it), the
+first length with a unit, the first "N o'clock".
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, ClassVar
+
+from regionvlm.benchmarks.spatial_judge import spatial_judge_prompt
 
 from regionvlm.data.datasets import spatial_kind
 from regionvlm.evaluation.answers import parse_region_index
@@ -45,23 +49,6 @@ QUALITATIVE_GROUPS = (("short", "tall/short"), ("tall", "tall/short"), ("left", 
 QUANTITATIVE_NAMES = {"vertical_distance_data": "vertical_distance", "horizontal_distance_data": "horizontal_distance",
                       "distance_data": "direct_distance", "width_data": "width", "height_data": "height",
                       "direction": "direction"}
-_JUDGE_HEAD = ("You should help me to evaluate the response given the question and the correct answer.\n")
-JUDGE_QUALITATIVE = _JUDGE_HEAD + (
-    "To mark a response, you should output a single integer between 0 and 1.\n1 means that the response "
-    "perfectly matches the answer.\n0 means that the response is completely different from the answer.\n"
-    'The output should be in JSON format, e.g. {{"your_mark": 1}}.\n\n'
-    "Question: {question}\nAnswer: {answer}\nResponse: {response}\n")
-JUDGE_DISTANCE = _JUDGE_HEAD + (
-    "You need to convert the distance of the correct answer and response to meters. The conversion factors are "
-    "as follows: 1 inch = 0.0254 meters. 1 foot = 0.3048 meters. 1 centimeter (cm) = 0.01 meters.\nYou should "
-    "output two floats in meters, one for the answer, and one for the response.\nThe output should be in JSON "
-    'format, e.g. {{"answer_in_meters": 1.02, "response_in_meters": 2.17}}.\n\n'
-    "Question: {question}\nAnswer: {answer}\nResponse: {response}\n")
-JUDGE_DIRECTION = _JUDGE_HEAD + (
-    "You need to extract the direction of the correct answer and response.\nYou should output two integers in "
-    "clock directions, one for the answer, and one for the response.\nThe output should be in JSON format, e.g. "
-    '{{"answer_direction": 2, "response_direction": 2}}.\n\n'
-    "Question: {question}\nAnswer: {answer}\nResponse: {response}\n")
 _NEGATIVE = {"no", "not", "incorrect", "isn", "doesn", "aren", "wrong", "false", "neither"}
 
 
@@ -118,18 +105,23 @@ class Spatial(Benchmark):
         return None if a is None or r is None else (a, r)
 
     def _read_judged(self, judge, items: list[tuple[dict, str]]) -> list[Any]:
-        templates = {"direction": JUDGE_DIRECTION, "quantitative": JUDGE_DISTANCE}
-        prompts = [templates.get(spatial_kind(row["qa_info"]), JUDGE_QUALITATIVE).format(
-            question=row.get("text_q", ""), answer=row["conversations"][1]["value"], response=text)
-            for row, text in items]
+        """The reference's prompts (``spatial_judge``) to the judge, its JSON replies read as the reference reads
+        them; a prompt the reference could not build, or a reply without the keys, is a match failure (None)."""
+        prompts = [spatial_judge_prompt(row["qa_info"], row.get("text_q", ""), row["conversations"][1]["value"], text)
+                   for row, text in items]
+        asked = [p for p in prompts if p is not None]
+        replies = iter(judge(asked) if asked else [])
         out: list[Any] = []
-        for (row, _), reply in zip(items, judge(prompts)):
-            got, kind = _json_reply(reply), spatial_kind(row["qa_info"])
+        for (row, _), prompt in zip(items, prompts):
+            if prompt is None:
+                out.append(None)
+                continue
+            got, kind = _json_reply(next(replies)), spatial_kind(row["qa_info"])
             keys = {"direction": ("answer_direction", "response_direction"),
                     "quantitative": ("answer_in_meters", "response_in_meters")}.get(kind)
             try:
-                if keys is None:
-                    out.append(int(float(got["your_mark"]) > 0))
+                if keys is None:   # a null mark scores 0 there without counting as a match failure
+                    out.append(int(float(got["your_mark"] or 0) > 0))
                 else:
                     cast = int if kind == "direction" else float
                     out.append((cast(got[keys[0]]), cast(got[keys[1]])))

@@ -129,6 +129,31 @@ def test_dlc_recognition_gate_and_means(tmp_path):
     assert got["avg"] == pytest.approx((37.5 + 100) / 2) and got["not_recognised"] == 1
 
 
+def test_dlc_recognition_question_words_as_inflect():
+    """DAM's eval_model_outputs.py: plural when inflect's singular_noun(name) is not False ("bus" excepted),
+    else the name with inflect's a/an. These names are where a suffix rule and a vowel-letter rule go wrong."""
+    import inflect
+    from regionvlm.benchmarks.dlc import recognition_question
+
+    engine = inflect.engine()
+
+    def dam(name):   # the reference's own logic
+        if name != "bus" and engine.singular_noun(name) is not False:
+            return (f"Is it likely that the objects in the description are {name} or objects of a similar type? "
+                    "Again, It does not have to be an exact match.")
+        return (f"Is it likely that the object in the description is {engine.a(name)} or an object of a similar "
+                "type? Again, It does not have to be an exact match.")
+
+    names = ["glasses", "scissors", "sheep", "mice", "children", "people", "feet", "skis", "hour", "honest man",
+             "unicorn", "uniform", "x-ray", "one-way street", "UFO", "bus", "apple", "teddy bear", "traffic lights"]
+    for name in names:
+        assert recognition_question(name) == dam(name), name
+    # known answers, checked by hand
+    assert "are glasses or" in recognition_question("glasses") and "are sheep or" in recognition_question("sheep")
+    assert "is an hour or" in recognition_question("hour") and "is a unicorn or" in recognition_question("unicorn")
+    assert "is an x-ray or" in recognition_question("x-ray") and "is a bus or" in recognition_question("bus")
+
+
 def test_spatial_clock_and_length_rules():
     from regionvlm.evaluation.lengths import clock_success, parse_clock
 

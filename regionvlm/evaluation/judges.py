@@ -23,8 +23,10 @@ class HFJudge:
     """A local causal LM as a judge: greedy decoding of a few tokens per prompt (chat template if any)."""
 
     def __init__(self, pretrained: str, gguf_file: str | None = None, max_new_tokens: int = 24,
-                 batch_size: int = 8, device: str = "cpu", use_chat_template: bool = True):
-        self.pretrained, self.gguf_file = pretrained, gguf_file
+                 batch_size: int = 8, device: str = "cpu", use_chat_template: bool = True,
+                 system: str | None = None):
+        """``system``: a system message before each prompt (chat template only), e.g. SpatialRGPT-Bench's."""
+        self.pretrained, self.gguf_file, self.system = pretrained, gguf_file, system
         self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, device
         self.use_chat_template = use_chat_template
         self._model = self._tokenizer = None
@@ -44,7 +46,8 @@ class HFJudge:
     def _format(self, prompt: str) -> str:
         tok = self._tokenizer
         if self.use_chat_template and getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+            system = [{"role": "system", "content": self.system}] if self.system else []
+            return tok.apply_chat_template(system + [{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)
         return prompt
 
@@ -66,13 +69,17 @@ class HFJudge:
 @JUDGES.register("openai_judge")
 class OpenAIJudge:
     """An OpenAI-compatible chat endpoint (vLLM, llama.cpp server, OpenAI) as a judge, as the references call
-    theirs: DAM serves Llama-3.1-8B-Instruct with vLLM; SpatialRGPT-Bench asks gpt-4-turbo. Temperature 0.
-    ``api_key_env`` names the environment variable holding the key (never written in a config)."""
+    theirs: DAM serves Llama-3.1-8B-Instruct with vLLM (temperature 0, ``max_tokens`` 300); SpatialRGPT-Bench
+    asks gpt-4-turbo with a system message and ``json_mode`` (``response_format={"type": "json_object"}``) and
+    sets neither temperature nor ``max_tokens`` (pass null: the API's defaults). ``api_key_env`` names the
+    environment variable holding the key (never written in a config)."""
 
     def __init__(self, model: str, base_url: str = "http://localhost:9000/v1", api_key_env: str | None = None,
-                 max_tokens: int = 300, timeout: float = 120.0, system: str | None = None):
+                 max_tokens: int | None = 300, timeout: float = 120.0, system: str | None = None,
+                 json_mode: bool = False, temperature: float | None = 0.0):
         self.model, self.base_url, self.api_key_env = model, base_url.rstrip("/"), api_key_env
-        self.max_tokens, self.timeout, self.system = max_tokens, timeout, system
+        self.max_tokens, self.timeout, self.system, self.json_mode = max_tokens, timeout, system, json_mode
+        self.temperature = temperature
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
         import json
@@ -84,8 +91,13 @@ class OpenAIJudge:
         for p in prompts:
             messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
                 [{"role": "user", "content": p}]
-            body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
-                               "max_tokens": self.max_tokens}).encode()
+            request = {"model": self.model, "messages": messages}
+            for name in ("temperature", "max_tokens"):   # None: left to the server's default
+                if getattr(self, name) is not None:
+                    request[name] = getattr(self, name)
+            if self.json_mode:
+                request["response_format"] = {"type": "json_object"}
+            body = json.dumps(request).encode()
             req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers={
                 "Content-Type": "application/json", "Authorization": f"Bearer {key}"})
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
