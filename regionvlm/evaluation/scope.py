@@ -6,8 +6,8 @@ same regions, so ``regionvlm eval`` and ``regionvlm score`` give the same number
 
 - ``label_rate``: classification answers that are exactly one label of the vocabulary (`scope_label`: case,
   surrounding whitespace and one final period ignored);
-- ``accuracy``: classification answers equal to the reference label (the ``reference`` exact match of
-  `exact_match_accuracy`: stripped answer == lower-cased name), so it never exceeds ``label_rate``;
+- ``accuracy``: classification answers equal to their reference label, read the same way (so an answer is
+  right only if it is also a label: ``accuracy`` ≤ ``label_rate``; plurals and articles are not forgiven);
 - ``sentence_rate``: open answers that are a sentence, not a bare label (`is_sentence`: at least ``min_words``
   whitespace-separated words and not a vocabulary label);
 - ``grounded_rate``: open answers that mention the region's attribute words (`attribute_words`: its category
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from regionvlm.evaluation.labels import exact_match_accuracy, normalize_label
+from regionvlm.evaluation.labels import normalize_label
 
 GROUNDED_MODES = ("any", "all")
 
@@ -72,7 +72,8 @@ def scope_metrics(classification: Sequence[str], labels: Sequence[str], open_ans
     out: dict[str, float] = {}
     if classification:
         out["label_rate"] = _percent(scope_label(a) in vocab for a in classification)
-        out["accuracy"] = exact_match_accuracy(list(classification), list(labels), protocol="reference")
+        out["accuracy"] = _percent(scope_label(a) == scope_label(name)
+                                   for a, name in zip(classification, labels, strict=True))
     if open_answers:
         out["sentence_rate"] = _percent(is_sentence(a, vocab, min_words) for a in open_answers)
         out["grounded_rate"] = _percent(mentions(a, attribute_words(name, separator), grounded)
