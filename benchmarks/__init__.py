@@ -11,6 +11,7 @@ from regionvlm.benchmarks import (  # noqa: F401
     pope,
     refcocog_caption,
     refcocog_rec,
+    scope,
     spatial,
     vg_caption,
 )
