@@ -119,6 +119,8 @@ def test_region_subsets_known_answer():
     ({"variants": {"a": "x=1"}}, "spec.yaml variants.a: expected a list of key=value strings"),
     ({"splits": {"coco_cls": {"patch_size": 16}}}, "spec.yaml splits.coco_cls: expected positive numbers"),
     ({"train": "nowhere.yaml"}, "nowhere"),
+    ({"variants": {"a": {"train": "nowhere.yaml"}}}, "spec.yaml variants.a.train"),
+    ({"variants": {"a": {"trian": "x.yaml"}}}, "spec.yaml variants.a.trian: unknown key"),
 ])
 def test_bad_spec_is_one_line_naming_the_field(tmp_path, capsys, change, message):
     spec = write_spec(tmp_path / "spec.yaml", **change)
@@ -139,3 +141,14 @@ def test_shipped_spec_lists_six_variants_by_three_seeds(capsys):
     assert len(rows) == 18 and [r[1] for r in rows[:6]] == ["tiny", "no_refiner", "no_geometry", "roi_align",
                                                             "no_guidance", "blind"]
     assert {r[2] for r in rows} == {"seed=0", "seed=1", "seed=2"} and all(r[3] == "todo" for r in rows)
+
+
+def test_a_variant_may_train_from_its_own_config(tmp_path):
+    """What overrides cannot say (a dataset removed from a list) a variant says with its own training config."""
+    from regionvlm.ablation.spec import cell_train_config, load_spec
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", variants={
+        "mixed": [], "cls_only": {"train": str(TINY / "stage1.yaml"), "overrides": ["trainer.max_steps=1"]}}))
+    mixed, cls_only = spec.cells()
+    assert cell_train_config(spec, mixed) == TINY / "stage2.yaml"
+    assert cell_train_config(spec, cls_only) == TINY / "stage1.yaml"

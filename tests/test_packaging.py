@@ -18,6 +18,7 @@ RECIPE_FILES = {"rgpt/README.md", "rgpt/base.yaml", "rgpt/eval.yaml", "rgpt/stag
                 "rgpt/tiny/base.yaml", "rgpt/tiny/eval.yaml", "rgpt/tiny/stage1.yaml", "rgpt/tiny/stage2.yaml",
                 "rgpt/datagen_v3det.yaml", "rgpt/tiny/datagen.yaml", "rgpt/tiny/datagen_train.yaml",
                 "rgpt/tiny/ablations.yaml", "rgpt/tiny/eval_scope.yaml", "rgpt/small/train.yaml", "rgpt/small/eval.yaml",
+                "rgpt/small/train_cls_only.yaml", "rgpt/small/scope.yaml",
                 "rgpt/tiny/tokenizer/tokenizer.json", "rgpt/tiny/tokenizer/tokenizer_config.json",
                 *(f"rgpt/scale/{n}.yaml" for n in ("stage1_1gpu", "stage2_lora_1gpu", "stage2_fsdp_8gpu",
                                                     "stage2_zero3_8gpu", "stage2_multinode"))}

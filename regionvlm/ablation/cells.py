@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from regionvlm.ablation.spec import Cell, Spec, cell_dir, cell_overrides
+from regionvlm.ablation.spec import Cell, Spec, cell_dir, cell_overrides, cell_train_config
 from regionvlm.errors import ConfigError, DataError
 from regionvlm.io import write_text
 
@@ -31,7 +31,7 @@ def run_cell(spec: Spec, cell: Cell) -> str:
     else:
         resume = "last" if (out / "checkpoints" / "last.ckpt").is_file() else None
         status = "resumed" if resume else "ran"
-        run_command("train", [str(spec.train), *train_overrides,
+        run_command("train", [str(cell_train_config(spec, cell)), *train_overrides,
                               *(["--resume", resume] if resume else ["--overwrite"])])
     if not (out / "eval" / "results.json").is_file():  # else a killed rerun finished evaluating already
         run_command("eval", [str(spec.eval), *eval_overrides, "--model", str(export)])  # resumes a killed eval

@@ -32,7 +32,7 @@ class Spec:
     overrides: list[str]
     eval_overrides: list[str]
     seeds: list[int]
-    variants: dict[str, dict[str, list[str]]]
+    variants: dict[str, dict[str, Any]]   # name → {train: Path | None, overrides, eval_overrides}
     metrics: list[str] | None
     splits: dict[str, dict[str, float]]
     output: Path
@@ -56,7 +56,10 @@ def _config_path(spec_dir: Path, name: Any, where: str) -> Path:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}: expected a config file or recipe name, got {name!r}")
     local = spec_dir / name
-    return local if local.is_file() else resolve_config_path(name)
+    try:
+        return local if local.is_file() else resolve_config_path(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
@@ -86,13 +89,16 @@ def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
         if not str(name).replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"{where}: a variant name is a folder name: letters, digits, '_' and '-' only")
         if isinstance(node, dict):
-            extra = sorted(set(node) - {"overrides", "eval_overrides"})
+            extra = sorted(set(node) - {"train", "overrides", "eval_overrides"})
             if extra:
-                raise ConfigError(f"{where}.{extra[0]}: unknown key; known: overrides, eval_overrides")
-            variants[str(name)] = {"overrides": _strings(node.get("overrides"), f"{where}.overrides"),
+                raise ConfigError(f"{where}.{extra[0]}: unknown key; known: train, overrides, eval_overrides")
+            # a variant's own training config: for what overrides cannot say (a list entry cannot be deleted)
+            train = _config_path(path.parent, node["train"], f"{where}.train") if "train" in node else None
+            variants[str(name)] = {"train": train,
+                                   "overrides": _strings(node.get("overrides"), f"{where}.overrides"),
                                    "eval_overrides": _strings(node.get("eval_overrides"), f"{where}.eval_overrides")}
         else:
-            variants[str(name)] = {"overrides": _strings(node, where), "eval_overrides": []}
+            variants[str(name)] = {"train": None, "overrides": _strings(node, where), "eval_overrides": []}
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) \
             or len(set(seeds)) != len(seeds):
@@ -120,6 +126,11 @@ def load_spec(path: str | os.PathLike, output: str | None = None) -> Spec:
 
 def cell_dir(spec: Spec, cell: Cell) -> Path:
     return spec.output / "cells" / cell.name
+
+
+def cell_train_config(spec: Spec, cell: Cell) -> Path:
+    """The training config of a cell: its variant's own ``train`` if it names one, else the spec's."""
+    return spec.variants[cell.variant]["train"] or spec.train
 
 
 def cell_overrides(spec: Spec, cell: Cell) -> tuple[list[str], list[str]]:

