@@ -77,6 +77,23 @@ def test_grouping_stays_inside_megabatches():
     assert sorted(map(tuple, got)) == sorted(map(tuple, expected))
 
 
+def test_lengths_may_be_a_function_of_the_epoch():
+    """A function of the epoch (the data module's: prompt phrasings are drawn per epoch) is asked for the epoch
+    being iterated."""
+    asked = []
+
+    def per_epoch(epoch):
+        asked.append(epoch)
+        return lengths_for(sum(SIZES), seed=epoch)
+
+    s = sampler(sample_lengths=per_epoch)
+    s.set_epoch(2)
+    got = list(s)
+    fixed = sampler(sample_lengths=lengths_for(sum(SIZES), seed=2))
+    fixed.set_epoch(2)
+    assert asked == [2] and got == list(fixed)
+
+
 def test_grouped_resume_skips_what_was_trained():
     progress = {"done": 0}
     s = sampler(progress=lambda: (progress["done"], 50))
@@ -109,7 +126,7 @@ def test_grouped_shards_give_the_single_process_batches():
 
 def test_bad_lengths_and_megabatch_are_errors():
     with pytest.raises(ValueError, match="sample_lengths: 3 lengths for 200 samples"):
-        sampler(sample_lengths=[1, 2, 3])
+        list(sampler(sample_lengths=[1, 2, 3]))
     with pytest.raises(ValueError, match="megabatch"):
         sampler(megabatch=0)
 
@@ -144,20 +161,26 @@ def datamodule(tiny_parts, **kw):
 
 @pytest.mark.parametrize("template", ["vicuna_v1", "plain"])
 def test_estimated_lengths_track_the_collated_lengths(tiny_parts, template):
-    """Grouped samples (2 to 6 regions of an image each): the estimate is within 10 % of the collator's length
-    and ranks the samples as the real lengths do (Spearman ≥ 0.9)."""
+    """Grouped samples (2 to 6 regions of an image each): the estimate at an epoch's prompt phrasing is within
+    10 % of the collator's length and ranks the samples as the real lengths do (Spearman ≥ 0.9); the next epoch
+    draws other phrasings and is estimated anew."""
     from scipy.stats import spearmanr
 
     from regionvlm.data.datamodule import ProcessedDataset
 
     dm = datamodule(tiny_parts, template=template)
-    estimate = dm.train_lengths
     data = ProcessedDataset(dm.train_sets[0], dm.processor)
-    assert len(estimate) == len(data) == 24
-    real = np.array([int(dm.train_collator([data[i]]).attention_mask.sum()) for i in range(len(data))])
-    assert np.all(np.abs(estimate - real) <= 0.1 * real), (estimate, real)
-    assert spearmanr(estimate, real).statistic >= 0.9
-    assert np.ptp(real) > 0.3 * real.mean()  # the set is heterogeneous enough for the test to mean something
+    estimates = {}
+    for epoch in (0, 1):
+        estimate = estimates[epoch] = dm.train_lengths(epoch)
+        assert dm.train_sets[0].epoch == epoch
+        assert len(estimate) == len(data) == 24
+        real = np.array([int(dm.train_collator([data[i]]).attention_mask.sum()) for i in range(len(data))])
+        assert np.all(np.abs(estimate - real) <= 0.1 * real), (estimate, real)
+        assert spearmanr(estimate, real).statistic >= 0.9
+        assert np.ptp(real) > 0.3 * real.mean()  # the set is heterogeneous enough for the test to mean something
+    assert not np.array_equal(estimates[0], estimates[1])
+    assert dm.train_lengths(0) is not estimates[0] and np.array_equal(dm.train_lengths(0), estimates[0])
 
 
 def test_estimate_counts_image_and_region_placeholders(tiny_parts):

@@ -53,18 +53,19 @@ class MixtureSampler(DistributedSampler):
     exactly the batches of one process with that batch size: a run's data does not depend on its device count.
     It is a `DistributedSampler` so that Lightning uses it as is (its wrapper would shuffle the order again).
 
-    Length-grouped (``sample_lengths``: a token-length estimate per index of the `ConcatDataset`, and
-    ``shuffle``): the shuffled epoch is cut into megabatches of ``megabatch`` global batches (``num_replicas ×
-    batch_size`` samples each), each megabatch is sorted by length, cut into global batches, and the order of the
-    full global batches is shuffled (the one holding the longest sample first, so that a run that will run out
-    of memory does so at its first step; a partial last batch stays last). Batches then hold samples of similar
-    length (less padding) while the mixture, the per-epoch shuffle, the exact resume and the sharding (each rank
-    takes its share of every global batch) are those of the plain order, of which it is a permutation."""
+    Length-grouped (``sample_lengths``: a token-length estimate per index of the `ConcatDataset`, or a function
+    of the epoch returning one, and ``shuffle``): the shuffled epoch is cut into megabatches of ``megabatch``
+    global batches (``num_replicas × batch_size`` samples each), each megabatch is sorted by length, cut into
+    global batches, and the order of the full global batches is shuffled (the one holding the longest sample
+    first, so that a run that will run out of memory does so at its first step; a partial last batch stays
+    last). Batches then hold samples of similar length (less padding) while the mixture, the per-epoch shuffle,
+    the exact resume and the sharding (each rank takes its share of every global batch) are those of the plain
+    order, of which it is a permutation."""
 
     def __init__(self, lengths: Sequence[int], ratios: Sequence[float], num_samples: int | None = None,
                  seed: int = 0, shuffle: bool = True, on_epoch=None, num_replicas: int = 1, rank: int = 0,
                  batch_size: int = 1, progress: Callable[[], tuple[int, float]] | None = None,
-                 sample_lengths: Sequence[int] | None = None, megabatch: int = 50):
+                 sample_lengths: Sequence[int] | Callable[[int], Sequence[int]] | None = None, megabatch: int = 50):
         # DistributedSampler.__init__ is not called: it wants a dataset and an initialised process group
         self.lengths, self.seed, self.shuffle, self.epoch = list(lengths), seed, shuffle, 0
         self.num_replicas, self.rank = int(num_replicas), int(rank)
@@ -80,9 +81,7 @@ class MixtureSampler(DistributedSampler):
         counts[np.argsort(-(w * self.num_samples - counts))[: self.num_samples - counts.sum()]] += 1
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        self.sample_lengths = None if sample_lengths is None else np.asarray(sample_lengths)
-        if self.sample_lengths is not None and len(self.sample_lengths) != sum(self.lengths):
-            raise ValueError(f"sample_lengths: {len(self.sample_lengths)} lengths for {sum(self.lengths)} samples")
+        self.sample_lengths = sample_lengths
         if int(megabatch) < 1:
             raise ValueError(f"megabatch: expected a number of batches >= 1, got {megabatch}")
         self.megabatch = int(megabatch)
@@ -124,7 +123,11 @@ class MixtureSampler(DistributedSampler):
         """``order`` rearranged into global batches of similar length (see the class docstring)."""
         size = self.batch_size * self.num_replicas
         mega = size * self.megabatch
-        lengths = self.sample_lengths[order]
+        by_index = np.asarray(self.sample_lengths(self.epoch) if callable(self.sample_lengths)
+                              else self.sample_lengths)
+        if len(by_index) != sum(self.lengths):
+            raise ValueError(f"sample_lengths: {len(by_index)} lengths for {sum(self.lengths)} samples")
+        lengths = by_index[order]
         # sorted longest first (stable: equal lengths keep their shuffled order), so that a partial last
         # batch holds the shortest samples of the last megabatch
         order = np.concatenate([order[s:s + mega][np.argsort(-lengths[s:s + mega], kind="stable")]
@@ -133,7 +136,7 @@ class MixtureSampler(DistributedSampler):
         if full < 2:
             return order
         batches = order[: full * size].reshape(full, size)
-        longest = int(np.argmax(self.sample_lengths[batches].max(axis=1)))
+        longest = int(np.argmax(by_index[batches].max(axis=1)))
         rest = rng.permutation(full)
         rest = rest[rest != longest]
         return np.concatenate([batches[longest], batches[rest].ravel(), order[full * size:]])
@@ -226,6 +229,8 @@ class RegionDataModule(L.LightningDataModule):
         self.val_sets, _ = self._build(val, "data.val", training=False)
         self.ratios, self.samples_per_epoch = ratios, samples_per_epoch
         self._sampler: MixtureSampler | None = None
+        self._lengths: tuple[int, np.ndarray] | None = None  # (epoch, estimated lengths): see train_lengths
+        self._chars_per_token: float | None = None
 
     def _build(self, nodes: Sequence[Any], key: str, training: bool) -> tuple[list[Dataset], list[float]]:
         nodes = to_plain(nodes) or []
@@ -290,14 +295,19 @@ class RegionDataModule(L.LightningDataModule):
         return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler,
                             loader=ResumableLoader, position=self._batches_trained)
 
-    @cached_property
-    def train_lengths(self) -> np.ndarray:
-        """Estimated token length of every training sample (`estimate_lengths`; computed once, at the first
-        epoch's prompt phrasing, so every rank and every resumed run estimates the same)."""
-        from regionvlm.data.lengths import estimate_lengths
+    def train_lengths(self, epoch: int) -> np.ndarray:
+        """Estimated token length of every training sample at ``epoch``'s prompt phrasing (`estimate_lengths`;
+        a function of (seed, epoch), so every rank and a resumed run estimate the same). Kept for the epoch; the
+        characters per token are measured once."""
+        from regionvlm.data.lengths import chars_per_token, estimate_lengths
 
-        self._set_dataset_epoch(0)
-        return estimate_lengths(self.train_sets, self.train_collator, self.num_workers)
+        if self._lengths is None or self._lengths[0] != epoch:
+            self._set_dataset_epoch(epoch)
+            if self._chars_per_token is None:
+                self._chars_per_token = chars_per_token(self.train_collator, ConcatDataset(self.train_sets))
+            self._lengths = (epoch, estimate_lengths(self.train_sets, self.train_collator, self.num_workers,
+                                                     ratio=self._chars_per_token))
+        return self._lengths[1]
 
     def _training_progress(self) -> tuple[int, float]:
         """(batches trained in the whole run, batches per epoch) from Lightning's restored counters; (0, 0)

@@ -1,12 +1,14 @@
 """Cheap token-length estimates of training samples, for length-grouped batching (``data.group_by_length``).
 
-A sample's length is estimated once per run from its raw dataset item — the conversation and the region tags,
-no image decoded, no mask rasterised — as the collator would lay it out: the template's text (rendered by the
-collator's own template, ``<image>``/``<regionK>`` tags taken out) in characters divided by the tokenizer's
-characters per token, plus the placeholders the tags expand to, the BOS and one EOS per answer. Characters per
-token are measured once, by tokenising the texts of a few hundred samples spread over the mixture. Grouped
-samples count their shared prefix once, as the collator joins them. The estimate only has to rank samples:
-the phrasing drawn per epoch and tokenisation details move it by a few tokens.
+A sample's length is estimated once per epoch (the prompt phrasing is drawn per epoch) from its raw dataset item
+— the conversation and the region tags, no image decoded, no mask rasterised — as the collator would lay it out:
+the template's text (rendered by the collator's own template, ``<image>``/``<regionK>`` tags taken out) in
+characters divided by the tokenizer's characters per token, plus the placeholders the tags expand to, the BOS
+and one EOS per answer. Characters per token are measured once per run, by tokenising the texts of a few hundred
+samples spread over the mixture. Grouped samples count their shared prefix once, as the collator joins them. The
+estimate only has to rank samples; tokenisation details move it by a few tokens. Reading an item without its
+image costs a small part of what the loader pays for the same item every epoch (image decoding, mask
+rasterisation).
 """
 
 from __future__ import annotations
@@ -76,14 +78,15 @@ def chars_per_token(collator: Collator, data: Dataset) -> float:
     return sum(map(len, frags)) / max(tokens, 1)
 
 
-def estimate_lengths(datasets: Sequence[Dataset], collator: Collator, num_workers: int = 0,
-                     chunk: int = 512) -> np.ndarray:
-    """Estimated token length of every sample of ``datasets`` (raw, unprocessed datasets), indexed as their
-    `ConcatDataset`, capped at the collator's ``max_length``. Reads each item once, in ``num_workers`` loader
-    workers."""
+def estimate_lengths(datasets: Sequence[Dataset], collator: Collator, num_workers: int = 0, chunk: int = 512,
+                     ratio: float | None = None) -> np.ndarray:
+    """Estimated token length of every sample of ``datasets`` (raw, unprocessed datasets, at their current
+    epoch's prompt phrasing), indexed as their `ConcatDataset`, capped at the collator's ``max_length``. Reads
+    each item once, in ``num_workers`` loader workers. ``ratio``: characters per token (default: measured,
+    `chars_per_token`)."""
     start = time.perf_counter()
     data = ConcatDataset(list(datasets))
-    ratio = chars_per_token(collator, data)
+    ratio = ratio or chars_per_token(collator, data)
     loader = DataLoader(data, batch_size=chunk, shuffle=False, num_workers=num_workers,
                         collate_fn=TextCounts(collator))
     rows = np.asarray([r for part in loader for r in part], dtype=np.float64).reshape(-1, 4)
