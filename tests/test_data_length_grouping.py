@@ -183,6 +183,16 @@ def test_estimated_lengths_track_the_collated_lengths(tiny_parts, template):
     assert dm.train_lengths(0) is not estimates[0] and np.array_equal(dm.train_lengths(0), estimates[0])
 
 
+def test_a_resumed_run_estimates_the_lengths_of_an_uninterrupted_one(tiny_parts):
+    """A data module that starts at epoch 1 (a run resumed there) estimates what one that went through epoch 0
+    estimates at epoch 1, so the grouped order, and with it the exact resume, is the same."""
+    straight = datamodule(tiny_parts, group_by_length=True)
+    straight.train_lengths(0)
+    resumed = datamodule(tiny_parts, group_by_length=True)
+    assert np.array_equal(resumed.train_lengths(1), straight.train_lengths(1))
+    assert resumed._chars_per_token == straight._chars_per_token
+
+
 def test_estimate_counts_image_and_region_placeholders(tiny_parts):
     """One more region tag adds ``tokens_per_region``; no image tag removes ``num_image_tokens``."""
     from regionvlm.data.lengths import TextCounts
@@ -205,7 +215,7 @@ def test_group_by_length_cuts_the_padding_of_the_loader(tiny_parts):
             real, slots = real + int(b.attention_mask.sum()), slots + b.attention_mask.numel()
         return sorted(ids), 1 - real / slots
 
-    plain_ids, plain_waste = epoch(datamodule(tiny_parts))
+    plain_ids, plain_waste = epoch(datamodule(tiny_parts, group_by_length=False))
     grouped_ids, grouped_waste = epoch(datamodule(tiny_parts, group_by_length=True, length_megabatch=6))
     assert grouped_ids == plain_ids
     assert grouped_waste < 0.5 * plain_waste, (grouped_waste, plain_waste)

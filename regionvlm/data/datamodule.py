@@ -298,13 +298,14 @@ class RegionDataModule(L.LightningDataModule):
     def train_lengths(self, epoch: int) -> np.ndarray:
         """Estimated token length of every training sample at ``epoch``'s prompt phrasing (`estimate_lengths`;
         a function of (seed, epoch), so every rank and a resumed run estimate the same). Kept for the epoch; the
-        characters per token are measured once."""
+        characters per token are measured once, at epoch 0's phrasing."""
         from regionvlm.data.lengths import chars_per_token, estimate_lengths
 
         if self._lengths is None or self._lengths[0] != epoch:
-            self._set_dataset_epoch(epoch)
-            if self._chars_per_token is None:
+            if self._chars_per_token is None:  # at epoch 0's phrasing, whichever epoch a (resumed) run starts in
+                self._set_dataset_epoch(0)
                 self._chars_per_token = chars_per_token(self.train_collator, ConcatDataset(self.train_sets))
+            self._set_dataset_epoch(epoch)
             self._lengths = (epoch, estimate_lengths(self.train_sets, self.train_collator, self.num_workers,
                                                      ratio=self._chars_per_token))
         return self._lengths[1]
