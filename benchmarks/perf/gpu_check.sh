@@ -3,6 +3,8 @@
 # init, LLM layers reduced to fit the GPU; tokens/s, MFU, and plan's memory estimate vs the measured peak.
 # Run as is from any folder on a machine with one CUDA GPU (~2-4 min on an H100; stopped after 8 min):
 #   bash benchmarks/perf/gpu_check.sh [gpu_check.py options]      → $OUT/gpu_check.json (else ./gpu_check.json)
+# Options: --layers N (default: the most LLM layers plan fits in 80 % of the GPU; lower it if the run runs out
+# of memory, which is itself a finding about plan), --micro-batch, --seq, --steps, --peak-tflops (dense bf16).
 # Needs python3 with torch (CUDA), transformers, lightning, numpy, pillow, tokenizers and omegaconf; regionvlm
 # itself is imported from this checkout (no install, no download). Packages the machine lacks travel as wheels
 # in .whl/ at the repository root, installed from there first (on a machine without a package index:
