@@ -1,6 +1,7 @@
 """The speed table of the tiny preset (issue 10): a training-step breakdown, framework vs a bare PyTorch loop,
-grouped vs one-region samples at 1/4/16/64 regions per image, and inference throughput. Prints a table and
-writes JSON (``--out``). A benchmark, not a test: numbers depend on the machine and its load (say which).
+grouped vs one-region samples at 1/4/16/64 regions per image, padding waste and regions/s with length-grouped
+batching and packing off/on, and inference throughput. Prints a table and writes JSON (``--out``). A
+benchmark, not a test: numbers depend on the machine and its load (say which).
 
 Usage: python benchmarks/perf/train_speed.py [--steps 8] [--out train_speed.json] [--threads 1]
 """
@@ -154,6 +155,44 @@ def regions_per_image(model, tok, proc, ks, reps):
     return out
 
 
+def batching(model, tok, cfg, proc, node, images, repeats=2):
+    """Padding waste and training regions/s (forward + backward + AdamW, one whole epoch of the synthetic set:
+    ``group_by_length`` puts its longest batch first, so a part of an epoch would not be representative) through
+    the data module, with ``data.group_by_length`` and ``data.pack`` off/on. Each setting's epoch is timed
+    ``repeats`` times, interleaved with the others, and the fastest kept (the machine is shared)."""
+    from regionvlm.data.datamodule import RegionDataModule
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    settings = {(g, p): f"group_by_length {'on' if g else 'off'}, pack {'on' if p else 'off'}"
+                for g in (False, True) for p in (False, True)}
+    epochs, out = {}, {}
+    for g, p in settings:
+        dm = RegionDataModule(tokenizer=tok, processor=proc, num_image_tokens=model.num_image_tokens,
+                              tokens_per_region=model.tokens_per_region, train=[node], batch_size=images,
+                              template=cfg["data"]["template"], max_length=cfg["data"]["max_length"],
+                              num_workers=0, group_by_length=g, pack=p, seed=0)
+        epochs[g, p] = list(dm.train_dataloader())
+
+    def step(b):
+        model(b)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    step(epochs[False, False][0])  # warm-up (optimizer state)
+    seconds = {k: float("inf") for k in settings}
+    for _ in range(repeats):
+        for k, batches in epochs.items():
+            _, s = timed(lambda: [step(b) for b in batches])
+            seconds[k] = min(seconds[k], s)
+    for k, batches in epochs.items():
+        real = sum(int(b.attention_mask.sum()) for b in batches)
+        slots = sum(b.attention_mask.numel() for b in batches)
+        regions = sum(len(b.region_mentions) for b in batches)
+        out[settings[k]] = {"padding waste": 1 - real / slots, "regions/s": regions / seconds[k],
+                            "rows": sum(len(b.input_ids) for b in batches), "token slots": slots,
+                            "epoch s": seconds[k]}
+    return out
+
+
 def inference(model, tok, proc, samples, gen_tokens=32):
     coll = Collator(tok, model.num_image_tokens, model.tokens_per_region, for_generation=True)
     model.eval()
@@ -201,6 +240,7 @@ def main() -> None:
         result["framework / bare"] = bare / fw
         result["tokens/s (bare)"] = tokens / bare
         result["regions per image"] = regions_per_image(model, tok, proc, (1, 4, 16, 64), reps=2)
+        result["batching"] = batching(model, tok, cfg, proc, {**node, "regions_per_sample": "all"}, args.images)
         result["inference"] = inference(model, tok, proc, [single[i] for i in range(16)])
     print(f"tiny preset, {args.threads} thread(s), {args.images} images per step, {args.steps} steps")
     print(f"  data wait (collate, 1 process)   {result['data wait s/step (1 process)'] * 1e3:9.1f} ms/step")
@@ -212,6 +252,9 @@ def main() -> None:
     print("  regions per image   grouped regions/s   one-region samples regions/s")
     for k, v in result["regions per image"].items():
         print(f"  {k:>17}   {v['grouped']:17.1f}   {v['one-region samples']:28.1f}")
+    print("  batching (one epoch)                          padding waste   regions/s   rows   token slots")
+    for k, v in result["batching"].items():
+        print(f"  {k:<45}{v['padding waste']:13.1%}{v['regions/s']:12.1f}{v['rows']:7d}{v['token slots']:14d}")
     for k, v in result["inference"].items():
         print(f"  inference {k:<30}{v:9.3f}")
     Path(args.out).write_text(json.dumps(result, indent=1, default=str))

@@ -51,11 +51,21 @@ class MixtureSampler(DistributedSampler):
     Distributed: rank ``r`` of ``num_replicas`` takes positions ``r, r + n, r + 2n, ...`` of the epoch's order
     (wrapped around so that every rank gets as many), so consecutive global batches of ``n × batch_size`` are
     exactly the batches of one process with that batch size: a run's data does not depend on its device count.
-    It is a `DistributedSampler` so that Lightning uses it as is (its wrapper would shuffle the order again)."""
+    It is a `DistributedSampler` so that Lightning uses it as is (its wrapper would shuffle the order again).
+
+    Length-grouped (``sample_lengths``: a token-length estimate per index of the `ConcatDataset`, or a function
+    of the epoch returning one, and ``shuffle``): the shuffled epoch is cut into megabatches of ``megabatch``
+    global batches (``num_replicas × batch_size`` samples each), each megabatch is sorted by length, cut into
+    global batches, and the order of the full global batches is shuffled (the one holding the longest sample
+    first, so that a run that will run out of memory does so at its first step; a partial last batch stays
+    last). Batches then hold samples of similar length (less padding) while the mixture, the per-epoch shuffle,
+    the exact resume and the sharding (each rank takes its share of every global batch) are those of the plain
+    order, of which it is a permutation."""
 
     def __init__(self, lengths: Sequence[int], ratios: Sequence[float], num_samples: int | None = None,
                  seed: int = 0, shuffle: bool = True, on_epoch=None, num_replicas: int = 1, rank: int = 0,
-                 batch_size: int = 1, progress: Callable[[], tuple[int, float]] | None = None):
+                 batch_size: int = 1, progress: Callable[[], tuple[int, float]] | None = None,
+                 sample_lengths: Sequence[int] | Callable[[int], Sequence[int]] | None = None, megabatch: int = 50):
         # DistributedSampler.__init__ is not called: it wants a dataset and an initialised process group
         self.lengths, self.seed, self.shuffle, self.epoch = list(lengths), seed, shuffle, 0
         self.num_replicas, self.rank = int(num_replicas), int(rank)
@@ -71,6 +81,10 @@ class MixtureSampler(DistributedSampler):
         counts[np.argsort(-(w * self.num_samples - counts))[: self.num_samples - counts.sum()]] += 1
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        self.sample_lengths = sample_lengths
+        if int(megabatch) < 1:
+            raise ValueError(f"megabatch: expected a number of batches >= 1, got {megabatch}")
+        self.megabatch = int(megabatch)
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at each epoch start; it also re-seeds the datasets' prompt phrasing. With
@@ -101,7 +115,31 @@ class MixtureSampler(DistributedSampler):
         order = np.concatenate(parts) if parts else np.zeros(0, dtype=int)
         if self.shuffle:
             order = order[rng.permutation(len(order))]
+            if self.sample_lengths is not None:
+                order = self._group_by_length(order, rng)
         return order
+
+    def _group_by_length(self, order: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``order`` rearranged into global batches of similar length (see the class docstring)."""
+        size = self.batch_size * self.num_replicas
+        mega = size * self.megabatch
+        by_index = np.asarray(self.sample_lengths(self.epoch) if callable(self.sample_lengths)
+                              else self.sample_lengths)
+        if len(by_index) != sum(self.lengths):
+            raise ValueError(f"sample_lengths: {len(by_index)} lengths for {sum(self.lengths)} samples")
+        lengths = by_index[order]
+        # sorted longest first (stable: equal lengths keep their shuffled order), so that a partial last
+        # batch holds the shortest samples of the last megabatch
+        order = np.concatenate([order[s:s + mega][np.argsort(-lengths[s:s + mega], kind="stable")]
+                                for s in range(0, len(order), mega)])
+        full = len(order) // size
+        if full < 2:
+            return order
+        batches = order[: full * size].reshape(full, size)
+        longest = int(np.argmax(by_index[batches].max(axis=1)))
+        rest = rng.permutation(full)
+        rest = rest[rest != longest]
+        return np.concatenate([batches[longest], batches[rest].ravel(), order[full * size:]])
 
     def __iter__(self) -> Iterator[int]:
         order = self.epoch_order()
@@ -150,6 +188,8 @@ class RegionDataModule(L.LightningDataModule):
       max_length: 2048
       padding_side: right
       pack: false                  # several samples per row (attention kept inside each), rows ≤ max_length
+      group_by_length: false       # batches of samples of similar estimated token length (less padding)
+      length_megabatch: 50         # group_by_length sorts within megabatches of this many global batches
       samples_per_epoch: null      # default: sum of the train datasets' lengths
       processor: {resize_mode: pad}  # ImageProcessor options; size and mean/std come from the model
     ```
@@ -168,7 +208,7 @@ class RegionDataModule(L.LightningDataModule):
                  train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
                  val_batch_size: int | None = None, num_workers: int = 0, template: str = "vicuna_v1",
                  max_length: int | None = 2048, padding_side: str = "right", pack: bool = False,
-                 samples_per_epoch: int | None = None,
+                 group_by_length: bool = False, length_megabatch: int = 50, samples_per_epoch: int | None = None,
                  seed: int = 0, pin_memory: bool = False, tokenizer: Any = None, processor: Any = None,
                  num_image_tokens: int | None = None, tokens_per_region: int = 1):
         super().__init__()
@@ -180,12 +220,17 @@ class RegionDataModule(L.LightningDataModule):
         self._processing = processing
         self.template, self.max_length, self.padding_side = template, max_length, padding_side
         self.pack = bool(pack)
+        if isinstance(length_megabatch, bool) or not isinstance(length_megabatch, int) or length_megabatch < 1:
+            raise ConfigError(f"data.length_megabatch: expected a number of batches >= 1, got {length_megabatch!r}")
+        self.group_by_length, self.length_megabatch = bool(group_by_length), length_megabatch
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size or batch_size)
         self.num_workers, self.pin_memory, self.seed = int(num_workers), pin_memory, seed
         self.train_sets, ratios = self._build(train, "data.train", training=True)
         self.val_sets, _ = self._build(val, "data.val", training=False)
         self.ratios, self.samples_per_epoch = ratios, samples_per_epoch
         self._sampler: MixtureSampler | None = None
+        self._lengths: tuple[int, np.ndarray] | None = None  # (epoch, estimated lengths): see train_lengths
+        self._chars_per_token: float | None = None
 
     def _build(self, nodes: Sequence[Any], key: str, training: bool) -> tuple[list[Dataset], list[float]]:
         nodes = to_plain(nodes) or []
@@ -244,9 +289,26 @@ class RegionDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         self._sampler = MixtureSampler([len(d) for d in self.train_sets], self.ratios, self.samples_per_epoch,
                                        seed=self.seed, on_epoch=self._set_dataset_epoch, num_replicas=world,
-                                       rank=rank, batch_size=self.batch_size, progress=self._training_progress)
+                                       rank=rank, batch_size=self.batch_size, progress=self._training_progress,
+                                       sample_lengths=self.train_lengths if self.group_by_length else None,
+                                       megabatch=self.length_megabatch)
         return self._loader(self.train_sets, self.train_collator, self.batch_size, self._sampler,
                             loader=ResumableLoader, position=self._batches_trained)
+
+    def train_lengths(self, epoch: int) -> np.ndarray:
+        """Estimated token length of every training sample at ``epoch``'s prompt phrasing (`estimate_lengths`;
+        a function of (seed, epoch), so every rank and a resumed run estimate the same). Kept for the epoch; the
+        characters per token are measured once, at epoch 0's phrasing."""
+        from regionvlm.data.lengths import chars_per_token, estimate_lengths
+
+        if self._lengths is None or self._lengths[0] != epoch:
+            if self._chars_per_token is None:  # at epoch 0's phrasing, whichever epoch a (resumed) run starts in
+                self._set_dataset_epoch(0)
+                self._chars_per_token = chars_per_token(self.train_collator, ConcatDataset(self.train_sets))
+            self._set_dataset_epoch(epoch)
+            self._lengths = (epoch, estimate_lengths(self.train_sets, self.train_collator, self.num_workers,
+                                                     ratio=self._chars_per_token))
+        return self._lengths[1]
 
     def _training_progress(self) -> tuple[int, float]:
         """(batches trained in the whole run, batches per epoch) from Lightning's restored counters; (0, 0)
