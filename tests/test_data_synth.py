@@ -15,9 +15,9 @@ from regionvlm.commands import data as data_cmd
 from regionvlm.data import formats
 from regionvlm.data.datamodule import MixtureSampler, RegionDataModule
 from regionvlm.data.processing import ImageProcessor
+from regionvlm.data.synth.benchmark_files import region_sentence
 from regionvlm.data.synth.scenes import COLOURS
 from regionvlm.data.synth.tokenizer import train_tiny_tokenizer
-from regionvlm.data.synth.benchmark_files import region_sentence
 from regionvlm.registry import DATASETS, construct
 
 
