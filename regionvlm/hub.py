@@ -127,11 +127,10 @@ def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dic
     import yaml
     from safetensors.torch import save_model
 
-    from regionvlm.io import make_temp_dir, publish_dir
+    from regionvlm.io import make_temp_dir, publish_dir, refuse_filled_dir
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"{out_dir}: export folder exists and is not empty (pass --overwrite to replace it)")
+    refuse_filled_dir(out_dir, overwrite, "export folder")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype: unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
     model = export_view(model)

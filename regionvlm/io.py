@@ -46,6 +46,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def refuse_filled_dir(target: str | os.PathLike, overwrite: bool, what: str = "folder") -> None:
+    """A `UserError` when ``target`` holds files and ``overwrite`` is off: checked before any slow work."""
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        from regionvlm.errors import UserError
+
+        raise UserError(f"{target}: {what} exists and is not empty (pass --overwrite to replace it)")
+
+
 def make_temp_dir(target: str | os.PathLike) -> Path:
     """An empty folder beside ``target`` to fill and then `publish_dir`, with an ordinary folder's mode."""
     target = Path(target)

@@ -92,9 +92,9 @@ def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
                       overwrite: bool = False) -> Path:
     from regionvlm.hub import save_export
+    from regionvlm.io import refuse_filled_dir
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:  # fail before the slow load
-        raise UserError(f"{out_dir}: export folder exists and is not empty (pass --overwrite to replace it)")
+    refuse_filled_dir(out_dir, overwrite, "export folder")  # fail before the slow load
     model, tokenizer, config = load_checkpoint(source)
     return save_export(out_dir, model, tokenizer, config, dtype=dtype, overwrite=overwrite)
