@@ -152,3 +152,25 @@ def test_a_variant_may_train_from_its_own_config(tmp_path):
     mixed, cls_only = spec.cells()
     assert cell_train_config(spec, mixed) == TINY / "stage2.yaml"
     assert cell_train_config(spec, cls_only) == TINY / "stage1.yaml"
+
+
+def test_jobs_run_cells_in_parallel_processes_and_merge_the_table(tiny_workspace, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml")
+    out = tmp_path / "sweep"
+    assert main(["ablate", str(spec), "--jobs", "2"]) == 0
+    log = capsys.readouterr().out
+    assert "[ablate] 2 cells, 2 at a time" in log
+    assert "cell 0 tiny-seed0: ran (" in log and "cell 1 blind-seed0: ran (" in log
+    assert json.loads((out / "table.json").read_text())["missing"] == []
+    for index, cell in enumerate(("tiny-seed0", "blind-seed0")):  # each child's own output went to its log
+        assert f"cell {index} {cell}: ran" in (out / "logs" / f"{cell}.log").read_text()
+    assert main(["ablate", str(spec), "--jobs", "2"]) == 0
+    assert "cell 0 tiny-seed0: skipped" in capsys.readouterr().out
+
+
+def test_jobs_report_a_failing_cell_with_its_error_and_exit_code(tiny_workspace, tmp_path, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", variants={"broken": ["model.region_extractor.type=no_such_extractor"]})
+    assert main(["ablate", str(spec), "--jobs", "2"]) == 2
+    log = capsys.readouterr().out
+    assert "cell 0 broken-seed0: failed (exit 2" in log and "no_such_extractor" in log
+    assert not (tmp_path / "sweep" / "table.md").exists()

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,44 @@ def run_cell(spec: Spec, cell: Cell) -> str:
     write_text(out / "result.json", json.dumps({"variant": cell.variant, "seed": cell.seed, "metrics": metrics},
                                                indent=2) + "\n")
     return status
+
+
+def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int, cpus: int | None = None) -> int:
+    """Run ``cells`` ``jobs`` at a time, each in its own ``regionvlm ablate --cell`` process with an even share
+    of the CPU threads (one torch process per core beats two fighting over both). A cell's output goes to
+    ``<output>/logs/<cell>.log``. After a failure no new cell starts; running ones finish. Returns the first
+    failing exit code, else 0."""
+    cpus = cpus or os.cpu_count() or 1
+    threads = str(max(1, cpus // jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    logs = spec.output / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    failed: list[int] = []
+
+    def one(cell: Cell) -> None:
+        if failed:
+            return
+        log = logs / f"{cell.name}.log"
+        start = time.monotonic()
+        with open(log, "w") as f:
+            rc = subprocess.call([sys.executable, "-m", "regionvlm", "ablate", str(spec.path), "--cell",
+                                  str(cell.index), "--out", str(spec.output)], stdout=f, stderr=subprocess.STDOUT,
+                                 env=env)
+        took = time.monotonic() - start
+        if rc:
+            failed.append(rc)
+            last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
+            print(f"[ablate] cell {cell.index} {cell.name}: failed (exit {rc}, {took:.0f} s): {last[0]}; "
+                  f"log: {log}", flush=True)
+            return
+        status = [line.rsplit(": ", 1)[-1] for line in log.read_text().splitlines()
+                  if line.startswith(f"[ablate] cell {cell.index} {cell.name}: ")][-1:] or ["done"]
+        print(f"[ablate] cell {cell.index} {cell.name}: {status[0]} ({took:.0f} s, {threads} threads; "
+              f"log: {log})", flush=True)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, cells))
+    return failed[0] if failed else 0
 
 
 def read_cell_metrics(spec: Spec, cell: Cell) -> dict[str, float]:
