@@ -11,7 +11,7 @@ import yaml
 from regionvlm.cli import main
 
 TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
-OTHER_BENCHMARKS = ("refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc")
+OTHER_BENCHMARKS = ("refcocog_caption", "refcocog_rec", "vg_caption", "pope", "spatial", "dlc", "lvis_cls")
 
 
 def write_spec(path: Path, **changes) -> Path:
@@ -141,6 +141,20 @@ def test_shipped_spec_lists_six_variants_by_three_seeds(capsys):
     assert len(rows) == 18 and [r[1] for r in rows[:6]] == ["tiny", "no_refiner", "no_geometry", "roi_align",
                                                             "no_guidance", "blind"]
     assert {r[2] for r in rows} == {"seed=0", "seed=1", "seed=2"} and all(r[3] == "todo" for r in rows)
+
+
+@pytest.mark.parametrize("variant", ["tiny", "no_guidance"])
+def test_shipped_spec_evaluates_classification_only(variant):
+    """A benchmark added to tiny/eval.yaml must not creep into every cell's evaluation (lvis_cls once did)."""
+    from omegaconf import OmegaConf
+
+    from regionvlm.ablation.spec import Cell, cell_overrides, load_spec
+    from regionvlm.config import load_config
+
+    spec = load_spec(TINY / "ablations.yaml", output="/nonexistent/ablations")
+    _, eval_overrides = cell_overrides(spec, Cell(0, variant, 0))
+    cfg = OmegaConf.to_container(load_config(spec.eval, eval_overrides), resolve=False)
+    assert list(cfg["eval"]["benchmarks"]) == ["coco_cls"]
 
 
 def test_a_variant_may_train_from_its_own_config(tmp_path):

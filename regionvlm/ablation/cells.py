@@ -76,7 +76,7 @@ def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int, cpus: int | Non
             return
         status = [line.rsplit(": ", 1)[-1] for line in log.read_text().splitlines()
                   if line.startswith(f"[ablate] cell {cell.index} {cell.name}: ")][-1:] or ["done"]
-        print(f"[ablate] cell {cell.index} {cell.name}: {status[0]} ({took:.0f} s, {threads} threads; "
+        print(f"[ablate] cell {cell.index} {cell.name}: {status[0]} ({took:.0f} s, OMP_NUM_THREADS={threads}; "
               f"log: {log})", flush=True)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
