@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # Lightning turns SIGTERM into this exception (code None, which would exit 0)
+        if type(exc).__name__ != "SIGTERMException":
+            raise
+        print("stopped by SIGTERM", file=sys.stderr)
+        return 143
     except Exception as exc:  # a bug: say so (and whose, for a plugin's), keep the traceback one flag away
         if debug:
             traceback.print_exc()

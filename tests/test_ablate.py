@@ -188,3 +188,32 @@ def test_jobs_report_a_failing_cell_with_its_error_and_exit_code(tiny_workspace,
     log = capsys.readouterr().out
     assert "cell 0 broken-seed0: failed (exit 2" in log and "no_such_extractor" in log
     assert not (tmp_path / "sweep" / "table.md").exists()
+
+
+def test_sigterm_to_a_parallel_sweep_reaches_its_cells(tiny_workspace, tmp_path):
+    """A scheduler stopping `ablate --jobs 2` (SIGTERM to the parent) stops the cells too (no orphaned training),
+    each saving its last step; exit 143, and the cells stay unfinished for a rerun to resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = write_spec(tmp_path / "spec.yaml", overrides=[
+        "model.init_from=null", "trainer.max_steps=100000", "trainer.limit_val_batches=0", "data.batch_size=2",
+        "data.num_workers=0", "trainer.enable_progress_bar=false", "trainer.checkpoint_every_n_steps=1"])
+    cells = tmp_path / "sweep" / "cells"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    parent = subprocess.Popen([sys.executable, "-m", "regionvlm", "ablate", str(spec), "--jobs", "2"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    lasts = [cells / c / "checkpoints" / "last.ckpt" for c in ("tiny-seed0", "blind-seed0")]
+    while not all(p.is_file() for p in lasts) and parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    parent.send_signal(signal.SIGTERM)
+    out, _ = parent.communicate(timeout=120)
+    assert parent.returncode == 143, out[-3000:]
+    for index, cell in enumerate(("tiny-seed0", "blind-seed0")):
+        assert f"cell {index} {cell}: failed (exit 143" in out
+        assert "stopped by SIGTERM" in (tmp_path / "sweep" / "logs" / f"{cell}.log").read_text()
+        assert not (cells / cell / "result.json").exists()

@@ -179,6 +179,8 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
      ["stage1.yaml", "output.root", "REGIONVLM_SURELY_UNSET"]),
     ("config-nonfinite-policy", lambda e: ["config", TINY_STAGE1, "trainer.on_nonfinite_loss=maybe"],
      ["stage1.yaml", "trainer.on_nonfinite_loss", "stop, skip"]),
+    ("config-checkpoint-every", lambda e: ["config", TINY_STAGE1, "trainer.checkpoint_every_n_steps=0"],
+     ["stage1.yaml", "trainer.checkpoint_every_n_steps", "positive number of steps"]),
     ("config-pretrained-missing", lambda e: ["train", TINY_STAGE1, f"model.llm.pretrained={e.tmp}/no_llm",
                                              f"output.root={e.output('runs')}"],
      ["stage1.yaml", "model.llm.pretrained", "no such folder", "no_llm"]),

@@ -23,18 +23,20 @@ SMALL = ["data.batch_size=4", "data.num_workers=0", "trainer.limit_val_batches=1
          "data.val.0.max_samples=2", "trainer.log_every_n_steps=1", "generation.max_new_tokens=2"]
 
 
-def cli(*args: str, env: dict, kill_after: str | None = None) -> subprocess.Popen:
-    """``regionvlm ARGS`` in a subprocess. ``kill_after``: ``"module:function:count"``, the process SIGKILLs itself
-    right after its ``count``-th call of that function returns (a kill at an exact point, however loaded the
-    machine is: polling from outside can miss a short window)."""
+def cli(*args: str, env: dict, kill_after: str | None = None, sig: str = "SIGKILL") -> subprocess.Popen:
+    """``regionvlm ARGS`` in a subprocess. ``kill_after``: ``"module:function:count"`` (``function`` may be
+    ``Class.method``), the process sends itself ``sig`` right after its ``count``-th call of that function returns
+    (a kill at an exact point, however loaded the machine is: polling from outside can miss a short window)."""
     code = "import sys\nfrom regionvlm.cli import main\n"
     if kill_after:
         module, function, count = kill_after.split(":")
+        *owner, name = function.split(".")
         code += (f"import os, signal, importlib\nm = importlib.import_module({module!r})\n"
-                 f"f, calls = getattr(m, {function!r}), [0]\n"
+                 + "".join(f"m = getattr(m, {part!r})\n" for part in owner)
+                 + f"f, calls = getattr(m, {name!r}), [0]\n"
                  f"def wrapped(*a, **k):\n    out = f(*a, **k)\n    calls[0] += 1\n"
-                 f"    if calls[0] == {int(count)}:\n        os.kill(os.getpid(), signal.SIGKILL)\n    return out\n"
-                 f"setattr(m, {function!r}, wrapped)\n")
+                 f"    if calls[0] == {int(count)}:\n        os.kill(os.getpid(), signal.{sig})\n    return out\n"
+                 f"setattr(m, {name!r}, wrapped)\n")
     code += "sys.exit(main(sys.argv[1:]))\n"
     return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -81,6 +83,31 @@ def test_train_killed_after_a_checkpoint_resumes_to_the_same_weights(env, tmp_pa
     different = [k for k in whole if not torch.equal(whole[k], resumed[k])]
     assert not different, different[:5]
     assert _checkpoint_step(tmp_path / "cut" / "checkpoints" / "last.ckpt") == 6
+
+
+def test_train_stopped_by_sigterm_saves_its_step_and_resumes_to_the_same_weights(env, tmp_path):
+    """SIGTERM (a scheduler's preemption) during step 3: the step finishes, last.ckpt holds it (the periodic
+    checkpoints are at steps 2, 4, 6), exit 143; the resumed run ends with the weights of an uninterrupted one,
+    and its last.ckpt is the final step 7, not the periodic step 6."""
+    from safetensors.torch import load_file
+
+    common = [str(TINY / "stage1.yaml"), "data.train.0.max_samples=32", "data.batch_size=4", "data.num_workers=0",
+              "trainer.limit_val_batches=0", "trainer.checkpoint_every_n_steps=2", "trainer.max_steps=7",
+              f"output.root={tmp_path}"]
+    finish(cli("train", *common, "output.name=whole", env=env))
+    assert _checkpoint_step(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 7
+    proc = cli("train", *common, "output.name=cut", env=env, sig="SIGTERM",
+               kill_after="regionvlm.engine.module:RegionVLMModule.training_step:3")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM" in out and "--resume last" in out
+    assert _checkpoint_step(tmp_path / "cut" / "checkpoints" / "last.ckpt") == 3
+    assert not (tmp_path / "cut" / "export").exists()
+    finish(cli("train", *common, "output.name=cut", "--resume", "last", env=env))
+    whole = load_file(tmp_path / "whole" / "export" / "model.safetensors")
+    resumed = load_file(tmp_path / "cut" / "export" / "model.safetensors")
+    assert [k for k in whole if not torch.equal(whole[k], resumed[k])] == []
+    assert _checkpoint_step(tmp_path / "cut" / "checkpoints" / "last.ckpt") == 7
 
 
 def _questions(tmp_path: Path, n: int) -> Path:

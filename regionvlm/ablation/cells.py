@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,7 +26,9 @@ def run_cell(spec: Spec, cell: Cell) -> str:
 
     def run_command(name: str, argv: list[str]) -> None:  # through the command's own parser: its defaults hold
         parser, module = command_parser(name)
-        module.run(parser.parse_args(argv))
+        code = module.run(parser.parse_args(argv))
+        if code:  # e.g. 143: training stopped by SIGTERM (its checkpoint saved); the cell is not finished
+            raise SystemExit(code)
 
     out = cell_dir(spec, cell)
     if (out / "result.json").is_file():
@@ -49,7 +53,8 @@ def run_cell(spec: Spec, cell: Cell) -> str:
 def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int, cpus: int | None = None) -> int:
     """Run ``cells`` ``jobs`` at a time, each in its own ``regionvlm ablate --cell`` process with an even share
     of the CPU threads (one torch process per core beats two fighting over both). A cell's output goes to
-    ``<output>/logs/<cell>.log``. After a failure no new cell starts; running ones finish. Returns the first
+    ``<output>/logs/<cell>.log``. After a failure no new cell starts; running ones finish. SIGTERM to this
+    process is passed on to the cells (training saves its ``last.ckpt``; a rerun resumes). Returns the first
     failing exit code, else 0."""
     cpus = cpus or os.cpu_count() or 1
     threads = str(max(1, cpus // jobs))
@@ -57,21 +62,25 @@ def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int, cpus: int | Non
     logs = spec.output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     failed: list[int] = []
+    running: dict[Cell, subprocess.Popen] = {}
+    lock = threading.Lock()  # a cell is either started and in `running`, or never started once `failed`
 
     def one(cell: Cell) -> None:
-        if failed:
-            return
         log = logs / f"{cell.name}.log"
         start = time.monotonic()
-        with open(log, "w") as f:
-            rc = subprocess.call([sys.executable, "-m", "regionvlm", "ablate", str(spec.path), "--cell",
-                                  str(cell.index), "--out", str(spec.output)], stdout=f, stderr=subprocess.STDOUT,
-                                 env=env)
+        with lock:
+            if failed:
+                return
+            with open(log, "w") as f:
+                running[cell] = subprocess.Popen(
+                    [sys.executable, "-m", "regionvlm", "ablate", str(spec.path), "--cell", str(cell.index),
+                     "--out", str(spec.output)], stdout=f, stderr=subprocess.STDOUT, env=env)
+        rc = running[cell].wait()
         took = time.monotonic() - start
         if rc:
-            failed.append(rc)
+            failed.append(rc if rc > 0 else 128 - rc)  # -N: killed by signal N, as a shell reports it
             last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
-            print(f"[ablate] cell {cell.index} {cell.name}: failed (exit {rc}, {took:.0f} s): {last[0]}; "
+            print(f"[ablate] cell {cell.index} {cell.name}: failed (exit {failed[-1]}, {took:.0f} s): {last[0]}; "
                   f"log: {log}", flush=True)
             return
         status = [line.rsplit(": ", 1)[-1] for line in log.read_text().splitlines()
@@ -79,8 +88,22 @@ def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int, cpus: int | Non
         print(f"[ablate] cell {cell.index} {cell.name}: {status[0]} ({took:.0f} s, OMP_NUM_THREADS={threads}; "
               f"log: {log})", flush=True)
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(one, cells))
+    def pass_on(signum: int, frame: Any) -> None:
+        failed.append(128 + signum)  # no new cell starts
+        for proc in list(running.values()):
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, pass_on)
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            try:
+                list(pool.map(one, cells))
+            except KeyboardInterrupt:  # the running cells got the same Ctrl-C; start no other
+                failed.append(130)
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return failed[0] if failed else 0
 
 

@@ -3,12 +3,16 @@
 The run directory ``output.root/output.name`` receives the resolved config, Lightning checkpoints
 (``checkpoints/last.ckpt`` ...), a CSV log (``logs/metrics.csv``), validation samples, and at the end the
 self-contained ``export/`` folder that ``init_from``, ``eval``, ``predict`` and ``RegionChat`` read.
+On SIGTERM (a scheduler's preemption or time limit) the step in progress finishes, ``last.ckpt`` is written
+and the command exits with 143; ``--resume last`` continues from there.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 
@@ -58,7 +62,16 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from regionvlm.engine.trainer import fit
 
-    fit(config, run_dir, ckpt_path=ckpt_path)
+    try:
+        fit(config, run_dir, ckpt_path=ckpt_path)
+    except SIGTERMException:  # Lightning's, at the end of the step in progress; CurrentLastCheckpoint saved it
+        last = run_dir / "checkpoints" / "last.ckpt"
+        saved = f"{last} holds the last finished step" if last.is_file() else "no step had finished"
+        print(f"stopped by SIGTERM: {saved}; `regionvlm train {args.config} ... --resume last` continues",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM  # the usual exit status of a process ended by SIGTERM (143)
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 
 
 class GenerationSamples(L.Callback):
@@ -45,3 +46,37 @@ class GenerationSamples(L.Callback):
         log_samples(trainer.loggers, rows, trainer.global_step)
         for r in rows:
             print(f"[step {r['step']}] {r['id']}: {r['prediction']!r} (reference: {r['reference']!r})")
+
+
+class CurrentLastCheckpoint(Checkpoint):
+    """Keep ``last.ckpt`` current where Lightning's ``ModelCheckpoint`` leaves it behind:
+
+    - at the end of training, when the last step was not saved (training ended by ``max_steps`` mid-epoch, or
+      between ``checkpoint_every_n_steps``): otherwise ``last.ckpt`` holds an earlier step and ``regionvlm
+      export RUN_DIR`` would export an older model than the run's ``export/``;
+    - when the job is told to stop (SIGTERM: a scheduler's preemption or time limit, ``kill``), so ``regionvlm
+      train ... --resume last`` loses at most the step in progress. Lightning turns SIGTERM into a
+      ``SIGTERMException`` at the end of the current step (every rank at once under DDP), where the state is
+      whole. Other exceptions save nothing: a NaN loss or a bug must not overwrite a good ``last.ckpt``.
+
+    A `Checkpoint` subclass, so Lightning runs it after ``ModelCheckpoint`` and sees that one's saves."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.saved_step = -1
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict) -> None:
+        self.saved_step = trainer.global_step  # any save of this run, ModelCheckpoint's or ours
+
+    def save_if_behind(self, trainer: L.Trainer) -> None:
+        if trainer.global_step > 0 and self.saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path)  # every rank calls it (collective where the strategy needs it)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.save_if_behind(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.save_if_behind(trainer)

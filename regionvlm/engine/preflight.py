@@ -99,10 +99,14 @@ def _check_trainer(trainer: dict) -> None:
     import lightning as L
 
     from regionvlm.engine.module import nonfinite_policy
+    from regionvlm.engine.trainer import OUR_TRAINER_KEYS
     from regionvlm.registry import checked_kwargs
 
     nonfinite_policy({"trainer": trainer})
-    trainer = {k: v for k, v in trainer.items() if k != "on_nonfinite_loss"}
+    every = trainer.get("checkpoint_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"trainer.checkpoint_every_n_steps: expected a positive number of steps, got {every!r}")
+    trainer = {k: v for k, v in trainer.items() if k not in OUR_TRAINER_KEYS}
     # engine.trainer.build_trainer sets these (train and eval alike)
     checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False,
                    runtime=dict.fromkeys(("callbacks", "logger")))

@@ -7,6 +7,11 @@ from typing import Any
 
 from regionvlm.registry import construct
 
+# Keys of the ``trainer:`` section that are ours, not Lightning's (build_trainer takes them out):
+#   on_nonfinite_loss: stop | skip      what a NaN/inf loss does (RegionVLMModule.training_step)
+#   checkpoint_every_n_steps: N         also write last.ckpt every N optimizer steps (default: per epoch only)
+OUR_TRAINER_KEYS = ("on_nonfinite_loss", "checkpoint_every_n_steps")
+
 
 def quiet_lightning() -> None:
     """Hide Lightning's start-up chatter (hardware summary, tips) and warnings that are expected here: the Batch
@@ -22,10 +27,12 @@ def quiet_lightning() -> None:
 
 
 def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | None = None, **overrides: Any):
-    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument, plus ``on_nonfinite_loss: stop |
-    skip``, see `RegionVLMModule`; unknown keys are errors).
+    """A Lightning ``Trainer`` from the ``trainer:`` section (any Trainer argument, plus two of ours, see
+    `OUR_TRAINER_KEYS`; unknown keys are errors).
     With ``run_dir``: the ``loggers:`` (default: CSV in ``run_dir/logs``), checkpoints in ``run_dir/checkpoints``
-    (``last.ckpt``), each written to a temporary name and renamed (`atomic_checkpoint_io`)."""
+    (``last.ckpt``: after each epoch or validation, every ``checkpoint_every_n_steps`` steps, at the end, and
+    when the process gets SIGTERM: `CurrentLastCheckpoint`), each written to a temporary name and renamed
+    (`atomic_checkpoint_io`)."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -33,13 +40,14 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
     from regionvlm.engine.strategies import build_strategy
 
     kwargs = dict(config.get("trainer") or {})
-    kwargs.pop("on_nonfinite_loss", None)  # ours, not Lightning's: read by RegionVLMModule.training_step
+    every_n_steps = kwargs.pop("checkpoint_every_n_steps", None)
+    kwargs.pop("on_nonfinite_loss", None)  # read by RegionVLMModule.training_step
     kwargs.update(overrides)
     if "strategy" in kwargs:
         kwargs["strategy"] = build_strategy(kwargs["strategy"])
     runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
     if run_dir is not None:
-        from regionvlm.engine.callbacks import GenerationSamples
+        from regionvlm.engine.callbacks import CurrentLastCheckpoint, GenerationSamples
 
         runtime["callbacks"].append(GenerationSamples(run_dir))
         runtime["default_root_dir"] = str(run_dir)
@@ -52,7 +60,8 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
             kwargs["plugins"] = [atomic_checkpoint_io()]
         runtime["callbacks"].append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
                                                     save_top_k=0 if kwargs.get("limit_val_batches") == 0 else 1,
-                                                    monitor=None))
+                                                    monitor=None, every_n_train_steps=every_n_steps))
+        runtime["callbacks"].append(CurrentLastCheckpoint(run_dir / "checkpoints" / "last.ckpt"))
     else:
         runtime["logger"] = False
         runtime["enable_checkpointing"] = False
