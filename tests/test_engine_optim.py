@@ -29,6 +29,20 @@ def test_trainable_list_freezes_the_rest():
     assert not any(p.requires_grad for p in m.llm.parameters())
 
 
+def test_training_puts_trainable_components_in_train_mode_and_frozen_ones_in_eval_mode():
+    """A pretrained HF model arrives in eval mode and Lightning keeps modes: the module's on_fit_start sets them."""
+    from regionvlm.engine.module import RegionVLMModule, set_train_modes
+
+    m = Toy().eval()                      # as from_pretrained leaves it
+    m.projector.train()
+    # part of a component trains (the llm's weight, not its bias): the whole component goes to train mode
+    module = RegionVLMModule({"model": {"trainable": ["vision_encoder", "llm.weight"]}}, model=m, tokenizer=None)
+    module.on_fit_start()
+    assert (m.vision_encoder.training, m.llm.training, m.projector.training) == (True, True, False)
+    assert not m.projector[1].training    # the whole frozen component, its submodules too
+    assert not m.llm.bias.requires_grad and set_train_modes(m) == {"vision_encoder": True, "projector": False, "llm": True}
+
+
 def test_freeze_list_and_unknown_names():
     m = Toy()
     assert apply_trainable(m, freeze=["vision_encoder"]) == {"vision_encoder": 0, "projector": 28, "llm": 10}

@@ -41,6 +41,15 @@ def nonfinite_policy(config: dict) -> str:
     return policy
 
 
+def set_train_modes(model: torch.nn.Module) -> dict[str, bool]:
+    """Train mode for each top-level component with a trainable parameter, eval mode for the others (whole
+    components: a LoRA-adapted LLM trains, its dropout on). Returns ``{component: training}``."""
+    modes = {name: any(p.requires_grad for p in child.parameters()) for name, child in model.named_children()}
+    for name, child in model.named_children():
+        child.train(modes[name])
+    return modes
+
+
 class RegionVLMModule(L.LightningModule):
     """Train / validate / predict a `RegionVLM` built from a resolved config (a plain dict)."""
 
@@ -94,6 +103,12 @@ class RegionVLMModule(L.LightningModule):
             checkpoint["tokenizer_files"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
     # -- steps --------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Components that train go to train mode, frozen ones to eval mode. Lightning (≥ 2.2) keeps whatever
+        mode it finds, and a pretrained Hugging Face model arrives in eval mode: a trained LLM would run without
+        its dropout (and LoRA's), a frozen BatchNorm would drift in train mode."""
+        set_train_modes(self.model)
+
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(
             batch, device, dataloader_idx)

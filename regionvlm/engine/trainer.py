@@ -22,6 +22,8 @@ def quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # frozen components are in eval mode on purpose (RegionVLMModule.on_fit_start)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     # a step skipped on purpose (`trainer.on_nonfinite_loss: skip`) says so itself
     warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
 
