@@ -67,3 +67,26 @@ def test_required_extra_fields(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl: file not found"):
         read_predictions(tmp_path / "nope.jsonl", IDS)
+
+
+def test_eval_decodes_with_the_card_settings_under_the_eval_configs(tiny_workspace, tiny_export, monkeypatch,
+                                                                    tmp_path):
+    """The eval config's `generation:` decides (the same protocol for every model compared); without one
+    (`~generation`), the model's own card does."""
+    from pathlib import Path
+
+    import regionvlm.evaluation.runner as runner
+    from regionvlm import hub
+    from regionvlm.cli import main
+
+    seen = []
+    monkeypatch.setattr(runner, "evaluate", lambda module, trainer, **kw: seen.append(dict(module.generation)) or {})
+    eval_yaml = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny" / "eval_scope.yaml"
+    args = ["eval", str(eval_yaml), "--model", str(tiny_export[3])]
+    card = {**tiny_export[2]["generation"], "num_beams": 3}
+    read = hub.read_export_config  # the card, with decoding settings of its own
+    monkeypatch.setattr(hub, "read_export_config", lambda folder: {**read(folder), "generation": card})
+    assert main([*args, f"eval.out_dir={tmp_path / 'a'}", "~generation"]) == 0
+    assert main([*args, f"eval.out_dir={tmp_path / 'b'}", "generation.max_new_tokens=3"]) == 0
+    assert seen[0] == card
+    assert seen[1] == {"max_new_tokens": 3, "num_beams": 1, "do_sample": False, "temperature": 1.0, "top_p": 1.0}

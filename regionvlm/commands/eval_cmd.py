@@ -82,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
     resume = claim_out_dir(out_dir, {"model": str(Path(args.model or args.ckpt).resolve()),
                                      "benchmarks": settings["benchmarks"]}, args.overwrite)
     model, tokenizer, model_config = load_export(args.model) if args.model else load_checkpoint(args.ckpt)
-    module = RegionVLMModule({**model_config, "generation": config["generation"]}, model=model, tokenizer=tokenizer)
+    # decoding: this config's `generation:` (its schema fills every key: one protocol for every model), else,
+    # with `~generation`, the model's card; a benchmark's own protocol goes on top in `evaluate`
+    generation = {**(model_config.get("generation") or {}), **(config.get("generation") or {})}
+    module = RegionVLMModule({**model_config, "generation": generation}, model=model, tokenizer=tokenizer)
     trainer = build_trainer(config, None, enable_progress_bar=False)
     results = evaluate(module, trainer, out_dir=out_dir, resume=resume, **settings)
     if trainer.is_global_zero:
