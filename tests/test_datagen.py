@@ -213,3 +213,14 @@ def test_every_drop_reason_is_counted(tmp_path):
     assert len(rows) == 2 and rows[0]["id"] == "0/coco-1" and rows[1]["id"].startswith("0/coco-3")
     for name in ("report.json", "caption_lengths.png", "gallery.png"):
         assert (tmp_path / "out" / "report" / name).is_file()
+
+
+def test_template_captioner_names_a_colour_once():
+    from regionvlm.datagen.captioners import TemplateCaptioner
+
+    image = Image.new("RGB", (40, 40), (220, 30, 30))
+    regions = Regions.from_dicts([{"bbox": [0, 0, 20, 20]}], (40, 40))
+    ask = {"image": image, "regions": regions, "stage": "region"}
+    captioner = TemplateCaptioner()
+    assert captioner.caption([{**ask, "class_name": "red circle"}, {**ask, "class_name": "circle"}]) == [
+        "a medium red circle, seen in the close-up.", "a medium red circle, seen in the close-up."]

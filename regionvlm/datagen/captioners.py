@@ -71,9 +71,13 @@ class TemplateCaptioner:
         mask = regions.to_masks()[0] if regions is not None else np.ones(arr.shape[:2], dtype=bool)
         fraction = mask.mean()
         size = "large" if fraction > 0.5 else "medium" if fraction > 0.2 else "small"
-        return self.region_template.format(size=size, colour=colour_name(arr[mask]),
-                                           class_name=r.get("class_name") or "object",
+        class_name = r.get("class_name") or "object"
+        colour = colour_name(arr[mask])
+        if colour in class_name.split():  # "a small red circle", not "a small red red circle"
+            colour = ""
+        text = self.region_template.format(size=size, colour=colour, class_name=class_name,
                                            global_caption=(r.get("global_caption") or "").rstrip("."))
+        return " ".join(text.split())
 
 
 @CAPTIONERS.register("regionvlm")
