@@ -50,14 +50,13 @@ def run_cell(spec: Spec, cell: Cell) -> str:
     return status
 
 
-def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int, cpus: int | None = None) -> int:
+def run_cells_parallel(spec: Spec, cells: list[Cell], jobs: int) -> int:
     """Run ``cells`` ``jobs`` at a time, each in its own ``regionvlm ablate --cell`` process with an even share
     of the CPU threads (one torch process per core beats two fighting over both). A cell's output goes to
     ``<output>/logs/<cell>.log``. After a failure no new cell starts; running ones finish. SIGTERM to this
     process is passed on to the cells (training saves its ``last.ckpt``; a rerun resumes). Returns the first
     failing exit code, else 0."""
-    cpus = cpus or os.cpu_count() or 1
-    threads = str(max(1, cpus // jobs))
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     logs = spec.output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
