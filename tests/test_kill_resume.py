@@ -96,6 +96,7 @@ def test_train_stopped_by_sigterm_saves_its_step_and_resumes_to_the_same_weights
               f"output.root={tmp_path}"]
     finish(cli("train", *common, "output.name=whole", env=env))
     assert _checkpoint_step(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 7
+    assert [p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()] == ["last.ckpt"]  # no last-v1.ckpt
     proc = cli("train", *common, "output.name=cut", env=env, sig="SIGTERM",
                kill_after="regionvlm.engine.module:RegionVLMModule.training_step:3")
     out, _ = proc.communicate(timeout=300)

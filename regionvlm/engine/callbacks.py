@@ -49,8 +49,11 @@ class GenerationSamples(L.Callback):
 
 
 class CurrentLastCheckpoint(Checkpoint):
-    """Keep ``last.ckpt`` current where Lightning's ``ModelCheckpoint`` leaves it behind:
+    """Keep ``last.ckpt`` current where Lightning's ``ModelCheckpoint`` (after each epoch or validation) leaves
+    it behind:
 
+    - every ``every_n_steps`` optimizer steps (``trainer.checkpoint_every_n_steps``), besides Lightning's saves
+      (its own ``every_n_train_steps`` would replace them);
     - at the end of training, when the last step was not saved (training ended by ``max_steps`` mid-epoch, or
       between ``checkpoint_every_n_steps``): otherwise ``last.ckpt`` holds an earlier step and ``regionvlm
       export RUN_DIR`` would export an older model than the run's ``export/``;
@@ -61,8 +64,9 @@ class CurrentLastCheckpoint(Checkpoint):
 
     A `Checkpoint` subclass, so Lightning runs it after ``ModelCheckpoint`` and sees that one's saves."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, every_n_steps: int | None = None):
         self.path = Path(path)
+        self.every_n_steps = every_n_steps
         self.saved_step = -1
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict) -> None:
@@ -71,6 +75,11 @@ class CurrentLastCheckpoint(Checkpoint):
     def save_if_behind(self, trainer: L.Trainer) -> None:
         if trainer.global_step > 0 and self.saved_step != trainer.global_step:
             trainer.save_checkpoint(self.path)  # every rank calls it (collective where the strategy needs it)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, *args: Any) -> None:
+        # after the optimizer step (global_step counts those: accumulation's other micro-batches repeat it)
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self.save_if_behind(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.save_if_behind(trainer)

@@ -9,7 +9,7 @@ from regionvlm.registry import construct
 
 # Keys of the ``trainer:`` section that are ours, not Lightning's (build_trainer takes them out):
 #   on_nonfinite_loss: stop | skip      what a NaN/inf loss does (RegionVLMModule.training_step)
-#   checkpoint_every_n_steps: N         also write last.ckpt every N optimizer steps (default: per epoch only)
+#   checkpoint_every_n_steps: N         also write last.ckpt every N optimizer steps (see CurrentLastCheckpoint)
 OUR_TRAINER_KEYS = ("on_nonfinite_loss", "checkpoint_every_n_steps")
 
 
@@ -62,8 +62,11 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
             kwargs["plugins"] = [atomic_checkpoint_io()]
         runtime["callbacks"].append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True,
                                                     save_top_k=0 if kwargs.get("limit_val_batches") == 0 else 1,
-                                                    monitor=None, every_n_train_steps=every_n_steps))
-        runtime["callbacks"].append(CurrentLastCheckpoint(run_dir / "checkpoints" / "last.ckpt"))
+                                                    monitor=None,
+                                                    # last.ckpt is also CurrentLastCheckpoint's: overwrite it, never
+                                                    # write a last-v1.ckpt beside it
+                                                    enable_version_counter=False))
+        runtime["callbacks"].append(CurrentLastCheckpoint(run_dir / "checkpoints" / "last.ckpt", every_n_steps))
     else:
         runtime["logger"] = False
         runtime["enable_checkpointing"] = False
