@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`regionvlm ... | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except SystemExit as exc:  # Lightning turns SIGTERM into this exception (code None, which would exit 0)
         if type(exc).__name__ != "SIGTERMException":
             raise

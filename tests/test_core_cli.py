@@ -115,3 +115,16 @@ def test_plugin_constructor_bug_through_train_is_internal_error(tmp_path, capsys
 
         PROJECTORS._items.pop("buggy_test_projector", None)
         sys.modules.pop("buggy_projector_plugin", None)
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error():
+    """`regionvlm ablate SPEC --list | head -1`: the closed pipe ends the command quietly (was 'internal error')."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny" / "ablations.yaml"
+    proc = subprocess.run(f"'{sys.executable}' -m regionvlm ablate '{spec}' --list --out /nonexistent | head -1",
+                          shell=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.stdout == "0\ttiny\tseed=0\ttodo\n" and proc.stderr == ""
