@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from regionvlm.ablation.spec import Cell, Spec, cell_dir, cell_overrides, cell_train_config
+from regionvlm.ablation.spec import Cell, Spec, cell_dir, cell_finished, cell_overrides, cell_train_config
 from regionvlm.errors import ConfigError, DataError
 from regionvlm.io import write_text
 
@@ -30,9 +30,9 @@ def run_cell(spec: Spec, cell: Cell) -> str:
         if code:  # e.g. 143: training stopped by SIGTERM (its checkpoint saved); the cell is not finished
             raise SystemExit(code)
 
-    out = cell_dir(spec, cell)
-    if (out / "result.json").is_file():
+    if cell_finished(spec, cell):
         return "skipped"
+    out = cell_dir(spec, cell)
     train_overrides, eval_overrides = cell_overrides(spec, cell)
     export = out / "export"  # published atomically by train: present = training finished
     if export.is_dir():

@@ -128,6 +128,11 @@ def cell_dir(spec: Spec, cell: Cell) -> Path:
     return spec.output / "cells" / cell.name
 
 
+def cell_finished(spec: Spec, cell: Cell) -> bool:
+    """A cell's ``result.json`` is written last, atomically: there = finished, skipped on a rerun."""
+    return (cell_dir(spec, cell) / "result.json").is_file()
+
+
 def cell_train_config(spec: Spec, cell: Cell) -> Path:
     """The training config of a cell: its variant's own ``train`` if it names one, else the spec's."""
     return spec.variants[cell.variant]["train"] or spec.train

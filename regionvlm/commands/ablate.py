@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regionvlm.ablation.cells import run_cell, run_cells_parallel
-    from regionvlm.ablation.spec import cell_dir, load_spec
+    from regionvlm.ablation.spec import cell_finished, load_spec
     from regionvlm.ablation.table import markdown_table, write_table
     from regionvlm.errors import UserError
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     cells = spec.cells()
     if args.list:
         for c in cells:
-            state = "done" if (cell_dir(spec, c) / "result.json").is_file() else "todo"
+            state = "done" if cell_finished(spec, c) else "todo"
             print(f"{c.index}\t{c.variant}\tseed={c.seed}\t{state}")
         return 0
     if not args.table:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             chosen = cells
         if args.jobs > 1:
-            todo = [c for c in chosen if not (cell_dir(spec, c) / "result.json").is_file()]
+            todo = [c for c in chosen if not cell_finished(spec, c)]
             for c in chosen:
                 if c not in todo:
                     print(f"[ablate] cell {c.index} {c.name}: skipped", flush=True)

@@ -42,8 +42,7 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
     from regionvlm.engine.strategies import build_strategy
 
     kwargs = dict(config.get("trainer") or {})
-    every_n_steps = kwargs.pop("checkpoint_every_n_steps", None)
-    kwargs.pop("on_nonfinite_loss", None)  # read by RegionVLMModule.training_step
+    ours = {k: kwargs.pop(k) for k in OUR_TRAINER_KEYS if k in kwargs}  # on_nonfinite_loss: read by the module
     kwargs.update(overrides)
     if "strategy" in kwargs:
         kwargs["strategy"] = build_strategy(kwargs["strategy"])
@@ -66,7 +65,8 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
                                                     # last.ckpt is also CurrentLastCheckpoint's: overwrite it, never
                                                     # write a last-v1.ckpt beside it
                                                     enable_version_counter=False))
-        runtime["callbacks"].append(CurrentLastCheckpoint(run_dir / "checkpoints" / "last.ckpt", every_n_steps))
+        runtime["callbacks"].append(CurrentLastCheckpoint(run_dir / "checkpoints" / "last.ckpt",
+                                                          ours.get("checkpoint_every_n_steps")))
     else:
         runtime["logger"] = False
         runtime["enable_checkpointing"] = False
