@@ -1,21 +1,48 @@
 """``pope``: object hallucination yes/no questions (POPE random / popular / adversarial files).
 
 ``annotations``: one or more POPE question files, each read by the ``pope`` dataset; each is a split named after
-its file (``coco_pope_random.json`` → ``random``). Answers are parsed exactly as the official ``evaluate.py`` does;
-metrics per split (×100): ``<split>/accuracy``, ``/precision``, ``/recall``, ``/f1``, ``/yes_ratio``.
+its file (``coco_pope_random.json`` → ``random``). Answers are parsed exactly as the official ``evaluate.py`` does
+(`pope_parse`: first sentence, commas dropped, split on spaces, "no" if No/not/no); metrics per split (×100):
+``<split>/accuracy``, ``/precision``, ``/recall``, ``/f1``, ``/yes_ratio``.
 Rows carry ``id`` = ``question_id`` and ``split``; ``split`` may be left out when there is a single file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from regionvlm.data.datasets import pope_split
 from regionvlm.errors import DataError
-from regionvlm.evaluation.answers import pope_metrics, pope_parse
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.registry import BENCHMARKS
+
+
+def pope_parse(text: str) -> str:
+    """The official POPE answer parsing: first sentence (up to the first '.'), commas dropped, split on single
+    spaces; "no" if the words contain ``No``, ``not`` or ``no``, else "yes"."""
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 ("yes" positive) and yes-ratio, ×100, from parsed answers and labels.
+    Where the reference would divide by zero, the value is 0."""
+    tp = fp = tn = fn = 0
+    for p, y in zip(predictions, labels, strict=True):
+        pos, lab = p == "yes", y != "no"   # the reference maps any label other than "no" to 1
+        tp += pos and lab
+        fp += pos and not lab
+        tn += (not pos) and not lab
+        fn += (not pos) and lab
+    n = tp + fp + tn + fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": 100.0 * (tp + tn) / n if n else 0.0, "precision": 100.0 * precision,
+            "recall": 100.0 * recall, "f1": 100.0 * f1, "yes_ratio": 100.0 * (tp + fp) / n if n else 0.0}
 
 
 @BENCHMARKS.register("pope")

@@ -21,10 +21,9 @@ from regionvlm.benchmarks.refcocog_caption import RefCocoBase
 
 from regionvlm.data.geometry import box_iou_xywh
 from regionvlm.errors import DataError
-from regionvlm.evaluation.answers import parse_region_index
 from regionvlm.evaluation.benchmark import require_int_list
-from regionvlm.plugins.prompts import ReferringExpressionPrompt
 from regionvlm.registry import BENCHMARKS
+from regionvlm.text.prompts import ReferringExpressionPrompt, parse_region_index
 
 
 def is_negative_answer(text: str) -> bool:

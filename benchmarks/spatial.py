@@ -36,11 +36,11 @@ from typing import Any, ClassVar
 from regionvlm.benchmarks.spatial_judge import spatial_judge_prompt
 
 from regionvlm.data.datasets import spatial_kind
-from regionvlm.evaluation.answers import parse_region_index
 from regionvlm.evaluation.benchmark import Benchmark
 from regionvlm.evaluation.judges import build_judge
 from regionvlm.evaluation.lengths import clock_success, parse_clock, parse_length_m, quantitative_success
 from regionvlm.registry import BENCHMARKS
+from regionvlm.text.prompts import parse_region_index
 
 QUALITATIVE_GROUPS = (("short", "tall/short"), ("tall", "tall/short"), ("left", "left/right"),
                       ("right", "left/right"), ("below", "below/above"), ("above", "below/above"),

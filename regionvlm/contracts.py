@@ -6,8 +6,9 @@ configure the image processor). `regionvlm.registry.Registry.build` checks the b
 contract, so a plugin that forgets one is reported where it is built, naming the attribute, instead of failing
 later inside ``forward``.
 
-Also here: `MODEL_COMPONENTS`, the one table of the ``model:`` node's component keys → registry kind, and
-`RUNTIME_KEYS`, what the model builder passes each kind at build time (never set in a config).
+Also here, the whole vocabulary of the ``model:`` node (`MODEL_COMPONENTS`, `MODEL_SETTINGS`, `ENGINE_KEYS`:
+`MODEL_KEYS` is every key it may hold), `RUNTIME_KEYS` (what the model builder passes each kind at build time,
+never set in a config) and `GENERATION_KEYS` (the decoding settings every generating path accepts).
 No torch import: the CLI reads this module before anything heavy.
 """
 
@@ -36,8 +37,9 @@ class FeatureRefiner(Protocol):
 
 
 class RegionExtractor(Protocol):
-    """Built with runtime ``in_channels`` and ``image_size``;
-    ``forward(features, masks, boxes, image_index) → R×k×C_r`` (or R×C_r when k = 1)."""
+    """Built with runtime ``in_channels`` and ``image_size``; ``forward(features B×C×H×W, masks R×S×S bool,
+    boxes R×4, image_index R) → R×k×C_r`` (or R×C_r when k = 1). The masks arrive at the processed image size as
+    bool (a quarter of float32's memory); the extractor resizes them to its grid in the features' dtype."""
 
     out_channels: int  # C_r
     tokens_per_region: int  # k: each <regionK> placeholder expands to k tokens
@@ -80,6 +82,15 @@ CONTRACTS: dict[str, type] = {"vision_encoder": VisionEncoder, "feature_refiner"
 MODEL_COMPONENTS: dict[str, str] = {"vision_encoder": "vision_encoder", "feature_refiner": "feature_refiner",
                                     "region_extractor": "region_extractor", "projector": "projector",
                                     "region_projector": "projector", "llm": "llm", "head": "head"}
+
+#: ``model:`` node keys that are settings of the composed model, not components
+MODEL_SETTINGS: tuple[str, ...] = ("global_grid", "share_projector")
+#: ``model:`` node keys that belong to the training engine (what trains, where a stage starts), not to the architecture
+ENGINE_KEYS: tuple[str, ...] = ("init_from", "trainable", "freeze")
+#: every key a ``model:`` node may hold
+MODEL_KEYS: tuple[str, ...] = (*MODEL_COMPONENTS, *MODEL_SETTINGS, *ENGINE_KEYS)
+#: decoding settings (the ``generation:`` section, a card's, per-call arguments of RegionChat, predict and serve)
+GENERATION_KEYS: tuple[str, ...] = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
 
 #: registry kind → the constructor arguments the model builder supplies (a config must not set them)
 RUNTIME_KEYS: dict[str, tuple[str, ...]] = {"vision_encoder": (), "feature_refiner": ("in_channels",),

@@ -12,6 +12,7 @@ branch then uses ``projector``), ``llm``, ``head``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,11 +20,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from regionvlm.contracts import MODEL_COMPONENTS
-from regionvlm.data.batch import Batch
+from regionvlm.batch import Batch
+from regionvlm.contracts import ENGINE_KEYS, MODEL_KEYS
 from regionvlm.errors import ConfigError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
-from regionvlm.hub import ENGINE_KEYS
 from regionvlm.registry import (
     FEATURE_REFINERS,
     HEADS,
@@ -34,9 +34,6 @@ from regionvlm.registry import (
     to_plain,
 )
 from regionvlm.tokens import IGNORE_INDEX, IMAGE_TOKEN, REGION_TOKEN
-
-#: keys of the ``model:`` node that `build_model` reads: the components (`contracts.MODEL_COMPONENTS`) and two settings
-COMPONENT_KEYS = (*MODEL_COMPONENTS, "global_grid", "share_projector")
 
 
 class RegionVLM(nn.Module):
@@ -59,14 +56,6 @@ class RegionVLM(nn.Module):
         self.global_grid = tuple(global_grid) if global_grid is not None else tuple(vision_encoder.grid_size)
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
-
-    @classmethod
-    def from_pretrained(cls, export_dir: str) -> RegionVLM:
-        """The model of an export folder (written by ``regionvlm train`` or ``regionvlm export``), in eval mode.
-        For text in and out, `regionvlm.RegionChat.from_pretrained` adds the tokenizer and processor."""
-        from regionvlm.hub import load_export
-
-        return load_export(export_dir)[0]
 
     # -- what the data side needs --------------------------------------------------------------------------
     @property
@@ -199,16 +188,16 @@ def _token_id(tokenizer: Any, token: str) -> int:
 
 
 def build_model(model_cfg: Mapping[str, Any] | Any, tokenizer: Any) -> RegionVLM:
-    """Build `RegionVLM` from a ``model:`` node (keys: `COMPONENT_KEYS`; `ENGINE_KEYS` are ignored).
+    """Build `RegionVLM` from a ``model:`` node (keys: `contracts.MODEL_KEYS`; the engine's keys are ignored).
 
     ``feature_refiner`` defaults to identity, ``head`` to lm, ``share_projector`` to true, ``global_grid`` to the
     encoder's grid; ``region_projector`` (a projector node, used when ``share_projector: false``) defaults to a
     copy of ``projector``'s node.
     """
     cfg = dict(to_plain(model_cfg) or {})
-    unknown = [k for k in cfg if k not in COMPONENT_KEYS + ENGINE_KEYS]
+    unknown = [k for k in cfg if k not in MODEL_KEYS]
     if unknown:
-        raise ConfigError(f"model.{unknown[0]}: unknown key; known: {', '.join(COMPONENT_KEYS + ENGINE_KEYS)}")
+        raise ConfigError(f"model.{unknown[0]}: unknown key; known: {', '.join(MODEL_KEYS)}")
     for key in ("vision_encoder", "region_extractor", "projector", "llm"):
         if cfg.get(key) is None:
             raise ConfigError(f"model.{key}: required")
@@ -241,3 +230,22 @@ def build_model(model_cfg: Mapping[str, Any] | Any, tokenizer: Any) -> RegionVLM
                      region_token_id=_token_id(tokenizer, REGION_TOKEN),
                      global_grid=_grid(cfg.get("global_grid")), pad_token_id=tokenizer.pad_token_id,
                      eos_token_id=tokenizer.eos_token_id)
+
+
+def architecture_config(model_cfg: Mapping[str, Any], model: RegionVLM) -> dict:
+    """The ``model:`` node of a built model rewritten so that building it reads no external weights (what an
+    export's card and a checkpoint store): each component's ``architecture_node(node)`` says how (a transformers
+    component gives its full config instead of ``pretrained``, timm's ``pretrained: true`` becomes false; the
+    same ``weightless_node`` rewrite `regionvlm plan` applies before building). A component without it that wraps
+    a transformers model (``.model.config``) gets that config instead of ``pretrained``."""
+    cfg = {k: copy.deepcopy(v) for k, v in dict(model_cfg).items() if k not in ENGINE_KEYS}
+    for name, child in model.named_children():
+        node = cfg.get(name)
+        if not isinstance(node, dict):
+            continue
+        if hasattr(child, "architecture_node"):
+            cfg[name] = child.architecture_node(dict(node))
+        elif node.get("pretrained") and hasattr(getattr(child, "model", None), "config"):
+            cfg[name] = {**{k: v for k, v in node.items() if k != "pretrained"},
+                         "config": child.model.config.to_dict()}
+    return cfg

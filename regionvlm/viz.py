@@ -28,10 +28,10 @@ def draw_regions(image: Any, regions: Any, alpha: float = 0.45):
     from PIL import Image, ImageDraw
 
     from regionvlm.data.processing import load_image
-    from regionvlm.inference import as_regions
+    from regionvlm.data.region_input import parse_regions
 
     img = load_image(image).convert("RGB")
-    regions = as_regions(regions).with_image_size(img.height, img.width)
+    regions = parse_regions(regions).with_image_size(img.height, img.width)
     arr = np.asarray(img, dtype=np.float32).copy()
     masks = regions.to_masks()
     boxes = regions.to_boxes()

@@ -57,7 +57,8 @@ def tiny_export(tmp_path_factory):
     non-default template, context length, resize mode and prompt vocabulary."""
     import torch
 
-    from regionvlm.hub import build_model_and_tokenizer, save_export
+    from regionvlm.card import save_export
+    from regionvlm.engine.build import build_model_and_tokenizer
 
     torch.manual_seed(0)
     config = tiny_training_config()

@@ -97,11 +97,11 @@ def checkpoint(env: Env, edit: Callable[[dict], None]) -> str:
     edited by ``edit``; saved with plain tensors and containers only."""
     from safetensors.torch import load_file
 
-    from regionvlm.hub import read_export_config
+    from regionvlm.card import read_card
 
     tok = {p.name: p.read_bytes() for p in env.export.iterdir() if p.name.startswith("tokenizer")}
     state = {f"model.{k}": v for k, v in load_file(env.export / "model.safetensors").items()}
-    ckpt = {"hyper_parameters": {"config": {"model": read_export_config(env.export)["model"]}},
+    ckpt = {"hyper_parameters": {"config": {"model": read_card(env.export)["model"]}},
             "tokenizer_files": tok, "state_dict": state}
     edit(ckpt)
     path = env.tmp / "run.ckpt"

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from regionvlm.data.collate import VICUNA_SYSTEM, Collator
+from regionvlm.data.collate import Collator
 from regionvlm.errors import DataError
+from regionvlm.text.templates import VICUNA_SYSTEM
 from regionvlm.tokens import IGNORE_INDEX
 
 TOK_DIR = Path(__file__).resolve().parents[1] / "projects/rgpt/tiny/tokenizer"

@@ -138,25 +138,25 @@ def tiny_parts(tiny_workspace):
     from omegaconf import OmegaConf
 
     from regionvlm.config import load_config
-    from regionvlm.data.processing import ImageProcessor
-    from regionvlm.hub import build_model_and_tokenizer
+    from regionvlm.engine.build import build_model_and_tokenizer
 
     cfg = OmegaConf.to_container(load_config("projects/rgpt/tiny/stage2.yaml", ["model.init_from=null"]),
                                  resolve=True)
     torch.manual_seed(0)
     model, tok, _ = build_model_and_tokenizer(cfg["model"])
-    proc = ImageProcessor(image_size=model.image_size, mean=model.image_mean, std=model.image_std)
     data = {k: v for k, v in cfg["data"].items() if k not in ("processor", "val")}
     data.update(num_workers=0, batch_size=4)
-    return data, model, tok, proc
+    return data, model, tok
 
 
 def datamodule(tiny_parts, **kw):
     from regionvlm.data.datamodule import RegionDataModule
+    from regionvlm.processor import DATA_KEYS, RegionProcessor
 
-    data, model, tok, proc = tiny_parts
-    return RegionDataModule(tokenizer=tok, processor=proc, num_image_tokens=model.num_image_tokens,
-                            tokens_per_region=model.tokens_per_region, seed=0, **{**data, **kw})
+    data, model, tok = tiny_parts
+    data = {**data, **kw}
+    processor = RegionProcessor.from_training_config(data, model, tok)
+    return RegionDataModule(processor, seed=0, **{k: v for k, v in data.items() if k not in DATA_KEYS})
 
 
 @pytest.mark.parametrize("template", ["vicuna_v1", "plain"])

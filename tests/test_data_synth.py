@@ -18,6 +18,7 @@ from regionvlm.data.processing import ImageProcessor
 from regionvlm.data.synth.benchmark_files import region_sentence
 from regionvlm.data.synth.scenes import COLOURS
 from regionvlm.data.synth.tokenizer import train_tiny_tokenizer
+from regionvlm.processor import RegionProcessor
 from regionvlm.registry import DATASETS, construct
 
 
@@ -121,9 +122,10 @@ def test_datamodule_from_config(synth):
                       "image_root": img, "ratio": 3},
                      {"type": "conversations", "path": str(synth / "spatial/spatial_train.jsonl"), "image_root": img}],
            "val": [{"type": "pope", "path": str(synth / "pope/synth_pope_random_val.json"), "image_root": img}],
-           "batch_size": 4, "template": "plain", "max_length": 256, "samples_per_epoch": 16}
-    dm = construct(RegionDataModule, cfg, key_path="data", tokenizer=tok, processor=ImageProcessor(32),
-                   num_image_tokens=4, tokens_per_region=1)
+           "batch_size": 4, "samples_per_epoch": 16}
+    processor = RegionProcessor(tok, image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, num_image_tokens=4,
+                                template="plain", max_length=256)
+    dm = construct(RegionDataModule, cfg, key_path="data", processor=processor)
     batches = list(dm.train_dataloader())
     assert len(batches) == 4 and sum(len(b) for b in batches) == 16
     b = batches[0]

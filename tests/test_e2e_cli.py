@@ -91,8 +91,8 @@ def test_existing_run_dir_is_not_overwritten_silently(stage2, capsys):
 
 
 def test_export_roundtrip_gives_identical_logits(stage2, tmp_path):
+    from regionvlm.card import load_export
     from regionvlm.engine.checkpoint import load_checkpoint
-    from regionvlm.hub import load_export
     from regionvlm.inference import RegionChat
 
     assert main(["export", str(stage2), "--out", str(tmp_path / "exp")]) == 0
@@ -118,15 +118,17 @@ def test_export_roundtrip_gives_identical_logits(stage2, tmp_path):
 def test_every_region_form_gives_the_same_mask():
     from pycocotools import mask as mask_utils
 
-    from regionvlm.inference import as_regions
+    from regionvlm.data.region_input import parse_regions
 
     h, w = 40, 50
     mask = np.zeros((h, w), dtype=bool)
     mask[5:25, 10:30] = True
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode()
-    forms = [[10, 5, 30, 25], mask, [[10, 5, 30, 5, 30, 25, 10, 25]], rle, torch.from_numpy(mask)]
-    masks = [as_regions([f]).with_image_size(h, w).to_masks()[0] for f in forms]
+    forms = [[10, 5, 30, 25], mask, [[10, 5, 30, 5, 30, 25, 10, 25]], rle, torch.from_numpy(mask),
+             "box:10,5,30,25", "polygon:10,5,30,5,30,25,10,25", {"box": [10, 5, 30, 25]},
+             {"bbox": [10, 5, 20, 20]}, {"segmentation": rle}, mask.astype(np.uint8)]
+    masks = [parse_regions([f]).with_image_size(h, w).to_masks()[0] for f in forms]
     for m in masks:
         assert np.array_equal(m, mask)
 

@@ -47,9 +47,9 @@ def job(tiny_workspace, tmp_path_factory):
     answers all have the same token count (so each rank's mean loss weighs its tokens as the global mean does)."""
     from omegaconf import OmegaConf
 
+    from regionvlm.card import save_export
     from regionvlm.config import load_config
     from regionvlm.engine.module import RegionVLMModule
-    from regionvlm.hub import save_export
 
     root = tmp_path_factory.mktemp("ddp")
     synth = tiny_workspace / "data" / "synth"

@@ -1,5 +1,6 @@
 """Every metric against its reference implementation (called directly) or hand-checked answers: labels, captions,
-semantic, coco_map, answers and lengths in regionvlm/evaluation/."""
+semantic, coco_map and lengths in regionvlm/evaluation/, answer parsers (regionvlm/text/prompts.py, POPE's in
+benchmarks/pope.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import json
 
 import pytest
 import torch
+from regionvlm.benchmarks import pope
 
-from regionvlm.evaluation import answers, captions, coco_map, labels, lengths, semantic
+from regionvlm.evaluation import captions, coco_map, labels, lengths, semantic
 from regionvlm.evaluation.collectors import PredictionCollector
+from regionvlm.text import prompts
 
 # ---- classification -----------------------------------------------------------------------------------------
 
@@ -132,28 +135,28 @@ def test_coco_map_matches_cocoeval(tmp_path):
     ("Region [4].", 3, None), ("the dog", 3, None), ("Region [0]", 3, None),
 ])
 def test_parse_region_index(text, n, expected):
-    assert answers.parse_region_index(text, n) == expected
+    assert prompts.parse_region_index(text, n) == expected
 
 
 # ---- POPE: hand-checked -------------------------------------------------------------------------------------
 def test_pope_parse_as_official():
-    assert answers.pope_parse("Yes, there is a dog.") == "yes"
-    assert answers.pope_parse("No, there is not.") == "no"
-    assert answers.pope_parse("There is no cat in the image.") == "no"
-    assert answers.pope_parse("I think so. No.") == "yes"       # only the first sentence counts
-    assert answers.pope_parse("Nope") == "yes"                   # whole words only, as the official script
-    assert answers.pope_parse("NO") == "yes"                     # case-sensitive, as the official script
-    assert answers.pope_parse("not,") == "no"                    # commas dropped before splitting
+    assert pope.pope_parse("Yes, there is a dog.") == "yes"
+    assert pope.pope_parse("No, there is not.") == "no"
+    assert pope.pope_parse("There is no cat in the image.") == "no"
+    assert pope.pope_parse("I think so. No.") == "yes"       # only the first sentence counts
+    assert pope.pope_parse("Nope") == "yes"                   # whole words only, as the official script
+    assert pope.pope_parse("NO") == "yes"                     # case-sensitive, as the official script
+    assert pope.pope_parse("not,") == "no"                    # commas dropped before splitting
 
 
 def test_pope_metrics_hand_checked():
     replies = ["Yes.", "Yes, a dog.", "No.", "There is not.", "Yes", "No, no dog."]
     truth = ["yes", "no", "yes", "no", "yes", "no"]
     # parsed: y y n n y n → TP=2 (0,4) FP=1 (1) FN=1 (2) TN=2 (3,5)
-    got = answers.pope_metrics([answers.pope_parse(a) for a in replies], truth)
+    got = pope.pope_metrics([pope.pope_parse(a) for a in replies], truth)
     assert got == pytest.approx({"accuracy": 400 / 6, "precision": 200 / 3, "recall": 200 / 3,
                                  "f1": 200 / 3, "yes_ratio": 50.0})
-    assert answers.pope_metrics([], []) == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
+    assert pope.pope_metrics([], []) == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0,
                                             "yes_ratio": 0.0}
 
 
@@ -185,5 +188,5 @@ def test_quantitative_success_and_yes_no():
     assert lengths.quantitative_success(1.25, 1.0)[0] and lengths.quantitative_success(0.75, 1.0)[0]
     ok, err = lengths.quantitative_success(1.3, 1.0)
     assert not ok and err == pytest.approx(0.3 / 1.0001)
-    assert answers.parse_yes_no("Yes, it is.") == "yes" and answers.parse_yes_no("It is not.") == "no"
-    assert answers.parse_yes_no("Maybe") is None
+    assert prompts.parse_yes_no("Yes, it is.") == "yes" and prompts.parse_yes_no("It is not.") == "no"
+    assert prompts.parse_yes_no("Maybe") is None

@@ -76,7 +76,7 @@ def test_eval_decodes_with_the_card_settings_under_the_eval_configs(tiny_workspa
     from pathlib import Path
 
     import regionvlm.evaluation.runner as runner
-    from regionvlm import hub
+    from regionvlm import card as hub
     from regionvlm.cli import main
 
     seen = []
@@ -84,8 +84,8 @@ def test_eval_decodes_with_the_card_settings_under_the_eval_configs(tiny_workspa
     eval_yaml = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny" / "eval_scope.yaml"
     args = ["eval", str(eval_yaml), "--model", str(tiny_export[3])]
     card = {**tiny_export[2]["generation"], "num_beams": 3}
-    read = hub.read_export_config  # the card, with decoding settings of its own
-    monkeypatch.setattr(hub, "read_export_config", lambda folder: {**read(folder), "generation": card})
+    read = hub.read_card  # the card, with decoding settings of its own
+    monkeypatch.setattr(hub, "read_card", lambda folder: {**read(folder), "generation": card})
     assert main([*args, f"eval.out_dir={tmp_path / 'a'}", "~generation"]) == 0
     assert main([*args, f"eval.out_dir={tmp_path / 'b'}", "generation.max_new_tokens=3"]) == 0
     assert seen[0] == card

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from regionvlm.card import load_export, read_card, save_export
 from regionvlm.data.collate import Collator
 from regionvlm.data.processing import ImageProcessor
 from regionvlm.data.structures import Regions
-from regionvlm.hub import build_model_and_tokenizer, load_export, read_export_config, save_export
+from regionvlm.engine.build import build_model_and_tokenizer
 
 pytest.importorskip("peft")
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
@@ -68,7 +69,7 @@ def test_exports_give_the_unmerged_models_outputs(trained, tmp_path, merge):
         out = save_export(tmp_path / "export", model, tokenizer, cfg)
     finally:
         model.llm.lora["merge_on_export"] = True
-    card = read_export_config(out)
+    card = read_card(out)
     assert ("lora" in card["model"]["llm"]) is (not merge)
     loaded, _, _ = load_export(out)
     assert any("lora_" in n for n, _ in loaded.named_parameters()) is (not merge)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers
 
-from regionvlm.data.batch import Batch
+from regionvlm.batch import Batch
 from regionvlm.errors import ConfigError
 from regionvlm.model import RegionVLM, build_model
 from regionvlm.plugins.llms import build_tokenizer

@@ -41,7 +41,7 @@ def test_rgpt_stage2_counts_clip_l336_and_a_7b_llama_without_any_weights(capsys)
 
 
 def test_the_tiny_preset_counts_equal_a_real_build():
-    from regionvlm.hub import build_model_and_tokenizer
+    from regionvlm.engine.build import build_model_and_tokenizer
 
     config = resolved(RGPT / "tiny" / "stage1.yaml")
     result = plan(config)

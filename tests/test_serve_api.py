@@ -33,8 +33,9 @@ def random_export(out_dir: Path) -> Path:
     import torch
     from omegaconf import OmegaConf
 
+    from regionvlm.card import save_export
     from regionvlm.config import load_config
-    from regionvlm.hub import build_model_and_tokenizer, save_export
+    from regionvlm.engine.build import build_model_and_tokenizer
 
     cfg = OmegaConf.to_container(load_config(ROOT / "projects/rgpt/tiny/base.yaml"), resolve=True)
     cfg["generation"]["max_new_tokens"] = 6

@@ -103,7 +103,7 @@ def build(cfg: dict, device: str):
 def synthetic_batches(model, batch: int, seq: int, regions: int, steps: int, seed: int = 0):
     """``steps`` full batches (no padding): BOS, the image placeholders, ``regions`` questions of 12 text tokens and
     a region placeholder with a 4-token answer each, then text; the answers and the last tokens scored."""
-    from regionvlm.data.batch import Batch
+    from regionvlm.batch import Batch
     from regionvlm.tokens import IGNORE_INDEX
 
     g = torch.Generator().manual_seed(seed)

@@ -24,11 +24,11 @@ from regionvlm.config import load_config
 from regionvlm.data.collate import Collator
 from regionvlm.data.datamodule import ProcessedDataset
 from regionvlm.data.datasets.base import grouped_sample
-from regionvlm.data.processing import ImageProcessor
 from regionvlm.data.synth.writers import write_synthetic
+from regionvlm.engine.build import build_model_and_tokenizer
 from regionvlm.fusion import fuse
-from regionvlm.hub import build_model_and_tokenizer
 from regionvlm.model import structured_attention_mask
+from regionvlm.processor import RegionProcessor
 from regionvlm.registry import DATASETS
 
 TINY = Path(__file__).resolve().parents[2] / "projects/rgpt/tiny/stage2.yaml"
@@ -38,8 +38,8 @@ def tiny():
     cfg = OmegaConf.to_container(load_config(TINY, ["model.init_from=null"]), resolve=True)
     torch.manual_seed(0)
     model, tok, _ = build_model_and_tokenizer(cfg["model"])
-    proc = ImageProcessor(image_size=model.image_size, mean=model.image_mean, std=model.image_std)
-    coll = Collator(tok, model.num_image_tokens, model.tokens_per_region, max_length=cfg["data"]["max_length"])
+    proc = RegionProcessor.from_training_config(cfg["data"], model, tok)
+    coll = proc.collator()
     return cfg, model.train(), tok, proc, coll
 
 
@@ -167,10 +167,8 @@ def batching(model, tok, cfg, proc, node, images, repeats=2):
                 for g in (False, True) for p in (False, True)}
     epochs, out = {}, {}
     for g, p in settings:
-        dm = RegionDataModule(tokenizer=tok, processor=proc, num_image_tokens=model.num_image_tokens,
-                              tokens_per_region=model.tokens_per_region, train=[node], batch_size=images,
-                              template=cfg["data"]["template"], max_length=cfg["data"]["max_length"],
-                              num_workers=0, group_by_length=g, pack=p, seed=0)
+        dm = RegionDataModule(proc, train=[node], batch_size=images, num_workers=0, group_by_length=g, pack=p,
+                              seed=0)
         epochs[g, p] = list(dm.train_dataloader())
 
     def step(b):

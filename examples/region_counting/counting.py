@@ -27,8 +27,8 @@ from regionvlm.data.datasets import RegionDataset, ann_region, check_region_kind
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
 from regionvlm.evaluation.benchmark import Benchmark
-from regionvlm.plugins.prompts import SingleRegionPrompt
 from regionvlm.registry import BENCHMARKS, DATASETS, PROMPTS
+from regionvlm.text.prompts import SingleRegionPrompt
 
 MATCH_KEYS = ("category", "supercategory")
 

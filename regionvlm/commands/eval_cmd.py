@@ -72,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     settings = construct(eval_settings, config["eval"], key_path="eval")
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")
 
+    from regionvlm.card import load_export
     from regionvlm.engine.checkpoint import load_checkpoint
     from regionvlm.engine.module import RegionVLMModule
     from regionvlm.engine.trainer import build_trainer
     from regionvlm.evaluation.reports import print_results
     from regionvlm.evaluation.runner import evaluate
-    from regionvlm.hub import load_export
 
     resume = claim_out_dir(out_dir, {"model": str(Path(args.model or args.ckpt).resolve()),
                                      "benchmarks": settings["benchmarks"]}, args.overwrite)

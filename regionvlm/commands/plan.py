@@ -35,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
     model_cfg = dict(config["model"])
     init_from = model_cfg.get("init_from")
     if init_from and Path(init_from).is_dir():
-        from regionvlm.hub import init_from_architecture, read_export_config
+        from regionvlm.card import read_card
+        from regionvlm.engine.build import init_from_architecture
 
-        arch, _ = init_from_architecture(model_cfg, read_export_config(init_from)["model"], init_from)
+        arch, _ = init_from_architecture(model_cfg, read_card(init_from)["model"], init_from)
         config["model"] = {**arch, **{k: model_cfg[k] for k in ("trainable", "freeze") if k in model_cfg}}
     result = plan(config, gpus=args.gpus, micro_batch=args.micro_batch)
     if args.json:

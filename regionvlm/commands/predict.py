@@ -47,28 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_region(spec: str, where: str = "--region") -> Any:
-    """``box:x1,y1,x2,y2`` → [x1, y1, x2, y2]; ``mask:FILE.png`` → H×W bool; ``polygon:x,y,...`` → [[...]];
-    ``rle:FILE.json`` → RLE dict."""
-    import numpy as np
+    """``box:x1,y1,x2,y2`` | ``mask:FILE.png`` | ``polygon:x,y,...`` | ``rle:FILE.json`` → a `Regions` item
+    (`regionvlm.data.region_input.parse_region_spec`: the one region parser, non-zero mask pixels = inside)."""
+    from regionvlm.data.region_input import parse_region_spec
 
-    kind, _, value = spec.partition(":")
-    try:
-        if kind == "box":
-            box = [float(v) for v in value.split(",")]
-            if len(box) != 4:
-                raise ValueError("needs 4 numbers")
-            return box
-        if kind == "polygon":
-            return [[float(v) for v in value.split(",")]]
-        if kind == "mask":
-            from PIL import Image
-
-            return np.asarray(Image.open(value).convert("L")) > 127
-        if kind == "rle":
-            return json.loads(Path(value).read_text())
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{where} {spec!r}: {exc}") from exc
-    raise UserError(f"{where} {spec!r}: expected box:x1,y1,x2,y2 | mask:PATH | polygon:x,y,... | rle:PATH")
+    return parse_region_spec(spec, where)
 
 
 def generation_overrides(args: argparse.Namespace) -> dict:
@@ -103,7 +86,7 @@ def read_done_rows(out_path: Path) -> list[dict]:
 def batch_samples(rows: list[tuple[int, dict]], image_root: str, source: str) -> list[dict]:
     """``(line number, conversation-jsonl row)`` pairs → raw samples asking their last human turn."""
     from regionvlm.data.processing import image_under_root
-    from regionvlm.data.structures import Regions
+    from regionvlm.data.region_input import parse_regions
 
     samples = []
     for n, row in rows:
@@ -114,7 +97,7 @@ def batch_samples(rows: list[tuple[int, dict]], image_root: str, source: str) ->
         question = turns[-1]["value"]
         image = image_under_root(image_root, row["image"], f"{where}: image", allow_absolute=True)
         samples.append({"id": str(row["id"]), "image": image,
-                        "regions": Regions.from_dicts(row.get("regions", []), where=f"{where}: regions"),
+                        "regions": parse_regions(row.get("regions", []), where=f"{where}: regions"),
                         "conversations": [{"from": "human", "value": question}], "row": row})
     return samples
 

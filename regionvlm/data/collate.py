@@ -1,7 +1,8 @@
-"""Chat templates and the `Collator`: processed samples → `Batch` (the only place that knows about tokens).
-(Over 350 lines: rendering, tokenising, turn joining and packing are one pipeline over the same pieces.)
+"""The `Collator`: processed samples → `Batch` (the only place that knows about tokens).
+(Over 300 lines: tokenising, turn joining and packing are one pipeline over the same pieces.)
 
-How a sample becomes tokens: the conversation is rendered by the template into *pieces* — text, answer text
+How a sample becomes tokens: the conversation is rendered by its chat template (`regionvlm.text.templates`) into
+*pieces* — text, answer text
 (the spans that carry labels), and the end-of-answer token — then every piece's text is split at the ``<image>``
 and ``<regionK>`` tags. All text fragments of the whole batch are tokenised in one call of the fast (Rust)
 tokenizer; the placeholder ids are spliced in between as runs of ``IMAGE_TOKEN`` / ``REGION_TOKEN``. Tags are
@@ -15,115 +16,17 @@ This runs in DataLoader workers (tokenisation is CPU work that must not sit in t
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from regionvlm.data.batch import Batch
+from regionvlm.batch import Batch
 from regionvlm.errors import ConfigError, DataError
+from regionvlm.text.templates import EOS, ROLES, TAG, check_template, render
 from regionvlm.tokens import IGNORE_INDEX, add_placeholder_tokens
 
 log = logging.getLogger(__name__)
-
-VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-TEMPLATES = ("vicuna_v1", "plain", "chat_template")
-_TAG = re.compile(r"(<image>|<region\d+>)")
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-EOS = object()  # piece marker: the tokenizer's end-of-sequence id, labelled as part of the answer
-
-
-# -- templates: conversation → pieces [(text | EOS, is_answer)] ---------------------------------------------
-def _turns(conversations: Sequence[dict], where: str) -> tuple[str | None, list[tuple[str, str]]]:
-    system, turns = None, []
-    for j, t in enumerate(conversations):
-        role = _ROLES.get(t.get("from", t.get("role")))
-        if role is None:
-            raise DataError(f"{where}: conversations[{j}].from: unknown speaker {t.get('from')!r}")
-        value = t.get("value", t.get("content"))
-        if not isinstance(value, str):
-            raise DataError(f"{where}: conversations[{j}].value: expected a string")
-        if role == "system":
-            system = value
-        else:
-            turns.append((role, value))
-    return system, turns
-
-
-def _prompt_turns(turns: list[tuple[str, str]], for_generation: bool) -> list[tuple[str, str]]:
-    """For generation, the conversation up to (not including) the last assistant answer."""
-    if for_generation and turns and turns[-1][0] == "assistant":
-        return turns[:-1]
-    return turns
-
-
-def render_vicuna_v1(conversations, for_generation=False, where="sample", system=VICUNA_SYSTEM):
-    """LLaVA's ``conv_vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: q2 ASSISTANT: a2</s>``."""
-    sys_override, turns = _turns(conversations, where)
-    turns = _prompt_turns(turns, for_generation)
-    pieces, text = [], (sys_override or system) + " "
-    for role, value in turns:
-        if role == "user":
-            text += f"USER: {value} "
-        else:
-            pieces.append((text + "ASSISTANT:", False))
-            pieces += [(" " + value, True), (EOS, True)]
-            text = ""
-    if for_generation:
-        pieces.append((text + "ASSISTANT:", False))
-    elif text:
-        pieces.append((text.rstrip(" "), False))
-    return pieces
-
-
-def render_plain(conversations, for_generation=False, where="sample"):
-    """Minimal template for pretraining and the tiny preset: ``question\\nanswer</s>`` per turn, no roles."""
-    _, turns = _turns(conversations, where)
-    turns = _prompt_turns(turns, for_generation)
-    pieces = []
-    for role, value in turns:
-        if role == "user":
-            pieces.append((value + "\n", False))
-        else:
-            pieces += [(value, True), (EOS, True)]
-    return pieces
-
-
-def render_chat_template(tokenizer, conversations, for_generation=False, where="sample"):
-    """The tokenizer's own chat template. Answer spans are found as the text between the rendering with a
-    generation prompt after turn 2k and the rendering including answer k (both must be prefixes of the whole;
-    templates where they are not are rejected)."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("template: 'chat_template' chosen but the tokenizer has no chat template")
-    system, turns = _turns(conversations, where)
-    turns = _prompt_turns(turns, for_generation)
-    msgs = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": r, "content": v} for r, v in turns]
-
-    def render(m, gen):
-        return tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=gen)
-
-    if for_generation:
-        return [(render(msgs, True), False)]
-    full, pieces, pos = render(msgs, False), [], 0
-    for i, m in enumerate(msgs):
-        if m["role"] != "assistant":
-            continue
-        prompt, answered = render(msgs[:i], True), render(msgs[: i + 1], False)
-        start, end = len(prompt), len(answered)
-        if not (full.startswith(prompt) and full.startswith(answered)) or start > end or start < pos:
-            raise ConfigError("template: the tokenizer's chat template does not render conversations "
-                              "incrementally; use vicuna_v1 or plain")
-        pieces += [(full[pos:start], False), (full[start:end], True)]
-        pos = end
-    if pos < len(full):
-        pieces.append((full[pos:], False))
-    return [p for p in pieces if p[0]]
-
 
 # -- the collator ---------------------------------------------------------------------------------------------
 class Collator:
@@ -152,10 +55,8 @@ class Collator:
 
     def __init__(self, tokenizer, num_image_tokens: int, tokens_per_region: int = 1, template: str = "vicuna_v1",
                  max_length: int | None = 2048, padding_side: str = "right", for_generation: bool = False,
-                 processor=None, add_bos: bool | None = None, system_prompt: str | None = None,
-                 pack: bool = False):
-        if template not in TEMPLATES:
-            raise ConfigError(f"template: unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
+                 processor=None, pack: bool = False):
+        check_template(template)
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
         self.tokenizer = tokenizer
@@ -166,18 +67,13 @@ class Collator:
         self.for_generation = for_generation
         self.padding_side = "left" if for_generation else padding_side
         self.processor = processor
-        self.system_prompt = system_prompt or VICUNA_SYSTEM
         self.image_token_id, self.region_token_id = add_placeholder_tokens(tokenizer)
         self.eos_token_id = tokenizer.eos_token_id
         if self.eos_token_id is None:
             raise ConfigError("tokenizer: has no eos token; answers need an end token")
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_id
         bos = tokenizer.bos_token_id
-        # chat templates write their own BOS into the text
-        self.bos = ([bos] if bos is not None and template != "chat_template" else []) if add_bos in (None, True) \
-            else []
-        if add_bos and bos is None:
-            raise ConfigError("add_bos: the tokenizer has no bos token")
+        self.bos = [bos] if bos is not None and template != "chat_template" else []  # chat templates write their own
         self.num_dropped = 0
         if pack and for_generation:
             raise ConfigError("pack: packing is for training batches, not generation")
@@ -185,11 +81,7 @@ class Collator:
 
     # -- rendering ------------------------------------------------------------------------------------------
     def render(self, conversations, where="sample"):
-        if self.template == "vicuna_v1":
-            return render_vicuna_v1(conversations, self.for_generation, where, self.system_prompt)
-        if self.template == "plain":
-            return render_plain(conversations, self.for_generation, where)
-        return render_chat_template(self.tokenizer, conversations, self.for_generation, where)
+        return render(self.template, self.tokenizer, conversations, self.for_generation, where)
 
     def prompt_text(self, conversations) -> str:
         """The rendered text (tags unexpanded), for display and debugging."""
@@ -215,12 +107,12 @@ class Collator:
                     if text is EOS:
                         plan.append(("eos", is_answer))
                         continue
-                    for frag in _TAG.split(text):
+                    for frag in TAG.split(text):
                         if not frag:
                             continue
                         if frag == "<image>":
                             plan.append(("image",))
-                        elif frag.startswith("<region") and _TAG.fullmatch(frag):
+                        elif frag.startswith("<region") and TAG.fullmatch(frag):
                             plan.append(("region", int(frag[7:-1])))
                         else:
                             plan.append(("text", len(texts), is_answer))
@@ -402,7 +294,8 @@ class Collator:
             input_ids=torch.from_numpy(input_ids),
             attention_mask=torch.from_numpy(attention),
             pixel_values=torch.stack([s["pixel_values"] for s in kept_s]) if kept_s else ref.new_zeros(0, 3, *S),
-            region_masks=torch.cat([s["region_masks"] for s in kept_s]) if kept_s else ref.new_zeros(0, *S),
+            region_masks=(torch.cat([s["region_masks"] for s in kept_s]) if kept_s
+                          else torch.zeros(0, *S, dtype=torch.bool)),
             region_boxes=torch.cat([s["region_boxes"] for s in kept_s]) if kept_s else ref.new_zeros(0, 4),
             region_image_index=torch.tensor(image_index, dtype=torch.long),
             region_mentions=torch.tensor(mentions, dtype=torch.long),
@@ -418,5 +311,5 @@ class Collator:
     def _target(self, s: dict) -> Any:
         if "target" in s or not self.for_generation:
             return s.get("target")
-        answers = [t.get("value") for t in s["conversations"] if _ROLES.get(t.get("from")) == "assistant"]
+        answers = [t.get("value") for t in s["conversations"] if ROLES.get(t.get("from")) == "assistant"]
         return answers[-1] if answers else None

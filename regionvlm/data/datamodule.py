@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -15,17 +14,6 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from regionvlm.data.collate import Collator
 from regionvlm.errors import ConfigError
 from regionvlm.registry import DATASETS, to_plain
-
-
-@dataclass
-class Processing:
-    """What the data side needs from the model: its tokenizer, the image processor (image size, mean/std) and
-    the token counts the collator expands placeholders to."""
-
-    tokenizer: Any
-    processor: Any
-    num_image_tokens: int
-    tokens_per_region: int = 1
 
 
 class ProcessedDataset(Dataset):
@@ -184,41 +172,36 @@ class RegionDataModule(L.LightningDataModule):
       batch_size: 32
       val_batch_size: null         # default: batch_size
       num_workers: 2
-      template: vicuna_v1          # vicuna_v1 | plain | chat_template
-      max_length: 2048
+      template: vicuna_v1          # the processor's: vicuna_v1 | plain | chat_template
+      max_length: 2048             # the processor's: context length
       padding_side: right
       pack: false                  # several samples per row (attention kept inside each), rows ≤ max_length
       group_by_length: false       # batches of samples of similar estimated token length (less padding)
       length_megabatch: 50         # group_by_length sorts within megabatches of this many global batches
       samples_per_epoch: null      # default: sum of the train datasets' lengths
-      processor: {resize_mode: pad}  # ImageProcessor options; size and mean/std come from the model
+      processor: {resize_mode: pad}  # the processor's image options; size and mean/std come from the model
     ```
 
-    Build: ``construct(RegionDataModule, cfg.data, key_path="data", processing=..., seed=cfg.seed)`` where
-    ``processing`` is a `Processing` or a function returning one. A function is called when the first loader is
-    made: the engine builds the model in ``configure_model`` (after the data module's ``setup``), and the
-    processing facts are read off that model. ``tokenizer``/``processor``/``num_image_tokens``/
-    ``tokens_per_region`` may be given instead of ``processing``. Datasets are built eagerly (their files
-    parsed once, in the main process); images are decoded and masks rasterised in the workers
-    (`ProcessedDataset`), tokenised there too (`Collator`). ``seed`` (the config's top-level ``seed``, given by
-    the code) and the epoch drive the mixture order and the prompt phrasing.
+    ``template``, ``max_length`` and ``processor`` are the `RegionProcessor`'s settings
+    (`regionvlm.processor.DATA_KEYS`): the engine builds the processor from them and the model
+    (`RegionVLMModule.processor`) and gives it here; the other keys are this module's.
+
+    Build: ``construct(RegionDataModule, loader keys, key_path="data", processor=..., seed=cfg.seed)`` where
+    ``processor`` is a `RegionProcessor` or a function returning one. A function is called when the first loader
+    is made: the engine builds the model in ``configure_model`` (after the data module's ``setup``), and the
+    processor's sizes are read off that model. Datasets are built eagerly (their files parsed once, in the main
+    process); images are decoded and masks rasterised in the workers (`ProcessedDataset`), tokenised there too
+    (`Collator`). ``seed`` (the config's top-level ``seed``, given by the code) and the epoch drive the mixture
+    order and the prompt phrasing.
     """
 
-    def __init__(self, processing: Processing | Callable[[], Processing] | None = None,
-                 train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
-                 val_batch_size: int | None = None, num_workers: int = 0, template: str = "vicuna_v1",
-                 max_length: int | None = 2048, padding_side: str = "right", pack: bool = False,
-                 group_by_length: bool = False, length_megabatch: int = 50, samples_per_epoch: int | None = None,
-                 seed: int = 0, pin_memory: bool = False, tokenizer: Any = None, processor: Any = None,
-                 num_image_tokens: int | None = None, tokens_per_region: int = 1):
+    def __init__(self, processor: Any, train: Sequence[Any] = (), val: Sequence[Any] = (), batch_size: int = 8,
+                 val_batch_size: int | None = None, num_workers: int = 0, padding_side: str = "right",
+                 pack: bool = False, group_by_length: bool = False, length_megabatch: int = 50,
+                 samples_per_epoch: int | None = None, seed: int = 0, pin_memory: bool = False):
         super().__init__()
-        if processing is None:
-            if tokenizer is None or processor is None or num_image_tokens is None:
-                raise TypeError("RegionDataModule needs 'processing', or 'tokenizer', 'processor' and "
-                                "'num_image_tokens'")
-            processing = Processing(tokenizer, processor, int(num_image_tokens), int(tokens_per_region))
-        self._processing = processing
-        self.template, self.max_length, self.padding_side = template, max_length, padding_side
+        self._processor = processor
+        self.padding_side = padding_side
         self.pack = bool(pack)
         if isinstance(length_megabatch, bool) or not isinstance(length_megabatch, int) or length_megabatch < 1:
             raise ConfigError(f"data.length_megabatch: expected a number of batches >= 1, got {length_megabatch!r}")
@@ -254,26 +237,17 @@ class RegionDataModule(L.LightningDataModule):
         return sets, ratios
 
     @cached_property
-    def processing(self) -> Processing:
-        return self._processing if isinstance(self._processing, Processing) else self._processing()
-
-    @property
-    def processor(self):
-        return self.processing.processor
-
-    def _collator(self, **kw: Any) -> Collator:
-        p = self.processing
-        return Collator(tokenizer=p.tokenizer, num_image_tokens=p.num_image_tokens,
-                        tokens_per_region=p.tokens_per_region, template=self.template, max_length=self.max_length,
-                        **kw)
+    def processor(self) -> Any:
+        """The `RegionProcessor` (made on first use when a function was given)."""
+        return self._processor() if callable(self._processor) else self._processor
 
     @cached_property
     def train_collator(self) -> Collator:
-        return self._collator(padding_side=self.padding_side, pack=self.pack)
+        return self.processor.collator(padding_side=self.padding_side, pack=self.pack)
 
     @cached_property
     def predict_collator(self) -> Collator:
-        return self._collator(for_generation=True)
+        return self.processor.collator(for_generation=True)
 
     def _loader(self, sets, collator, batch_size, sampler=None, loader=DataLoader, **kw: Any) -> DataLoader:
         data = ConcatDataset([ProcessedDataset(d, self.processor) for d in sets])

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from regionvlm.data.collate import _TAG, EOS, Collator
+from regionvlm.data.collate import Collator
+from regionvlm.text.templates import EOS, TAG
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,13 @@ class TextCounts:
                 if text is EOS:
                     eos += counting
                     continue
-                for frag in _TAG.split(text):
+                for frag in TAG.split(text):
                     if frag == "<image>":
                         images += k == 0
                         counting = True
                     elif not counting:
                         continue
-                    elif _TAG.fullmatch(frag):
+                    elif TAG.fullmatch(frag):
                         regions += 1
                     elif frag:
                         frags.append(frag)

@@ -91,7 +91,8 @@ def load_image(image: Any, where: str = "image"):
 
 class ImageProcessor:
     """Turns an image and its `Regions` into ``pixel_values`` (3×S×S, normalised), ``region_masks`` (R×S×S
-    float in {0, 1}) and ``region_boxes`` (R×4 xyxy in processed pixels).
+    bool: a quarter of float32's bytes until the region extractor resizes them) and ``region_boxes`` (R×4 xyxy in
+    processed pixels). The image part of `regionvlm.processor.RegionProcessor`.
 
     ``resize_mode="pad"`` pads the image to a square with the mean colour (centred, as LLaVA's
     ``expand2square``) before resizing, so shapes keep their aspect ratio; ``"resize"`` stretches to S×S.
@@ -118,13 +119,17 @@ class ImageProcessor:
         if image is None:
             if len(regions):
                 raise DataError(f"{where}: sample has {len(regions)} regions but no image")
-            return {"pixel_values": torch.zeros(3, S, S), "region_masks": torch.zeros(0, S, S),
+            return {"pixel_values": torch.zeros(3, S, S), "region_masks": torch.zeros(0, S, S, dtype=torch.bool),
                     "region_boxes": torch.zeros(0, 4)}
         image = load_image(image, where)
         w, h = image.size
         regions = regions.with_image_size(h, w)
         if self.resize_mode == "pad" and w != h:
             side = max(w, h)
+            limit = Image.MAX_IMAGE_PIXELS or float("inf")
+            if side * side > limit:  # a 100000×1 image is small, its padded square is not
+                raise DataError(f"{where}: image of {w}×{h} pixels pads to a {side}×{side} square, over the limit of "
+                                f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
             left, top = (side - w) // 2, (side - h) // 2
             fill = tuple(int(round(c * 255)) for c in self.mean)
             canvas = Image.new("RGB", (side, side), fill)
@@ -137,7 +142,7 @@ class ImageProcessor:
         arr = (arr - self.mean) / self.std
         pixel_values = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
         regions = regions.resize(S, S) if regions.image_size != (S, S) else regions
-        masks = torch.from_numpy(regions.to_masks()).float()
+        masks = torch.from_numpy(regions.to_masks())
         boxes = torch.from_numpy(regions.to_boxes()).float()
         return {"pixel_values": pixel_values, "region_masks": masks, "region_boxes": boxes}
 

@@ -62,25 +62,9 @@ class Regions:
 
     @classmethod
     def from_dicts(cls, regions: Iterable[dict], image_size=None, **kw) -> Regions:
-        """Region dicts as in the conversation jsonl: ``{"bbox": [x, y, w, h]}`` (COCO xywh),
-        ``{"bbox_xyxy": [...]}``, ``{"segmentation": polygons | RLE}`` or ``{"rle": RLE}``; a dict holding
-        both a segmentation and a bbox uses the segmentation."""
+        """Region dicts as in the conversation jsonl (`region_from_dict`)."""
         where = kw.get("where", "regions")
-        items = []
-        for k, r in enumerate(regions):
-            if "segmentation" in r:
-                seg = r["segmentation"]
-                items.append((POLYGON if isinstance(seg, list) else RLE, seg))
-            elif "rle" in r:
-                items.append((RLE, r["rle"]))
-            elif "bbox" in r:
-                b = _as_box(r["bbox"], f"{where}[{k}].bbox")
-                items.append((BOX, [b[0], b[1], b[0] + b[2], b[1] + b[3]]))
-            elif "bbox_xyxy" in r:
-                items.append((BOX, r["bbox_xyxy"]))
-            else:
-                raise DataError(f"{where}[{k}]: expected 'bbox', 'bbox_xyxy', 'segmentation' or 'rle'")
-        return cls(items, image_size, **kw)
+        return cls([region_from_dict(r, f"{where}[{k}]") for k, r in enumerate(regions)], image_size, **kw)
 
     def _normalise(self, kind: str, data: Any, where: str) -> Any:
         if kind == BOX:
@@ -295,6 +279,26 @@ class Regions:
         """Add borders (as an image padded with ``left``/``top``/... pixels): a crop with a negative origin."""
         H, W = self._need_size()
         return self.crop(-left, -top, W + right, H + bottom)
+
+
+def region_from_dict(region: Any, where: str = "region") -> tuple[str, Any]:
+    """A region dict of the conversation jsonl and the benchmark files → a ``(kind, data)`` item:
+    ``{"bbox": [x, y, w, h]}`` (COCO xywh), ``{"bbox_xyxy": [...]}``, ``{"segmentation": polygons | RLE}`` or
+    ``{"rle": RLE}``; a dict holding both a segmentation and a bbox uses the segmentation. (A user's other forms,
+    ``{"box": xyxy}`` and ``{"mask": ...}`` among them: `regionvlm.data.region_input.parse_region`.)"""
+    if not isinstance(region, dict):
+        raise DataError(f"{where}: expected a region dict, got {type(region).__name__}")
+    if "segmentation" in region:
+        seg = region["segmentation"]
+        return (POLYGON if isinstance(seg, list) else RLE), seg
+    if "rle" in region:
+        return RLE, region["rle"]
+    if "bbox" in region:
+        b = _as_box(region["bbox"], f"{where}.bbox")
+        return BOX, [b[0], b[1], b[0] + b[2], b[1] + b[3]]
+    if "bbox_xyxy" in region:
+        return BOX, region["bbox_xyxy"]
+    raise DataError(f"{where}: expected 'bbox', 'bbox_xyxy', 'segmentation' or 'rle'")
 
 
 def _shoelace(flat: np.ndarray) -> float:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from regionvlm.errors import UserError
+
+TOKENIZER_FILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
 def atomic_checkpoint_io():
@@ -63,10 +66,22 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def _tokenizer_file_name(name: Any, path: Path) -> str:
+    """A tokenizer file's name from a checkpoint: a plain file name (``tokenizer.json``), never a path — a
+    checkpoint from elsewhere must not write outside the temporary folder it is unpacked into."""
+    if not isinstance(name, str) or not TOKENIZER_FILE_NAME.fullmatch(name) or name.startswith("."):
+        raise UserError(f"{path}: tokenizer_files: refused file name {name!r} (a plain file name such as "
+                        f"'tokenizer.json' is expected; a checkpoint may not name paths)")
+    return name
+
+
 def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
-    """``(model, tokenizer, config)`` from a Lightning checkpoint written by ``regionvlm train``."""
+    """``(model, tokenizer, config)`` from a Lightning checkpoint written by ``regionvlm train``. The checkpoint is
+    data, not code: it is read with ``weights_only=True``, its tokenizer files may only be plain file names, and a
+    config that would run code (``trust_remote_code``) is refused."""
     from transformers import AutoTokenizer
 
+    from regionvlm.card import load_weights, refuse_code
     from regionvlm.model import build_model
 
     path = find_checkpoint(source)
@@ -74,24 +89,28 @@ def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
     try:
         config = ckpt["hyper_parameters"]["config"]
         tokenizer_files = ckpt["tokenizer_files"]
-    except KeyError as exc:
-        raise UserError(f"{path}: not a regionvlm training checkpoint (no {exc.args[0]})") from exc
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: not a regionvlm training checkpoint (no {exc})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) \
+            or not isinstance(tokenizer_files, dict):
+        raise UserError(f"{path}: not a regionvlm training checkpoint (no model config or tokenizer files)")
+    refuse_code(config["model"], str(path))
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in tokenizer_files.items():
-            (Path(tmp) / name).write_bytes(data)
+            if not isinstance(data, bytes):
+                raise UserError(f"{path}: tokenizer_files[{name!r}]: expected bytes")
+            with open(Path(tmp) / _tokenizer_file_name(name, path), "xb") as f:
+                f.write(data)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     model = build_model(config["model"], tokenizer)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise UserError(f"{path}: weights do not match the config (missing: {result.missing_keys[:5]}, "
-                        f"unexpected: {result.unexpected_keys[:5]})")
+    load_weights(model, state, str(path))
     return model.eval(), tokenizer, config
 
 
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
                       overwrite: bool = False) -> Path:
-    from regionvlm.hub import save_export
+    from regionvlm.card import save_export
     from regionvlm.io import refuse_filled_dir
 
     out_dir = Path(out_dir)

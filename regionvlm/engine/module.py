@@ -17,15 +17,14 @@ from typing import Any
 import lightning as L
 import torch
 
-from regionvlm.data.batch import Batch
-from regionvlm.data.datamodule import Processing
-from regionvlm.data.processing import ImageProcessor
+from regionvlm.batch import Batch
+from regionvlm.contracts import GENERATION_KEYS
+from regionvlm.engine.build import build_model_and_tokenizer
 from regionvlm.engine.optim import apply_trainable, build_optimizer
 from regionvlm.errors import ConfigError, UserError
-from regionvlm.hub import architecture_config, build_model_and_tokenizer
-from regionvlm.registry import construct
+from regionvlm.model import architecture_config
+from regionvlm.processor import RegionProcessor
 
-GENERATION_KEYS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")
 NONFINITE_POLICIES = ("stop", "skip")
 
 
@@ -87,14 +86,12 @@ class RegionVLMModule(L.LightningModule):
         arch["model"] = architecture_config(arch["model"], self.model)
         self.save_hyperparameters({"config": arch}, ignore=["model", "tokenizer"])
 
-    def processing(self) -> Processing:
-        """What the data module needs from the model (`Processing`); valid once the model is built."""
+    def processor(self) -> RegionProcessor:
+        """The processor the data module needs (image processing and tokens, the model's sizes and the config's
+        ``data:`` settings); valid once the model is built. The export's card records the same."""
         if self.model is None:
             raise RuntimeError("the model is not built yet (Lightning builds it in configure_model)")
-        options = (self.config.get("data") or {}).get("processor") or {}
-        processor = construct(ImageProcessor, options, key_path="data.processor", image_size=self.model.image_size,
-                              mean=self.model.image_mean, std=self.model.image_std)
-        return Processing(self.tokenizer, processor, self.model.num_image_tokens, self.model.tokens_per_region)
+        return RegionProcessor.from_training_config(self.config.get("data"), self.model, self.tokenizer)
 
     # -- checkpoints carry the tokenizer ------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

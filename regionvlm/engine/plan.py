@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from regionvlm.errors import ConfigError
@@ -69,22 +70,26 @@ def pretrained_architecture(ref: str, key_path: str, config_class: str | None = 
 
 
 def architecture_only(model_cfg: Mapping[str, Any]) -> dict:
-    """The ``model:`` node with every ``pretrained`` component rewritten to its ``config`` (no weights)."""
-    from regionvlm.plugins.llms import HFCausalLM
-    from regionvlm.registry import LLMS, VISION_ENCODERS
+    """The ``model:`` node with every ``pretrained`` component rewritten by its ``weightless_node`` (the rewrite an
+    export's card applies: no weights read), from the checkpoint's config (`pretrained_architecture`). An LLM's
+    ``tokenizer``, when the node names one, is kept: the plan sizes the vocabulary from it."""
+    from regionvlm.contracts import MODEL_COMPONENTS
+    from regionvlm.registry import registry_for
 
     cfg = copy.deepcopy(dict(model_cfg))
-    for key, registry in (("vision_encoder", VISION_ENCODERS), ("llm", LLMS)):
+    for key, kind in MODEL_COMPONENTS.items():
         node = cfg.get(key)
-        if not isinstance(node, dict) or not isinstance(node.get("pretrained"), str):
+        if not isinstance(node, dict) or not node.get("pretrained") or "type" not in node:
             continue
-        cls = registry.get(node["type"], key_path=f"model.{key}.type")
-        if not (issubclass(cls, HFCausalLM) or hasattr(cls, "config_class")):
-            continue  # e.g. timm: its architecture comes from its name, pretrained weights are a separate flag
-        node["config"] = pretrained_architecture(node.pop("pretrained"), f"model.{key}",
-                                                 getattr(cls, "config_class", None))
-        if key == "llm":
-            node.setdefault("tokenizer", None)
+        cls = registry_for(kind).get(node["type"], key_path=f"model.{key}.type")
+        if not hasattr(cls, "weightless_node"):
+            continue  # a component of its own: built as its node says
+        tokenizer = node.get("tokenizer")
+        read_config = partial(pretrained_architecture, node["pretrained"], f"model.{key}",
+                              getattr(cls, "config_class", None) or None)
+        cfg[key] = cls.weightless_node(node, read_config)
+        if tokenizer:
+            cfg[key]["tokenizer"] = tokenizer
     return cfg
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from regionvlm.contracts import MODEL_COMPONENTS, RUNTIME_KEYS
+from regionvlm.contracts import MODEL_COMPONENTS, MODEL_KEYS, RUNTIME_KEYS
 from regionvlm.errors import ConfigError
 
 TINY_HINT = "to try regionvlm without downloads, run the tiny preset: make demo (projects/rgpt/tiny)"
@@ -62,13 +62,12 @@ def missing_weights(model_cfg: dict) -> list[str]:
 
 
 def _check_model(model: dict) -> None:
-    from regionvlm.model import COMPONENT_KEYS, ENGINE_KEYS
     from regionvlm.registry import _did_you_mean, registry_for
 
-    known = COMPONENT_KEYS + ENGINE_KEYS
     for key in model:
-        if key not in known:
-            raise ConfigError(f"model.{key}: unknown key{_did_you_mean(key, known)} known: {', '.join(known)}")
+        if key not in MODEL_KEYS:
+            raise ConfigError(f"model.{key}: unknown key{_did_you_mean(key, MODEL_KEYS)} "
+                              f"known: {', '.join(MODEL_KEYS)}")
     for key, kind in MODEL_COMPONENTS.items():
         if model.get(key) is not None:
             registry_for(kind).check_node(model[key], f"model.{key}", RUNTIME_KEYS[kind])
@@ -76,15 +75,14 @@ def _check_model(model: dict) -> None:
 
 def _check_data(data: dict) -> None:
     from regionvlm.data.datamodule import RegionDataModule
-    from regionvlm.data.processing import ImageProcessor
+    from regionvlm.processor import DATA_KEYS, check_data_settings
     from regionvlm.registry import DATASETS, PROMPTS, checked_kwargs
 
-    # the same runtime values as engine.trainer.build_datamodule gives
-    checked_kwargs(ImageProcessor, data.get("processor") or {}, key_path="data.processor", what="the image processor",
-                   runtime=dict.fromkeys(("image_size", "mean", "std")))
-    checked_kwargs(RegionDataModule, {k: v for k, v in data.items() if k != "processor"}, key_path="data",
-                   what="the data module", require=False,
-                   runtime=dict.fromkeys(("tokenizer", "processor", "num_image_tokens", "tokens_per_region")))
+    # the data section = the processor's keys + the loaders' keys, checked as engine.trainer.build_datamodule
+    # and RegionVLMModule.processor use them
+    check_data_settings(data)
+    checked_kwargs(RegionDataModule, {k: v for k, v in data.items() if k not in DATA_KEYS}, key_path="data",
+                   what="the data module", require=False, runtime={"processor": None})
     for split in ("train", "val"):
         for i, node in enumerate(data.get(split) or []):
             key = f"data.{split}[{i}]"

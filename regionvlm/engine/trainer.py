@@ -74,25 +74,23 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
 
 
 def build_datamodule(config: dict, module: Any, **extra: Any):
-    """The `RegionDataModule` for ``config['data']``, seeded by the top-level ``seed``. It reads the tokenizer,
-    image processing and token counts off ``module`` when it makes its first loader, i.e. after Lightning has
-    built the model in ``configure_model``."""
+    """The `RegionDataModule` for ``config['data']``, seeded by the top-level ``seed``. It gets the module's
+    `RegionProcessor` (built from the processor's ``data:`` keys and the model) when it makes its first loader,
+    i.e. after Lightning has built the model in ``configure_model``."""
     from regionvlm.data.datamodule import RegionDataModule
+    from regionvlm.processor import DATA_KEYS
 
-    data_cfg = dict(config.get("data") or {})
-    data_cfg.pop("processor", None)  # the module builds the processor with these options
-    # the direct-use arguments are named as runtime values, so that the config cannot set them
-    direct = dict.fromkeys(("tokenizer", "num_image_tokens", "tokens_per_region"))
-    return construct(RegionDataModule, data_cfg, key_path="data", processing=module.processing,
-                     seed=int(config.get("seed", 0)), **direct, **extra)
+    loader_cfg = {k: v for k, v in (config.get("data") or {}).items() if k not in DATA_KEYS}
+    return construct(RegionDataModule, loader_cfg, key_path="data", processor=module.processor,
+                     seed=int(config.get("seed", 0)), **extra)
 
 
 def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
     """Train per ``config`` into ``run_dir``; writes ``run_dir/export`` at the end. Returns the export folder."""
     import lightning as L
 
+    from regionvlm.card import save_export
     from regionvlm.engine.module import RegionVLMModule
-    from regionvlm.hub import save_export
 
     if ckpt_path is not None:
         keep_csv_log(run_dir / "logs" / "metrics.csv")

@@ -45,12 +45,14 @@ def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: in
     ``generation`` overrides the module's generation settings for these samples (a benchmark's protocol)."""
     from torch.utils.data import DataLoader
 
+    from regionvlm.card import as_model_card
     from regionvlm.evaluation.collectors import PredictionCollector
-    from regionvlm.inference import generation_collator
+    from regionvlm.processor import RegionProcessor
 
-    collator, processor = generation_collator(module.model, module.tokenizer, module.config)
+    card = as_model_card(module.config, module.model, module.tokenizer)  # a checkpoint's config → its card
+    processor = RegionProcessor.from_card(card, module.tokenizer, module.model)
     loader = DataLoader(SampleDataset(samples, processor), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, collate_fn=collator)
+                        num_workers=num_workers, collate_fn=processor.collator(for_generation=True))
     module.collector = PredictionCollector()
     saved = module.generation
     module.generation = {**saved, **(generation or {})}

@@ -103,9 +103,21 @@ class HFCausalLM(nn.Module):
         out.lora = None
         return out
 
+    @classmethod
+    def weightless_node(cls, node: dict, read_config) -> dict:
+        """The node without weights: the checkpoint's config (``read_config()``) instead of ``pretrained``; the
+        ``tokenizer`` path goes too (an export carries its tokenizer files, a plan sizes the vocabulary from the
+        config)."""
+        if not node.get("pretrained"):
+            return node
+        node = {k: v for k, v in node.items() if k not in ("pretrained", "tokenizer")}
+        node["config"] = read_config()
+        return node
+
     def architecture_node(self, node: dict) -> dict:
-        """The export's node: the full transformers config instead of a hub id; ``lora`` only while unmerged."""
-        node = {k: v for k, v in node.items() if k not in ("pretrained", "lora")}
+        """The export's node: the full transformers config as built (embeddings resized to the tokenizer);
+        ``lora`` only while unmerged."""
+        node = {k: v for k, v in node.items() if k not in ("pretrained", "tokenizer", "lora", "trust_remote_code")}
         node["config"] = self.base_model.config.to_dict()
         if self.lora is not None:
             node["lora"] = dict(self.lora)

@@ -1,8 +1,8 @@
 """Region extractors: one feature (or k features) per region from the refined feature map.
 
 Contract: built with runtime ``in_channels`` (C of the map) and ``image_size`` (S, the processed image side);
-``forward(features B×C×H×W, masks R×S×S in [0, 1], boxes R×4 xyxy in image pixels, image_index R long) →
-R×k×C_out``; attributes ``out_channels`` (C_out) and ``tokens_per_region`` (k). R may be 0.
+``forward(features B×C×H×W, masks R×S×S bool (or float in [0, 1]), boxes R×4 xyxy in image pixels,
+image_index R long) → R×k×C_out``; attributes ``out_channels`` (C_out) and ``tokens_per_region`` (k). R may be 0.
 All regions of the batch are computed together: no Python loop over regions, and a region never indexes a
 copy of its image's C×H×W map.
 """
@@ -18,7 +18,8 @@ from regionvlm.registry import REGION_EXTRACTORS
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int], mode: str = "area") -> torch.Tensor:
-    """R×S×S → R×H×W. ``bilinear`` is what SpatialRGPT's ``MaskPooling`` does (the RGPT recipe's setting);
+    """R×S×S (bool or float) → R×H×W float (in the map's dtype when called with ``masks.type_as(features)``).
+    ``bilinear`` is what SpatialRGPT's ``MaskPooling`` does (the RGPT recipe's setting);
     ``area`` keeps each cell's covered fraction (a small mask keeps a small weight), the named variant."""
     if masks.shape[-2:] == tuple(size):
         return masks

@@ -119,6 +119,21 @@ class _HFVisionEncoder(nn.Module):
         self.image_mean = tuple(float(x) for x in (image_mean or mean))
         self.image_std = tuple(float(x) for x in (image_std or std))
 
+    @classmethod
+    def weightless_node(cls, node: dict, read_config) -> dict:
+        """The node without weights: the checkpoint's config (``read_config()``) instead of ``pretrained``."""
+        if not node.get("pretrained"):
+            return node
+        node = {k: v for k, v in node.items() if k != "pretrained"}
+        node["config"] = read_config()
+        return node
+
+    def architecture_node(self, node: dict) -> dict:
+        """The export's node: the full config, and the normalisation read from the checkpoint's preprocessor
+        file (a config-built encoder would otherwise fall back to the family's defaults)."""
+        node = self.weightless_node(node, lambda: self.model.config.to_dict())
+        return {**node, "image_mean": list(self.image_mean), "image_std": list(self.image_std)}
+
     @staticmethod
     def _layer_list(model: nn.Module, n_layers: int) -> nn.ModuleList:
         for module in model.modules():  # structural lookup: the encoder's stack of transformer blocks
@@ -212,6 +227,15 @@ class TimmVisionEncoder(nn.Module):
         model.train(was_training)
         self.out_channels = int(probe.shape[1])
         self.grid_size = (int(probe.shape[2]), int(probe.shape[3]))
+
+    @classmethod
+    def weightless_node(cls, node: dict, read_config=None) -> dict:
+        """The node without weights: timm's architecture comes from ``name`` (and ``model_kwargs``), so
+        ``pretrained`` (true: timm's download; a path: a checkpoint file) becomes false."""
+        return {**node, "pretrained": False} if node.get("pretrained") else node
+
+    def architecture_node(self, node: dict) -> dict:
+        return self.weightless_node(node)
 
     def _drop_head_modules(self) -> torch.Tensor:
         """Replace the modules that only the classifier head uses (ConvNeXt's head norm, a ViT's fc_norm or

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from regionvlm.serve.batching import Batcher
-from regionvlm.serve.validation import REGION_TAG, APIError, Limits, Question, parse_chat_request, parse_json
+from regionvlm.serve.validation import APIError, Limits, Question, parse_chat_request, parse_json
+from regionvlm.text.templates import REGION_TAG
 
 log = logging.getLogger("regionvlm.serve")
 PAGE = Path(__file__).parent / "page.html"

@@ -9,7 +9,8 @@ The request shape (docs/serving.md has the full reference)::
                    "regions": [{"box": [x1, y1, x2, y2]}, {"mask": "data:image/png;base64,..."}]}]}
 
 ``regions`` is this API's extension field, on the user message that holds the image: boxes in the image's
-pixel coordinates, or masks as PNG data URLs of the image's size (non-zero = inside). ``<regionK>`` in the
+pixel coordinates, or masks as PNG data URLs of the image's size (non-zero = inside; alpha, when present, is
+the mask: `regionvlm.data.region_input.mask_from_picture`, the rule of every entry point). ``<regionK>`` in the
 text names ``regions[K-1]``. Everything is checked here, in the request's own thread, so the model's worker
 only ever sees questions it can answer.
 """
@@ -21,11 +22,10 @@ import binascii
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-REGION_TAG = re.compile(r"<region(\d+)>")
+from regionvlm.text.templates import REGION_TAG
 
 
 class APIError(Exception):
@@ -83,8 +83,9 @@ def decode_data_url(url: Any, param: str) -> bytes:
         raise bad(f"bad base64 in data URL: {exc}", param) from None
 
 
-def open_image(data: bytes, param: str, limits: Limits) -> Any:
-    """Decoded RGB image; the pixel count is checked from the header, before decoding."""
+def open_image(data: bytes, param: str, limits: Limits, mask: bool = False) -> Any:
+    """Decoded RGB image (``mask=True``: the picture as it is, alpha kept, for the mask rule); the pixel count is
+    checked from the header, before decoding."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -100,7 +101,8 @@ def open_image(data: bytes, param: str, limits: Limits) -> Any:
                 raise APIError(413, f"image is {w}×{h} = {w * h} pixels; this server accepts at most "
                                     f"{limits.max_image_pixels} (--max-image-pixels)", "invalid_request_error", param)
             im.load()
-            return load_image(ImageOps.exif_transpose(im))
+            im = ImageOps.exif_transpose(im)
+            return im if mask else load_image(im)
     except APIError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
@@ -110,7 +112,7 @@ def open_image(data: bytes, param: str, limits: Limits) -> Any:
 
 def parse_region(region: Any, param: str, size: tuple[int, int], limits: Limits) -> Any:
     """``{"box": [x1, y1, x2, y2]}`` (pixels, inside the image) or ``{"mask": PNG data URL}`` (image-sized)."""
-    import numpy as np
+    from regionvlm.data.region_input import mask_from_picture
 
     w, h = size
     if not isinstance(region, dict) or len(region) != 1 or next(iter(region)) not in ("box", "mask"):
@@ -127,10 +129,10 @@ def parse_region(region: Any, param: str, size: tuple[int, int], limits: Limits)
             raise bad(f"box {box} is out of the image's bounds (width {w}, height {h})", f"{param}.box")
         return [x1, y1, x2, y2]
     mask_param = f"{param}.mask"
-    picture = open_image(decode_data_url(region["mask"], mask_param), mask_param, limits)
+    picture = open_image(decode_data_url(region["mask"], mask_param), mask_param, limits, mask=True)
     if picture.size != (w, h):
         raise bad(f"mask is {picture.size[0]}×{picture.size[1]} but the image is {w}×{h}", mask_param)
-    mask = np.asarray(picture.convert("L")) > 0
+    mask = mask_from_picture(picture, mask_param)
     if not mask.any():
         raise bad("mask is empty (no non-zero pixel)", mask_param)
     return mask

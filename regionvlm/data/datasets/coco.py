@@ -18,8 +18,8 @@ from regionvlm.data.datasets.base import (
 from regionvlm.data.geometry import box_iou_xywh
 from regionvlm.data.structures import Regions
 from regionvlm.errors import DataError
-from regionvlm.plugins.prompts import ReferringExpressionPrompt
 from regionvlm.registry import DATASETS
+from regionvlm.text.prompts import ReferringExpressionPrompt
 
 
 @DATASETS.register("coco_instances")

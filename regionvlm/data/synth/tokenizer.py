@@ -13,8 +13,8 @@ from regionvlm.data.synth.scenes import COLOURS, PATTERNS, RELATIONS, SHAPES
 def corpus_texts() -> list[str]:
     """Texts the tiny tokenizer is trained on: every phrase the synthetic set can produce, every prompt
     phrasing and guidance, and the chat templates' words."""
-    from regionvlm.data.collate import VICUNA_SYSTEM
-    from regionvlm.plugins import prompts
+    from regionvlm.text import prompts
+    from regionvlm.text.templates import VICUNA_SYSTEM
 
     texts = [VICUNA_SYSTEM, "USER: ASSISTANT:", "Describe the image briefly.", "There are 2 3 4 5 6 objects:",
              "Is there a in the image? yes no", "Where is relative to? left right above below",

@@ -7,6 +7,9 @@ answer formats. Each template has several phrasings: training samples one per ca
 is the RGPT paper's own wording; the caption prompts' wording and suffixes are ours (no source gives them).
 ``task_guidance=False`` drops the suffix (the ablation).
 
+The parsers of the answers these prompts ask for live beside them: `parse_region_index` reads the REC
+template's "Region [k]." (and what models write instead), `parse_yes_no` a yes/no answer.
+
 ``build(...)`` returns a conversation ``[{"from": "human", ...}, {"from": "gpt", ...}]``; the answer turn is
 omitted when ``answer`` is None (pure inference). A benchmark evaluates a training dataset built with
 ``train: false``, so a model is asked in the first phrasing of the node it was trained with.
@@ -14,6 +17,7 @@ omitted when ``answer`` is None (pure inference). A benchmark evaluates a traini
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -181,6 +185,24 @@ class ReferringExpressionPrompt(TaskPrompt):
         return self.conversation(q, self.answer_for(answer_index) if with_answer else None)
 
 
+_REGION_PATTERNS = (
+    re.compile(r"region\s*\[\s*(\d+)\s*\]", re.IGNORECASE),   # the task-guided template "Region [2]"
+    re.compile(r"<region(\d+)>", re.IGNORECASE),              # a model that echoes the placeholder
+    re.compile(r"region\s*#?\s*(\d+)\b", re.IGNORECASE),       # "region 2"
+)
+
+
+def parse_region_index(text: str, num_candidates: int, one_based: bool = True) -> int | None:
+    """0-based candidate index named by the answer ("Region [2]." → 1), or None when no valid index is found.
+    The first match of the most specific pattern wins; out-of-range indices are unparseable."""
+    for pattern in _REGION_PATTERNS:
+        m = pattern.search(text)
+        if m:
+            k = int(m.group(1)) - (1 if one_based else 0)
+            return k if 0 <= k < num_candidates else None
+    return None
+
+
 @PROMPTS.register("spatial_relation")
 class SpatialRelationPrompt(TaskPrompt):
     """Spatial relation between two regions: where is <region1> relative to <region2>?"""
@@ -215,6 +237,16 @@ class YesNoPrompt(TaskPrompt):
 
     def build(self, question: str, answer: str | None = None, rng: Any = None) -> list[dict]:
         return self.conversation(self.question(rng, question=question), answer)
+
+
+def parse_yes_no(text: str) -> str | None:
+    """"yes"/"no" from the first word that is one (case-insensitive; "not", "isn't"… count as no), else None."""
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w in ("yes", "no"):
+            return w
+        if w in ("not", "isn", "doesn", "aren"):
+            return "no"
+    return None
 
 
 @PROMPTS.register("spatial_qa")

@@ -9,16 +9,9 @@ import pytest
 import torch
 import yaml
 
+from regionvlm.card import CONFIG_FILE, TRAINING_CONFIG_FILE, load_export, read_card, save_export
+from regionvlm.engine.build import build_model_and_tokenizer, init_from_architecture
 from regionvlm.errors import ConfigError, UserError
-from regionvlm.hub import (
-    CONFIG_FILE,
-    TRAINING_CONFIG_FILE,
-    build_model_and_tokenizer,
-    init_from_architecture,
-    load_export,
-    read_export_config,
-    save_export,
-)
 
 QUESTION = "What is <region1>?"
 
@@ -31,20 +24,21 @@ def tiny(tiny_export):
 def test_the_export_is_a_model_card(tiny):
     model, _, config, out = tiny
     card = yaml.safe_load((out / CONFIG_FILE).read_text())
-    assert list(card) == ["model", "processor", "text", "prompts", "generation", "export"]
+    assert list(card) == ["model", "processor", "prompts", "generation", "export"]
     assert card["processor"] == {"image_size": model.image_size, "mean": list(model.image_mean),
-                                 "std": list(model.image_std), "resize_mode": "resize"}
-    assert card["text"] == {"template": "plain", "max_length": 200}
+                                 "std": list(model.image_std), "resize_mode": "resize", "template": "plain",
+                                 "max_length": 200, "num_image_tokens": model.num_image_tokens,
+                                 "tokens_per_region": model.tokens_per_region}
     assert card["prompts"]["region_classification"]["vocabulary"] == ["red circle", "blue square"]
     assert "init_from" not in card["model"] and "tokenizer" not in card["model"]["llm"]
     assert "data" not in card and "synth" not in (out / CONFIG_FILE).read_text()  # no data paths in the card
     assert yaml.safe_load((out / TRAINING_CONFIG_FILE).read_text())["data"]["template"] == "plain"
-    assert read_export_config(out)["text"]["template"] == "plain"
+    assert read_card(out)["processor"]["template"] == "plain"
 
 
 def test_an_export_copied_alone_answers_as_the_original(tiny, tmp_path, monkeypatch):
     from regionvlm import RegionChat
-    from regionvlm.inference import generation_collator
+    from regionvlm.processor import RegionProcessor
 
     model, tokenizer, config, out = tiny
     alone = tmp_path / "somewhere" / "model"
@@ -53,13 +47,14 @@ def test_an_export_copied_alone_answers_as_the_original(tiny, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("REGIONVLM_DATA", str(tmp_path / "no-data-here"))
     chat = RegionChat.from_pretrained(alone, device="cpu")
-    assert chat.processor.resize_mode == "resize" and chat.collator.template == "plain"
+    assert chat.processor.image.resize_mode == "resize" and chat.collator.template == "plain"
     assert chat.collator.max_length == 200
     image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
     answer = chat.ask(image, [[10, 20, 60, 70]], QUESTION, max_new_tokens=6)
     assert isinstance(answer, str)
     # the same question through the in-memory model and the training config's processing gives the same answer
-    collator, _ = generation_collator(model, tokenizer, config, process=True)
+    collator = RegionProcessor.from_training_config(config["data"], model, tokenizer).collator(for_generation=True,
+                                                                                               process=True)
     batch = collator([chat.sample(image, [[10, 20, 60, 70]], QUESTION)])
     ids = model.generate(batch, max_new_tokens=6)
     assert tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip() == answer

@@ -23,7 +23,7 @@ class Batch:
     input_ids: torch.Tensor                 # B×L long
     attention_mask: torch.Tensor            # B×L long (1 = real token)
     pixel_values: torch.Tensor              # I×3×S×S float, normalised for the vision encoder
-    region_masks: torch.Tensor              # R×S×S float in [0, 1], aligned with pixel_values
+    region_masks: torch.Tensor              # R×S×S bool, aligned with pixel_values (extractors resize them)
     region_boxes: torch.Tensor              # R×4 float xyxy in processed-image pixels
     region_image_index: torch.Tensor        # R long: which image (0..I-1) each region belongs to
     region_mentions: torch.Tensor           # M long: index into the R regions for each <regionK> mention

@@ -1,0 +1,199 @@
+"""Export folders: a model card that rebuilds the model and its processor offline, from the folder alone.
+
+    config.yaml            the card: ``model:`` architecture (pretrained hub ids rewritten to their config, so
+                           building loads no external weights: `regionvlm.model.architecture_config`),
+                           ``processor:`` (`RegionProcessor.to_card`: image size, mean/std, resize mode, chat
+                           template, context length, placeholder token counts), ``prompts:`` (the task-prompt nodes
+                           the model was trained with, by type), ``generation:`` (decoding defaults), ``export:``
+    model.safetensors      all weights (strict load: missing or unexpected keys are an error)
+    tokenizer files        as written by the tokenizer's save_pretrained (special tokens included)
+    training_config.yaml   the resolved training config, for provenance only: loading never reads it
+
+Like a transformers folder with its processor config (or timm's pretrained config), everything that turns an
+image, regions and a question into model inputs is in the card, so `regionvlm.RegionChat`, ``predict`` and
+``eval`` behave as training did without the training config or its data folder. The folder is written to a
+temporary folder beside the target and renamed into place: a killed export leaves nothing half-written.
+
+Also here: `load_weights`, the one strict weight loader (an export's safetensors file, a checkpoint's state
+dict, an ``init_from`` stage's export).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from regionvlm.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+TRAINING_CONFIG_FILE = "training_config.yaml"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+CARD_SECTIONS = ("model", "processor", "prompts", "generation", "export")
+LEGACY_SECTIONS = ("text",)  # cards written before the processor was one object: read, never written
+
+
+def _prompt_nodes(data_cfg: dict) -> Iterator[dict]:
+    """The task-prompt node of every training/validation dataset (its default prompt when it names none)."""
+    from regionvlm.registry import DATASETS
+
+    for split in ("train", "val"):
+        for node in data_cfg.get(split) or []:
+            if not isinstance(node, dict) or "type" not in node:
+                continue
+            prompt = node.get("prompt")
+            if prompt is None:
+                prompt = getattr(DATASETS.get(node["type"]), "default_prompt", None)
+            if isinstance(prompt, dict) and "type" in prompt:
+                yield dict(prompt)
+
+
+def model_card(config: dict, model: Any, tokenizer: Any) -> dict:
+    """The export's ``config.yaml`` for a resolved training config (a plain dict) and its built model."""
+    from regionvlm.model import architecture_config
+    from regionvlm.processor import RegionProcessor
+
+    data = config.get("data") or {}
+    prompts: dict[str, dict] = {}
+    for node in _prompt_nodes(data):
+        prompts.setdefault(node["type"], node)  # several datasets may share a prompt type: the first one wins
+    return {
+        "model": architecture_config(config["model"], model),
+        "processor": RegionProcessor.from_training_config(data, model, tokenizer).to_card(),
+        "prompts": prompts,
+        "generation": dict(config.get("generation") or {}),
+    }
+
+
+def is_model_card(config: Any) -> bool:
+    """A card (an export's ``config.yaml``, this layout or the earlier one with a ``text:`` section), not a
+    training config (whose processor settings sit under ``data:``)."""
+    return isinstance(config, Mapping) and "model" in config and isinstance(config.get("processor"), Mapping) \
+        and ("template" in config["processor"] or "text" in config)
+
+
+def as_model_card(config: dict, model: Any, tokenizer: Any) -> dict:
+    """``config`` if it is a card (an export's), else the card of a training config (a checkpoint's)."""
+    return config if is_model_card(config) else model_card(config, model, tokenizer)
+
+
+def export_view(model: Any) -> Any:
+    """The model as an export stores it: components with LoRA adapters merged into their base weights (unless
+    their ``lora.merge_on_export`` is false). A shallow copy: the other components are shared, not copied."""
+    merge = [name for name, child in model.named_children()
+             if getattr(child, "lora", None) and child.lora.get("merge_on_export", True)]
+    if not merge:
+        return model
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # a shallow copy shares the dict of submodules: give it its own
+    for name in merge:
+        view._modules[name] = model._modules[name].merged()
+    return view
+
+
+def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dict,
+                dtype: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``model`` + ``tokenizer`` + the card of ``cfg`` (a resolved training config, or a card read from
+    another export) as a self-contained folder."""
+    import torch
+    import yaml
+    from safetensors.torch import save_model
+
+    from regionvlm.io import make_temp_dir, publish_dir, refuse_filled_dir
+    from regionvlm.processor import RegionProcessor
+
+    out_dir = Path(out_dir)
+    refuse_filled_dir(out_dir, overwrite, "export folder")
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype: unknown dtype '{dtype}'; known: {', '.join(DTYPES)}")
+    model = export_view(model)
+    if is_model_card(cfg):  # re-exporting a card: the processor in today's layout, the rest as it is
+        card = {k: copy.deepcopy(cfg[k]) for k in CARD_SECTIONS if k in cfg}
+        card["processor"] = RegionProcessor.from_card(cfg, tokenizer, model).to_card()
+    else:
+        card = model_card(cfg, model, tokenizer)
+    card["export"] = {"dtype": dtype or "fp32"}
+    tmp = make_temp_dir(out_dir)
+    try:
+        if dtype and dtype != "fp32":
+            model = copy.deepcopy(model).to(getattr(torch, DTYPES[dtype]))
+        save_model(model, str(tmp / WEIGHTS_FILE))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+        if not is_model_card(cfg):
+            (tmp / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_card(export_dir: str | os.PathLike) -> dict:
+    """The card (``config.yaml``) of an export folder, checked for the sections loading needs."""
+    import yaml
+
+    export_dir = Path(export_dir)
+    path = export_dir / CONFIG_FILE
+    if not path.is_file() or not (export_dir / WEIGHTS_FILE).is_file():
+        raise UserError(f"{export_dir}: not a regionvlm export (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                        f"make one with 'regionvlm export RUN_DIR --out DIR'")
+    try:
+        card = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not is_model_card(card):
+        missing = next((k for k in ("model", "processor") if not isinstance(card, dict) or k not in card), "text")
+        raise UserError(f"{path}: not a regionvlm model card (missing section '{missing}'); an export written "
+                        f"by an older regionvlm: re-export it from its run with 'regionvlm export RUN_DIR --out DIR'")
+    card.setdefault("prompts", {})
+    card.setdefault("generation", {})
+    return card
+
+
+def load_weights(model: Any, source: str | os.PathLike | Mapping[str, Any], where: str, device: str = "cpu") -> None:
+    """Load weights strictly from a safetensors file or a state dict; a mismatch names the first missing and
+    unexpected keys, a file that is not safetensors is one line (both `UserError`, naming ``where``). A tensor
+    of the wrong shape raises torch's `RuntimeError` (the ``init_from`` build words it for its stage)."""
+    if isinstance(source, Mapping):
+        missing, unexpected = model.load_state_dict(source, strict=False)
+    else:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        try:
+            missing, unexpected = load_model(model, str(source), strict=False, device=device)
+        except SafetensorError as exc:  # the user's file is bad (a copy cut short, another format): not our bug
+            raise UserError(f"{where}: truncated or not a safetensors file ({exc})") from None
+    if missing or unexpected:
+        raise UserError(f"{where}: weights do not match the config "
+                        f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})")
+
+
+def refuse_code(model_cfg: Mapping[str, Any], source: str) -> None:
+    """A card's or checkpoint's architecture is data: one that would run code shipped with a model folder
+    (``trust_remote_code``) is refused, whoever wrote it. A training config may opt in; what it saves may not."""
+    for name, node in model_cfg.items():
+        if isinstance(node, Mapping) and node.get("trust_remote_code"):
+            raise UserError(f"{source}: model.{name}.trust_remote_code: refused: a saved model never runs code "
+                            f"from elsewhere (set it in a training config of your own to opt in)")
+
+
+def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[Any, Any, dict]:
+    """Rebuild ``(model, tokenizer, card)`` from an export folder alone, loading weights strictly."""
+    from transformers import AutoTokenizer
+
+    from regionvlm.model import build_model
+
+    export_dir = Path(export_dir)
+    card = read_card(export_dir)
+    refuse_code(card["model"], str(export_dir / CONFIG_FILE))
+    tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
+    model = build_model(card["model"], tokenizer)
+    load_weights(model, export_dir / WEIGHTS_FILE, str(export_dir / WEIGHTS_FILE), map_location)
+    model.eval()
+    return model, tokenizer, card
