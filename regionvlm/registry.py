@@ -164,14 +164,20 @@ class Registry:
 
 
 def checked_kwargs(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "",
-                   runtime: Mapping[str, Any] | None = None, require: bool = True) -> dict[str, Any]:
+                   runtime: Mapping[str, Any] | None = None, require: bool = True,
+                   forwards_to: Any = None) -> dict[str, Any]:
     """``kwargs`` + the ``runtime`` values ``obj`` accepts, after checking the keys against its signature, with
     errors that name ``key_path``: unexpected keys (with close matches), keys that the code sets, and (with
-    ``require``) missing required keys."""
+    ``require``) missing required keys. ``forwards_to``: where ``obj`` sends its ``**kwargs`` when that is not
+    its base class (Lightning's FSDPStrategy passes them to torch's FullyShardedDataParallel): the optional
+    parameters of that callable are accepted too."""
     kwargs = dict(to_plain(kwargs) or {})
     runtime = dict(runtime or {})
     what = what or getattr(obj, "__name__", str(obj))
     params, accepts_any = signature_params(obj)
+    if forwards_to is not None:
+        forwarded = signature_params(forwards_to)[0]
+        params = {**{k: p for k, p in forwarded.items() if p.default is not inspect.Parameter.empty}, **params}
     prefix = f"{key_path}." if key_path else ""
     if not accepts_any:
         unknown = [k for k in kwargs if k not in params]
@@ -212,10 +218,11 @@ def _check_type(param: inspect.Parameter, value: Any, key: str, what: str) -> No
         raise RegistryError(f"{key}: expected a number for {what}, got {value!r}")
 
 
-def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", **runtime: Any) -> Any:
+def construct(obj: Any, kwargs: Mapping[str, Any], key_path: str = "", what: str = "", forwards_to: Any = None,
+              **runtime: Any) -> Any:
     """Call ``obj(**kwargs, **runtime)`` after `checked_kwargs`; for the engine's own classes (Lightning's Trainer,
     the data module): their exceptions pass through unchanged."""
-    return obj(**checked_kwargs(obj, kwargs, key_path=key_path, what=what, runtime=runtime))
+    return obj(**checked_kwargs(obj, kwargs, key_path=key_path, what=what, runtime=runtime, forwards_to=forwards_to))
 
 
 def signature_params(obj: Any) -> tuple[dict[str, inspect.Parameter], bool]:

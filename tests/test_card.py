@@ -139,3 +139,69 @@ def test_outputs_get_the_users_umask(tiny, tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
     for path in [*out.iterdir(), tmp_path / "results.md"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_an_export_in_the_earlier_card_layout_loads_and_answers_the_same(tiny, tmp_path):
+    """Cards written before the processor was one object keep the template and context length in a ``text:``
+    section and no token counts: they load as they are; a card whose counts disagree with its model is refused
+    with a one-line re-export message."""
+    from regionvlm import RegionChat
+
+    model, tokenizer, config, out = tiny
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    card = yaml.safe_load((old / CONFIG_FILE).read_text())
+    processor = card.pop("processor")
+    card = {"model": card["model"],
+            "processor": {k: processor[k] for k in ("image_size", "mean", "std", "resize_mode")},
+            "text": {"template": processor["template"], "max_length": processor["max_length"]},
+            "prompts": card["prompts"], "generation": card["generation"], "export": card["export"]}
+    (old / CONFIG_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+    image = np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    new_chat, old_chat = RegionChat.from_pretrained(out, device="cpu"), RegionChat.from_pretrained(old, device="cpu")
+    assert old_chat.processor.to_card() == new_chat.processor.to_card()
+    assert old_chat.ask(image, [[5, 5, 40, 40]], QUESTION, max_new_tokens=5) == \
+        new_chat.ask(image, [[5, 5, 40, 40]], QUESTION, max_new_tokens=5)
+    # re-exporting the old card writes today's layout
+    again = save_export(tmp_path / "again", old_chat.model, tokenizer, old_chat.card)
+    assert read_card(again)["processor"] == new_chat.processor.to_card() and "text" not in read_card(again)
+
+    card["processor"]["tokens_per_region"] = model.tokens_per_region + 1
+    (old / CONFIG_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+    with pytest.raises(UserError, match=r"processor.tokens_per_region is \d+ but the model's is \d+; re-export it"):
+        RegionChat.from_pretrained(old, device="cpu")
+
+
+def test_a_timm_encoder_exports_without_its_pretrained_flag_and_loads_offline(tmp_path, monkeypatch):
+    """A timm encoder trained from timm's weights (``pretrained: true``, or a checkpoint file) is written to the
+    card with ``pretrained: false``: loading the export reads the folder alone, never timm's download."""
+    import timm
+    from conftest import tiny_training_config
+
+    from regionvlm.engine.plan import architecture_only
+
+    torch.manual_seed(0)
+    weights = tmp_path / "vit.pth"
+    timm_node = {"type": "timm", "name": "vit_tiny_patch16_224", "img_size": 32,
+                 "model_kwargs": {"depth": 1, "embed_dim": 48, "num_heads": 2}}
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32,
+                                 **timm_node["model_kwargs"]).state_dict(), weights)
+    config = tiny_training_config()
+    config["model"]["vision_encoder"] = {**timm_node, "pretrained": str(weights)}
+    model, tokenizer, _ = build_model_and_tokenizer(config["model"])
+    out = save_export(tmp_path / "export", model, tokenizer, config)
+    assert read_card(out)["model"]["vision_encoder"]["pretrained"] is False
+    # a config that said `pretrained: true` (timm's download) is written the same way, by the card and by plan
+    config["model"]["vision_encoder"]["pretrained"] = True
+    out_true = save_export(tmp_path / "export_true", model, tokenizer, config)
+    assert read_card(out_true)["model"]["vision_encoder"]["pretrained"] is False
+    assert architecture_only(config["model"])["vision_encoder"]["pretrained"] is False
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("loading an export must not download weights")
+
+    monkeypatch.setattr(timm.models._builder, "load_pretrained", no_download)
+    loaded, _, _ = load_export(out_true)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.vision_encoder(x), model.eval().vision_encoder(x))

@@ -190,3 +190,21 @@ def test_predict_batch_is_resumable(stage2, workspace, tmp_path, capsys):
     assert again[:2] == done[:2]
     assert main(["viz", str(out), "--out", str(tmp_path / "pics")]) == 0
     assert len(list((tmp_path / "pics").glob("*.png"))) == 5
+
+
+def test_predict_reads_a_zero_one_mask_png_as_the_same_mask(stage2, workspace, tmp_path, capsys):
+    """The README's rule, 'non-zero = inside', on the command line too: a 0/1 PNG (what numpy's astype(uint8)
+    writes) is the mask a 0/255 PNG is, and gives the same answer (the CLI kept pixels > 127: 'mask is empty')."""
+    from PIL import Image
+
+    image = sorted((workspace / "data" / "synth" / "images").glob("*.png"))[0]
+    w, h = Image.open(image).size
+    inside = np.zeros((h, w), dtype=np.uint8)
+    inside[10:60, 10:60] = 1
+    answers = []
+    for name, values in (("zero_one.png", inside), ("zero_255.png", inside * 255)):
+        Image.fromarray(values).save(tmp_path / name)
+        assert main(["predict", "--model", str(stage2 / "export"), "--image", str(image), "--region",
+                     f"mask:{tmp_path / name}", "--prompt", "What is <region1>?", "--max-new-tokens", "4"]) == 0
+        answers.append(capsys.readouterr().out.strip())
+    assert answers[0] == answers[1] and answers[0]

@@ -111,6 +111,17 @@ def test_unknown_keys_are_reported_before_missing_files(capsys, monkeypatch):
     ("trainer.logger=true", "trainer.logger: is set by the code at build time"),
     ("eval.benchmarks.poep={limit: 3}", "eval.benchmarks.poep: no benchmark named 'poep'; did you mean 'pope'?"),
     ("eval.benchmarks.pope={limit: 3}", None),
+    # the eval section and a benchmark's own keys, as `regionvlm eval` builds them (#20)
+    ("eval.batch_sizee=3", "eval.batch_sizee: unexpected key for the eval section; did you mean 'batch_size'?"),
+    ("eval.benchmarks.pope={limt: 3}", "eval.benchmarks.pope.limt: unexpected key for benchmark 'pope'; "
+                                       "did you mean 'limit'?"),
+    ("eval.batch_size=many", "eval.batch_size: expected a number"),
+    # Trainer arguments build_trainer sets itself fail in `config`, not once the Trainer is built
+    ("trainer.default_root_dir=/tmp/x", "trainer.default_root_dir: is set by the code at build time"),
+    # the processor's keys of the data section
+    ("data.template=vicunna", "data.template: unknown chat template 'vicunna'; did you mean 'vicuna_v1'?"),
+    ("data.max_length=long", "data.max_length: expected a positive number of tokens or null"),
+    ("data.processor.image_size=224", "data.processor.image_size: is set by the code at build time"),
     ("data.train.0.prompt.vocabularry=x", "data.train[0].prompt.vocabularry: unexpected key for prompt "
                                           "'region_classification'; did you mean 'vocabulary'?"),
 ])
@@ -128,3 +139,29 @@ def test_check_config_covers_every_section(override, message):
     with pytest.raises(ConfigError) as e:
         check_config(config, "stage2.yaml")
     assert str(e.value).startswith(f"stage2.yaml {message}")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.strategy.use_orig_params=true", "trainer.strategy.forward_prefetch=true"], None),
+    (["trainer.strategy.use_orig_paramz=true"],
+     "trainer.strategy.use_orig_paramz: unexpected key for FSDP strategy; did you mean 'use_orig_params'?"),
+    (["trainer.strategy.wrap=[no.such.Layer]"], "trainer.strategy.wrap: no class 'no.such.Layer'"),
+])
+def test_an_fsdp_node_takes_the_arguments_lightning_passes_to_torch(overrides, message):
+    """FSDPStrategy forwards its other keyword arguments to torch's FullyShardedDataParallel: those are keys of
+    the node (the check used to follow ``**kwargs`` to the base class and refuse them)."""
+    from omegaconf import OmegaConf
+
+    from regionvlm.config import load_config
+    from regionvlm.engine.preflight import check_config
+    from regionvlm.engine.strategies import build_strategy
+
+    config = OmegaConf.to_container(load_config(_repo_root() / "projects/rgpt/scale/stage2_fsdp_8gpu.yaml", overrides),
+                                    resolve=True)
+    if message is None:
+        check_config(config, "fsdp.yaml")
+        strategy = build_strategy(config["trainer"]["strategy"])
+        assert strategy.kwargs["use_orig_params"] is True and strategy.kwargs["forward_prefetch"] is True
+        return
+    with pytest.raises(ConfigError, match=f"^fsdp.yaml {message}"):
+        check_config(config, "fsdp.yaml")

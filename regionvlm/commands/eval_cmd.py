@@ -27,12 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace the results of an earlier evaluation in the output folder")
 
 
-def eval_settings(benchmarks: dict, batch_size: int = 8, num_workers: int = 0, out_dir: str | None = None,
-                  gallery: int = 4) -> dict:
-    return {"benchmarks": benchmarks, "batch_size": batch_size, "num_workers": num_workers, "out_dir": out_dir,
-            "gallery": gallery}
-
-
 def claim_out_dir(out_dir, run: dict, overwrite: bool) -> bool:
     """Refuse an output folder that holds finished results or another evaluation's predictions (unless
     ``overwrite``); record ``run`` (model and benchmarks) in ``eval_run.json``. True when a killed run of this
@@ -62,13 +56,16 @@ def run(args: argparse.Namespace) -> int:
 
     from omegaconf import OmegaConf
 
-    from regionvlm.config import load_config, resolve_config_path
+    from regionvlm.config import display_path, load_config, resolve_config_path
+    from regionvlm.engine.preflight import check_config
+    from regionvlm.evaluation.runner import eval_settings
     from regionvlm.registry import construct, import_modules
 
     path = resolve_config_path(args.config)  # a file or an installed recipe's name
     cfg = load_config(path, args.overrides)
     import_modules(cfg.imports, search_dirs=[path.resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
+    check_config(config, display_path(path))  # the dry run's checks, before a model is loaded
     settings = construct(eval_settings, config["eval"], key_path="eval")
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")
 

@@ -97,7 +97,8 @@ def _check_trainer(trainer: dict) -> None:
     import lightning as L
 
     from regionvlm.engine.module import nonfinite_policy
-    from regionvlm.engine.trainer import OUR_TRAINER_KEYS
+    from regionvlm.engine.strategies import check_strategy
+    from regionvlm.engine.trainer import OUR_TRAINER_KEYS, TRAINER_RUNTIME_KEYS
     from regionvlm.registry import checked_kwargs
 
     nonfinite_policy({"trainer": trainer})
@@ -105,20 +106,30 @@ def _check_trainer(trainer: dict) -> None:
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ConfigError(f"trainer.checkpoint_every_n_steps: expected a positive number of steps, got {every!r}")
     trainer = {k: v for k, v in trainer.items() if k not in OUR_TRAINER_KEYS}
-    # engine.trainer.build_trainer sets these (train and eval alike)
     checked_kwargs(L.Trainer, trainer, key_path="trainer", what="Lightning Trainer", require=False,
-                   runtime=dict.fromkeys(("callbacks", "logger")))
+                   runtime=dict.fromkeys(TRAINER_RUNTIME_KEYS))
+    check_strategy(trainer.get("strategy"))
 
 
 def _check_eval(eval_cfg: dict) -> None:
-    from regionvlm.registry import BENCHMARKS
+    """The ``eval:`` section as ``regionvlm eval`` reads it: its own keys (`evaluation.runner.eval_settings`) and
+    each benchmark's node (its name, and its keys against the benchmark's constructor)."""
+    from regionvlm.evaluation.runner import eval_settings
+    from regionvlm.registry import BENCHMARKS, checked_kwargs
 
+    checked_kwargs(eval_settings, eval_cfg, key_path="eval", what="the eval section", require=False)
     benchmarks = eval_cfg.get("benchmarks") or {}
     if not isinstance(benchmarks, dict):
         raise ConfigError(f"eval.benchmarks: expected a mapping of benchmark name → settings, got {benchmarks!r}")
-    for name in benchmarks:
-        if not str(name).endswith((".yaml", ".yml")):  # a path names a benchmark YAML of one's own
-            BENCHMARKS.get(str(name), key_path=f"eval.benchmarks.{name}")
+    for name, node in benchmarks.items():
+        key = f"eval.benchmarks.{name}"
+        if node is not None and not isinstance(node, dict):
+            raise ConfigError(f"{key}: expected a mapping of the benchmark's settings, got {node!r}")
+        node = dict(node or {})
+        own = node.pop("config", None) or str(name)
+        if not own.endswith((".yaml", ".yml")):  # a path names a benchmark YAML of one's own: checked when read
+            BENCHMARKS.get(own, key_path=key)  # the name is the key: no '.type' in the message
+            BENCHMARKS.check_node({"type": own, **node}, key, require=False)
 
 
 def check_config(config: dict, source: str = "") -> None:

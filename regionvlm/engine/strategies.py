@@ -26,7 +26,7 @@ from importlib.util import find_spec
 from typing import Any
 
 from regionvlm.errors import ConfigError
-from regionvlm.registry import construct, to_plain
+from regionvlm.registry import checked_kwargs, construct, to_plain
 
 KEY = "trainer.strategy"
 
@@ -53,29 +53,47 @@ def _class(path: Any, key: str) -> type:
                           "transformers.models.llama.modeling_llama.LlamaDecoderLayer)") from None
 
 
-def build_strategy(node: Any) -> Any:
-    """A Lightning strategy object for a node, or the name itself for a plain name."""
-    node = to_plain(node)
-    if not isinstance(node, dict):
-        return node
+def _strategy_arguments(node: dict) -> tuple[type, dict, dict]:
+    """``(Lightning strategy class, its keyword arguments, checking options)`` for a strategy node: the
+    translation both `check_strategy` and `build_strategy` use."""
     node = dict(node)
     kind = node.pop("type", None)
     if kind == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
         wrap = {_class(c, f"{KEY}.wrap") for c in node.pop("wrap", []) or []}
         ac = node.pop("activation_checkpointing", False)
         ac_classes = wrap if ac is True else {_class(c, f"{KEY}.activation_checkpointing") for c in ac or []}
         if ac is True and not wrap:
             raise ConfigError(f"{KEY}.activation_checkpointing: true needs 'wrap' classes (or list the classes)")
-        kwargs = {"auto_wrap_policy": wrap or None, "activation_checkpointing_policy": ac_classes or None,
-                  "cpu_offload": bool(node.pop("cpu_offload", False)), **node}
-        return construct(FSDPStrategy, kwargs, key_path=KEY, what="FSDP strategy")
+        runtime = {"auto_wrap_policy": wrap or None, "activation_checkpointing_policy": ac_classes or None}
+        # FSDPStrategy hands its other keyword arguments to torch's FullyShardedDataParallel (use_orig_params, ...)
+        return FSDPStrategy, {"cpu_offload": bool(node.pop("cpu_offload", False)), **node}, \
+            {"what": "FSDP strategy", "runtime": runtime, "forwards_to": FullyShardedDataParallel}
     if kind == "deepspeed":
-        if find_spec("deepspeed") is None:
-            raise ConfigError(f"{KEY}: the deepspeed strategy needs the 'deepspeed' package, which is not installed "
-                              "(pip install deepspeed)")
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
-        return construct(DeepSpeedStrategy, node, key_path=KEY, what="DeepSpeed strategy")
+        return DeepSpeedStrategy, node, {"what": "DeepSpeed strategy", "runtime": {}}
     raise ConfigError(f"{KEY}.type: expected fsdp or deepspeed (or give a Lightning strategy name), got {kind!r}")
+
+
+def check_strategy(node: Any) -> None:
+    """Check a strategy node's keys as `build_strategy` would, without building it (``regionvlm config``)."""
+    node = to_plain(node)
+    if isinstance(node, dict):
+        cls, kwargs, options = _strategy_arguments(node)
+        checked_kwargs(cls, kwargs, key_path=KEY, require=False, **options)
+
+
+def build_strategy(node: Any) -> Any:
+    """A Lightning strategy object for a node, or the name itself for a plain name."""
+    node = to_plain(node)
+    if not isinstance(node, dict):
+        return node
+    cls, kwargs, options = _strategy_arguments(node)
+    if cls.__name__ == "DeepSpeedStrategy" and find_spec("deepspeed") is None:
+        raise ConfigError(f"{KEY}: the deepspeed strategy needs the 'deepspeed' package, which is not installed "
+                          "(pip install deepspeed)")
+    runtime = options.pop("runtime")
+    return construct(cls, kwargs, key_path=KEY, **options, **runtime)

@@ -11,6 +11,8 @@ from regionvlm.registry import construct
 #   on_nonfinite_loss: stop | skip      what a NaN/inf loss does (RegionVLMModule.training_step)
 #   checkpoint_every_n_steps: N         also write last.ckpt every N optimizer steps (see CurrentLastCheckpoint)
 OUR_TRAINER_KEYS = ("on_nonfinite_loss", "checkpoint_every_n_steps")
+#: Trainer arguments build_trainer sets itself (a config may not: `regionvlm config` says so, as train would)
+TRAINER_RUNTIME_KEYS = ("callbacks", "logger", "default_root_dir")
 
 
 def quiet_lightning() -> None:
@@ -69,7 +71,7 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
                                                           ours.get("checkpoint_every_n_steps")))
     else:
         runtime["logger"] = False
-        runtime["enable_checkpointing"] = False
+        kwargs["enable_checkpointing"] = False  # evaluation writes no checkpoints, whatever the config says
     return construct(L.Trainer, kwargs, key_path="trainer", what="Lightning Trainer", **runtime)
 
 

@@ -181,10 +181,12 @@ class Benchmark:
 
 # -- finding benchmarks -----------------------------------------------------------------------------------------
 def benchmark_yaml(name: str) -> Path | None:
-    """The shipped YAML of a registered benchmark (``benchmarks/<name>.yaml``), if there is one."""
-    from regionvlm import benchmarks
+    """The shipped YAML of a registered benchmark (``benchmarks/<name>.yaml``), if there is one. The package's
+    folder is found without importing it (the benchmarks import this module)."""
+    from importlib.util import find_spec
 
-    for root in benchmarks.__path__:
+    spec = find_spec("regionvlm.benchmarks")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
         p = Path(root) / f"{name}.yaml"
         if p.exists():
             return p
@@ -215,12 +217,13 @@ def benchmark_config(name_or_yaml: str, **overrides: Any) -> dict:
     return node
 
 
-def load_benchmark(name_or_yaml: str, **overrides: Any) -> Benchmark:
-    """Build a benchmark from its YAML (or a registered name) plus overrides, e.g. ``annotations=[...]``."""
+def load_benchmark(name_or_yaml: str, key_path: str = "benchmark", **overrides: Any) -> Benchmark:
+    """Build a benchmark from its YAML (or a registered name) plus overrides, e.g. ``annotations=[...]``; errors
+    name ``key_path`` (``eval.benchmarks.coco_cls`` from ``regionvlm eval``)."""
     from regionvlm.registry import BENCHMARKS
 
     node = benchmark_config(name_or_yaml, **overrides)
-    return BENCHMARKS.build(node, key_path="benchmark")
+    return BENCHMARKS.build(node, key_path=key_path)
 
 
 def require_int_list(value: Any, where: str) -> list[int]:

@@ -18,6 +18,15 @@ from regionvlm.errors import ConfigError, UserError
 from regionvlm.io import write_text
 
 
+def eval_settings(benchmarks: dict, batch_size: int = 8, num_workers: int = 0, out_dir: str | None = None,
+                  gallery: int = 4) -> dict:
+    """The ``eval:`` section's schema (what ``regionvlm eval`` and its dry run check): ``benchmarks`` ({name:
+    node}), ``batch_size``, ``num_workers``, ``out_dir`` (default: the run directory's ``eval/``), ``gallery``
+    (examples drawn per benchmark)."""
+    return {"benchmarks": benchmarks, "batch_size": batch_size, "num_workers": num_workers, "out_dir": out_dir,
+            "gallery": gallery}
+
+
 class SampleDataset:
     """A benchmark's samples (raw, `Regions` included), processed (image decode, masks) in DataLoader workers."""
 
@@ -109,7 +118,7 @@ def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: st
     results: dict[str, dict[str, float]] = {}
     for name, node in benchmarks.items():
         node = dict(node or {})
-        bench = load_benchmark(node.pop("config", name), **node)
+        bench = load_benchmark(node.pop("config", name), key_path=f"eval.benchmarks.{name}", **node)
         samples = bench.samples()
         by_id = {s["id"]: s for s in samples}
         bench_dir = out_dir / name
