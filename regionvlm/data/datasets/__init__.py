@@ -11,15 +11,17 @@ annotated, so decoding happens in DataLoader workers (`ImageProcessor`), never i
 `PROMPTS` nodes; training samples a phrasing with a per-(seed, epoch, index) rng, evaluation (``train:
 false``) uses the first phrasing.
 
-A sample (the schema every dataset yields, also in docs/architecture.md)::
+A sample — the schema every dataset yields, stated here only (docs/architecture.md points here)::
 
     {"id": str,                      # unique within the dataset, e.g. "coco-123"
-     "image": path | None,           # decoded later, in DataLoader workers (None: a text-only row)
+     "image": path | PIL.Image | None,   # decoded later, in DataLoader workers (None: a text-only row)
      "regions": Regions,             # always a `regionvlm.data.structures.Regions` (possibly empty)
      "conversations": [{"from": "human", "value": "<image>\\n... <region1> ..."}, {"from": "gpt", ...}],
      "target": dict | None,          # JSON-serialisable: the official ids and the reference ("answer",
                                      # "captions", ...); benchmarks read their official id from it
-     "task": str}
+     "task": str,
+     "turns": [conversation, ...]}   # only grouped samples (``regions_per_sample``): one independent
+                                     # conversation per region, joined by the collator around one image
 
 ``<regionK>`` refers to ``regions[K-1]``. The answer turn is left out when the file has no answer (a test
 set); generation drops the last answer turn itself, so an evaluation sample is the training sample.
