@@ -33,7 +33,10 @@ CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TRAINING_CONFIG_FILE = "training_config.yaml"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-CARD_SECTIONS = ("model", "processor", "prompts", "generation", "export")
+CARD_SECTIONS = ("model", "processor", "prompts", "generation", "imports", "export")
+#: key the engine adds to an in-memory training config (never a config file's): the task prompts as the datasets
+#: built them (`RegionDataModule.trained_prompts`: ``vocabulary: categories`` written out as the names)
+TRAINED_PROMPTS = "trained_prompts"
 LEGACY_SECTIONS = ("text",)  # cards written before the processor was one object: read, never written
 
 
@@ -53,19 +56,24 @@ def _prompt_nodes(data_cfg: dict) -> Iterator[dict]:
 
 
 def model_card(config: dict, model: Any, tokenizer: Any) -> dict:
-    """The export's ``config.yaml`` for a resolved training config (a plain dict) and its built model."""
+    """The export's ``config.yaml`` for a resolved training config (a plain dict) and its built model. The task
+    prompts are the datasets' as built (`TRAINED_PROMPTS`, which training records), else the config's nodes."""
     from regionvlm.model import architecture_config
     from regionvlm.processor import RegionProcessor
 
     data = config.get("data") or {}
-    prompts: dict[str, dict] = {}
-    for node in _prompt_nodes(data):
-        prompts.setdefault(node["type"], node)  # several datasets may share a prompt type: the first one wins
+    prompts: dict[str, dict] = dict(config.get(TRAINED_PROMPTS) or {})
+    if not prompts:
+        for node in _prompt_nodes(data):
+            prompts.setdefault(node["type"], node)  # several datasets may share a prompt type: the first one wins
     return {
         "model": architecture_config(config["model"], model),
         "processor": RegionProcessor.from_training_config(data, model, tokenizer).to_card(),
         "prompts": prompts,
         "generation": dict(config.get("generation") or {}),
+        # modules that registered components of this model (a config's `imports:`): loading needs them, and
+        # importing runs their code, so loading imports them only when asked (`load_export(imports=True)`)
+        "imports": list(config.get("imports") or []),
     }
 
 
@@ -125,7 +133,8 @@ def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dic
         tokenizer.save_pretrained(str(tmp))
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
         if not is_model_card(cfg):
-            (tmp / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+            provenance = {k: v for k, v in cfg.items() if k != TRAINED_PROMPTS}  # a config file, as it was run
+            (tmp / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(provenance, sort_keys=False))
         publish_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,17 +192,37 @@ def refuse_code(model_cfg: Mapping[str, Any], source: str) -> None:
                             f"from elsewhere (set it in a training config of your own to opt in)")
 
 
-def load_export(export_dir: str | os.PathLike, map_location: str = "cpu") -> tuple[Any, Any, dict]:
-    """Rebuild ``(model, tokenizer, card)`` from an export folder alone, loading weights strictly."""
+def load_export(export_dir: str | os.PathLike, map_location: str = "cpu",
+                imports: bool = False) -> tuple[Any, Any, dict]:
+    """Rebuild ``(model, tokenizer, card)`` from an export folder alone, loading weights strictly.
+
+    A model with components registered by modules of its own (the training config's ``imports:``, recorded in the
+    card) needs them registered: through their package's ``regionvlm.plugins`` entry point (nothing to do), or
+    ``imports=True``, which imports the card's modules (found on ``sys.path``, the working directory or the
+    export folder). Importing a module runs its code: only for exports you trust. Without either, a component
+    the registry does not know is one line saying so."""
     from transformers import AutoTokenizer
 
+    from regionvlm.errors import RegistryError
     from regionvlm.model import build_model
+    from regionvlm.registry import import_modules
 
     export_dir = Path(export_dir)
     card = read_card(export_dir)
     refuse_code(card["model"], str(export_dir / CONFIG_FILE))
+    modules = [str(m) for m in card.get("imports") or []]
+    if imports and modules:
+        import_modules(modules, key_path=f"{export_dir / CONFIG_FILE} imports", search_dirs=[os.getcwd(), export_dir])
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
-    model = build_model(card["model"], tokenizer)
+    try:
+        model = build_model(card["model"], tokenizer)
+    except RegistryError as exc:
+        if not modules or imports:
+            raise
+        raise UserError(f"{export_dir}: {exc}; this model's components are registered by {', '.join(modules)} "
+                        f"(the card's imports:): install them as a package with a regionvlm.plugins entry point, "
+                        f"or pass --imports (RegionChat.from_pretrained(..., imports=True)) to import them — "
+                        f"importing runs their code, so only for exports you trust") from None
     load_weights(model, export_dir / WEIGHTS_FILE, str(export_dir / WEIGHTS_FILE), map_location)
     model.eval()
     return model, tokenizer, card

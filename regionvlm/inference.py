@@ -46,11 +46,14 @@ class RegionChat:
         self.generation = dict(self.card.get("generation") or {})
 
     @classmethod
-    def from_pretrained(cls, export_dir: str | os.PathLike, device: str | None = None) -> RegionChat:
-        """Model, tokenizer, processing, chat template and task prompts, all read from the export folder."""
+    def from_pretrained(cls, export_dir: str | os.PathLike, device: str | None = None,
+                        imports: bool = False) -> RegionChat:
+        """Model, tokenizer, processing, chat template and task prompts, all read from the export folder.
+        ``imports=True`` imports the modules that registered the model's own components (the card's
+        ``imports:``; importing runs their code: for exports you trust; `regionvlm.card.load_export`)."""
         from regionvlm.card import load_export
 
-        model, tokenizer, card = load_export(export_dir)
+        model, tokenizer, card = load_export(export_dir, imports=imports)
         return cls(model, tokenizer, card, device=device)
 
     # -- asking -------------------------------------------------------------------------------------------

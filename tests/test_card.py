@@ -24,7 +24,7 @@ def tiny(tiny_export):
 def test_the_export_is_a_model_card(tiny):
     model, _, config, out = tiny
     card = yaml.safe_load((out / CONFIG_FILE).read_text())
-    assert list(card) == ["model", "processor", "prompts", "generation", "export"]
+    assert list(card) == ["model", "processor", "prompts", "generation", "imports", "export"]
     assert card["processor"] == {"image_size": model.image_size, "mean": list(model.image_mean),
                                  "std": list(model.image_std), "resize_mode": "resize", "template": "plain",
                                  "max_length": 200, "num_image_tokens": model.num_image_tokens,

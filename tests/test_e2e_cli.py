@@ -208,3 +208,26 @@ def test_predict_reads_a_zero_one_mask_png_as_the_same_mask(stage2, workspace, t
                      f"mask:{tmp_path / name}", "--prompt", "What is <region1>?", "--max-new-tokens", "4"]) == 0
         answers.append(capsys.readouterr().out.strip())
     assert answers[0] == answers[1]  # (on the old rule the 0/1 mask was "empty": exit 2)
+
+
+def test_an_export_asks_in_the_label_set_it_was_trained_on(workspace, tmp_path, capsys):
+    """``vocabulary: categories`` trains with the dataset's names in the question; the card records the names
+    themselves (from the datasets as built), so RegionChat, predict and serve ask exactly that — from the
+    training run's export and from an export of its checkpoint alike (the card stored only 'categories', and
+    inference asked '... a single word or phrase.')."""
+    import yaml
+
+    from regionvlm import RegionChat
+
+    over = [*FAST, "output.name=vocab", "data.train.0.prompt={type: region_classification, vocabulary: categories}",
+            "trainer.limit_val_batches=0", "~data.val"]
+    assert main(["train", str(TINY / "stage1.yaml"), *over]) == 0
+    run = workspace / "runs" / "vocab"
+    names = json.loads((workspace / "data" / "synth" / "annotations" / "instances_train.json").read_text())
+    names = [c["name"] for c in names["categories"]]
+    assert main(["export", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "from_ckpt")]) == 0
+    for export in (run / "export", tmp_path / "from_ckpt"):
+        card = yaml.safe_load((export / "config.yaml").read_text())
+        assert card["prompts"]["region_classification"]["vocabulary"] == names
+        question = RegionChat.from_pretrained(export, device="cpu").task_question("region_classification")
+        assert question.endswith(f"Answer the question using one of these category names: {', '.join(names)}.")

@@ -314,6 +314,16 @@ class RegionDataModule(L.LightningDataModule):
         data = ConcatDataset([ProcessedDataset(d, self.processor) for d in self.val_sets])
         return self.predict_collator([data[i] for i in range(min(n, len(data)))])
 
+    def trained_prompts(self) -> dict[str, dict]:
+        """``{prompt type: node}`` of the training and validation datasets' prompts as they were built (the first
+        dataset of a type wins), ``vocabulary: categories`` written out: what the export's card records."""
+        prompts: dict[str, dict] = {}
+        for d in [*self.train_sets, *self.val_sets]:
+            node = d.trained_prompt() if hasattr(d, "trained_prompt") else None
+            if node is not None:
+                prompts.setdefault(node["type"], node)
+        return prompts
+
     def _set_dataset_epoch(self, epoch: int) -> None:
         for d in self.train_sets:
             if hasattr(d, "set_epoch"):

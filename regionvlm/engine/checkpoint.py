@@ -81,7 +81,7 @@ def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
     config that would run code (``trust_remote_code``) is refused."""
     from transformers import AutoTokenizer
 
-    from regionvlm.card import load_weights, refuse_code
+    from regionvlm.card import TRAINED_PROMPTS, load_weights, refuse_code
     from regionvlm.model import build_model
 
     path = find_checkpoint(source)
@@ -105,6 +105,9 @@ def load_checkpoint(source: str | os.PathLike) -> tuple[Any, Any, dict]:
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     model = build_model(config["model"], tokenizer)
     load_weights(model, state, str(path))
+    prompts = ckpt.get(TRAINED_PROMPTS)
+    if isinstance(prompts, dict) and prompts:  # the datasets' prompts as built: the card of an export records them
+        config = {**config, TRAINED_PROMPTS: prompts}
     return model.eval(), tokenizer, config
 
 

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from regionvlm.batch import Batch
+from regionvlm.card import TRAINED_PROMPTS
 from regionvlm.contracts import GENERATION_KEYS
 from regionvlm.engine.build import build_model_and_tokenizer
 from regionvlm.engine.optim import apply_trainable, build_optimizer
@@ -62,6 +63,7 @@ class RegionVLMModule(L.LightningModule):
         self.trainable: dict[str, int] = {}
         self.generation = dict(self.config.get("generation", {}))
         self.collector = None  # set by the evaluation loop: gathers predict_step rows from every process
+        self.trained_prompts: dict | None = None  # the datasets' prompts as built (the export's card records them)
         self._step_start = 0.0
         self.skipped_steps = 0
         self.save_hyperparameters({"config": self.config}, ignore=["model", "tokenizer"])
@@ -98,13 +100,22 @@ class RegionVLMModule(L.LightningModule):
         with tempfile.TemporaryDirectory() as tmp:
             self.tokenizer.save_pretrained(tmp)
             checkpoint["tokenizer_files"] = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        if self.trained_prompts is not None:
+            checkpoint[TRAINED_PROMPTS] = self.trained_prompts
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_prompts = checkpoint.get(TRAINED_PROMPTS, self.trained_prompts)
 
     # -- steps --------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         """Components that train go to train mode, frozen ones to eval mode. Lightning (≥ 2.2) keeps whatever
         mode it finds, and a pretrained Hugging Face model arrives in eval mode: a trained LLM would run without
-        its dropout (and LoRA's), a frozen BatchNorm would drift in train mode."""
+        its dropout (and LoRA's), a frozen BatchNorm would drift in train mode. Also records the task prompts as
+        the data module's datasets built them, for checkpoints and the export."""
         set_train_modes(self.model)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "trained_prompts"):
+            self.trained_prompts = datamodule.trained_prompts()
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch.to(device) if isinstance(batch, Batch) else super().transfer_batch_to_device(

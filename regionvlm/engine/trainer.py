@@ -91,7 +91,7 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
     """Train per ``config`` into ``run_dir``; writes ``run_dir/export`` at the end. Returns the export folder."""
     import lightning as L
 
-    from regionvlm.card import save_export
+    from regionvlm.card import TRAINED_PROMPTS, save_export
     from regionvlm.engine.module import RegionVLMModule
 
     if ckpt_path is not None:
@@ -103,7 +103,8 @@ def fit(config: dict, run_dir: Path, ckpt_path: str | None = None) -> Path:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     export_dir = run_dir / "export"
     if trainer.is_global_zero:
-        save_export(export_dir, module.model, module.tokenizer, config, overwrite=True)
+        save_export(export_dir, module.model, module.tokenizer, {**config, TRAINED_PROMPTS: module.trained_prompts},
+                    overwrite=True)
         print(f"export written to {export_dir}")
     return export_dir
 

@@ -72,6 +72,11 @@ class TaskPrompt:
     def build(self, answer: str | None = None, rng: Any = None, **fields: Any) -> list[dict]:
         return self.conversation(self.question(rng, **fields), answer)
 
+    def card_node(self, node: dict) -> dict:
+        """The node that rebuilds this prompt exactly as it was built from ``node`` — with what its dataset gave
+        it at build time written out (an export's card stores this: inference asks as training did)."""
+        return dict(node)
+
 
 class SingleRegionPrompt(TaskPrompt):
     """A question about one region, ``{region}`` in the phrasings (``<region1>`` by default)."""
@@ -104,6 +109,10 @@ class RegionClassificationPrompt(SingleRegionPrompt):
         if vocabulary == "categories":
             vocabulary = list(categories or [])
         self.vocabulary = vocabulary
+
+    def card_node(self, node: dict) -> dict:
+        """``vocabulary: categories`` written out as the dataset's names."""
+        return {**node, "vocabulary": list(self.vocabulary)} if node.get("vocabulary") == "categories" else dict(node)
 
     def guidance_text(self, **fields: Any) -> str:
         v = self.vocabulary

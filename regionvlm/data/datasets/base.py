@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from regionvlm.data.processing import image_under_root
 from regionvlm.errors import ConfigError, DataError
-from regionvlm.registry import PROMPTS
+from regionvlm.registry import PROMPTS, to_plain
 
 
 class RegionDataset(Dataset):
@@ -28,8 +28,9 @@ class RegionDataset(Dataset):
         self.epoch = 0
         self.max_samples = max_samples
         self.out_of_bounds = out_of_bounds
-        node = prompt if prompt is not None else self.default_prompt
+        node = to_plain(prompt) if prompt is not None else self.default_prompt
         self.prompt = PROMPTS.build(node, key_path="prompt", **self.prompt_runtime()) if node is not None else None
+        self.prompt_node = dict(node) if isinstance(node, dict) else None
 
     def __init_subclass__(cls, **kw: Any) -> None:
         """Expose the base keyword arguments in each subclass's signature, so that the registry checks config
@@ -45,6 +46,12 @@ class RegionDataset(Dataset):
     def prompt_runtime(self) -> dict[str, Any]:
         """Values the dataset gives its prompt at build time (e.g. its category names)."""
         return {}
+
+    def trained_prompt(self) -> dict | None:
+        """The node of this dataset's prompt with what it gave the prompt written out (`TaskPrompt.card_node`)."""
+        if self.prompt is None or self.prompt_node is None or "type" not in self.prompt_node:
+            return None
+        return self.prompt.card_node(self.prompt_node)
 
     def ask(self, index: int, rng: np.random.Generator | None = None, **fields: Any) -> list[dict]:
         """The conversation for item ``index``: ``self.prompt.build(**fields)`` with the item's rng (training:
