@@ -66,3 +66,29 @@ def tiny_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "export"
     save_export(out, model, tokenizer, config)
     return model.eval(), tokenizer, config, out
+
+
+def sentencepiece_llm_folder(out: Path, hidden: int = 32) -> Path:
+    """A LLaMA folder as LLaMA-2 and Vicuna v1.5 ship theirs: config.json, weights and a sentencepiece
+    ``tokenizer.model`` with no ``tokenizer.json`` (trained offline on a few sentences; random weights)."""
+    import json
+
+    import sentencepiece as spm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(["what is the red circle next to the blue square", "a small green triangle",
+                                 "describe the region in one sentence", "answer the question"] * 40))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "tokenizer"), vocab_size=64,
+                                   model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+                                   character_coverage=1.0, minloglevel=2)
+    corpus.unlink()
+    (out / "tokenizer.vocab").unlink()
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out

@@ -126,3 +126,35 @@ def test_llm_random_init_and_missing_model_type():
     assert llm.vocab_size == 12 and getattr(llm.model, "is_activation_checkpointing", None)
     with pytest.raises(ConfigError, match="model_type"):
         LLMS.build({"type": "hf_causal_lm", "config": {"hidden_size": 16}}, vocab_size=12)
+
+
+def test_a_sentencepiece_only_llm_folder_loads(tmp_path):
+    """The flagship's LLM (Vicuna v1.5) ships a sentencepiece tokenizer.model and no tokenizer.json: it must
+    load through the same path as any hub id (sentencepiece and protobuf are dependencies)."""
+    from conftest import sentencepiece_llm_folder
+
+    folder = sentencepiece_llm_folder(tmp_path / "vicuna-like")
+    assert not (folder / "tokenizer.json").exists()
+    node = {"type": "hf_causal_lm", "pretrained": str(folder)}
+    tok = build_tokenizer(node)
+    assert tok.eos_token_id == 2 and "<region_feat>" in tok.get_vocab()
+    assert tok.decode(tok("the red circle").input_ids, skip_special_tokens=True).strip() == "the red circle"
+    llm = LLMS.build(node, key_path="model.llm", vocab_size=len(tok))
+    assert llm.vocab_size == len(tok)
+
+
+@pytest.mark.parametrize("make", ["empty", "vision_model"])
+def test_a_folder_that_is_not_an_llm_is_one_line_naming_the_key(tmp_path, make):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    folder = tmp_path / make
+    folder.mkdir()
+    if make == "vision_model":
+        CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=32, patch_size=16)).save_pretrained(folder)
+    from regionvlm.engine.build import build_model_and_tokenizer
+
+    model_cfg = {"vision_encoder": {"type": "timm", "name": "resnet18"}, "region_extractor": {"type": "mask_pool"},
+                 "projector": {"type": "linear"}, "llm": {"type": "hf_causal_lm", "pretrained": str(folder)}}
+    with pytest.raises(ConfigError, match=rf"^model.llm.pretrained: '{folder}' does not hold a (tokenizer|causal LM)"):
+        build_model_and_tokenizer(model_cfg)

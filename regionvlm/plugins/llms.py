@@ -43,7 +43,7 @@ class HFCausalLM(nn.Module):
             raise ConfigError("model.llm: give exactly one of 'pretrained' (hub id or local dir) or 'config'")
         torch_dtype = _dtype(dtype) or torch.float32
         if pretrained is not None:
-            with remote_code_refusal(pretrained):
+            with remote_code_refusal(pretrained), not_an_llm(pretrained, "pretrained", "a causal LM"):
                 model, info = AutoModelForCausalLM.from_pretrained(
                     pretrained, dtype=torch_dtype, attn_implementation=attn_implementation, output_loading_info=True,
                     trust_remote_code=trust_remote_code)
@@ -182,6 +182,19 @@ def remote_code_refusal(path: str, what: str = "pretrained"):
                           f"config sets model.llm.trust_remote_code: true (only for code you trust)") from None
 
 
+@contextlib.contextmanager
+def not_an_llm(path: str, key: str, what: str):
+    """transformers' refusal of a folder that holds no ``what`` (no config.json, another architecture, a tokenizer
+    it cannot read) as one `ConfigError` naming ``model.llm.<key>`` and the folder."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, ValueError) and "trust_remote_code" in str(exc):
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model.llm.{key}: '{path}' does not hold {what} transformers can load: {reason}") from None
+
+
 def build_tokenizer(llm_node: Mapping[str, Any] | Any):
     """The LLM's tokenizer with IMAGE_TOKEN and REGION_TOKEN added as special tokens and a pad token set.
 
@@ -191,15 +204,12 @@ def build_tokenizer(llm_node: Mapping[str, Any] | Any):
     from transformers import AutoTokenizer
 
     node = to_plain(llm_node) or {}
-    path = node.get("tokenizer") or node.get("pretrained")
+    key = "tokenizer" if node.get("tokenizer") else "pretrained"
+    path = node.get(key)
     if not path:
         raise ConfigError("model.llm.tokenizer: needed when the LLM has no 'pretrained' path to read it from")
-    try:
-        with remote_code_refusal(path, "tokenizer"):
-            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(node.get("trust_remote_code", False)))
-    except OSError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"model.llm.tokenizer: cannot load a tokenizer from '{path}': {reason}") from exc
+    with remote_code_refusal(path, "tokenizer"), not_an_llm(path, key, "a tokenizer"):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=bool(node.get("trust_remote_code", False)))
     add_placeholder_tokens(tok)
     if tok.pad_token is None:
         if tok.unk_token is not None:
