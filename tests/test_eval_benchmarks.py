@@ -271,8 +271,9 @@ def test_dlc_rules_and_judge(data):
     b = bench("dlc", data)
     assert b.generation == {"max_new_tokens": 512}
     got = b.evaluate(_perfect(b, lambda s: f"A {b.annotations[str(s['target']['ann_id'])]['class_name']}."))
-    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "not_recognised": 0, "unparsed": 0,
-                   "num_samples": len(b.samples())}
+    n = len(b.samples())
+    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "pos_count": n, "neg_count": n, "not_recognised": 0,
+                   "unparsed": 0, "num_samples": n}
     # not recognised: scores capped at 0 (the recognition gate)
     silent = b.evaluate(_perfect(b, lambda s: "Something."))
     assert silent["pos"] == 0 and silent["neg"] == 0 and silent["not_recognised"] == len(b.samples())

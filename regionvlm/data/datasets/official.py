@@ -138,6 +138,11 @@ class DLCBenchDataset(RegionDataset):
         if not isinstance(qa, dict):
             raise DataError(f"{qa_file}: expected an object of question lists keyed by annotation id")
         self.qa, self.qa_file = qa, str(qa_file)
+        known = {str(a) for a in self.coco.anns}
+        missing = [k for k in qa if str(k) not in known]
+        if missing:
+            raise DataError(f"{qa_file}: {missing[0]}: no annotation with this id in {ann_file}"
+                            + (f" ({len(missing)} keys)" if len(missing) > 1 else ""))
         self.items = self._limit([a for im in self.coco.images for a in self.coco.anns_by_image[im]
                                   if str(a["id"]) in qa])
 
