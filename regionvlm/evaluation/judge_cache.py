@@ -203,6 +203,13 @@ class DamEvalCache(JudgeCache):
         self.data.pop(key, None)   # DAM's order: a rewritten key goes last, as its script's dict update leaves it
         self.data[key] = entry
 
+    def save(self) -> None:
+        """Regions first, in their order, then the file's other keys (``judge_model``, ``avg_pos``, ...), as DAM's
+        file reads: its records, then its averages."""
+        regions = self.entries()
+        self.data = {**regions, **{k: v for k, v in self.data.items() if k not in regions}}
+        super().save()
+
     def set_averages(self, avg_pos: float | None, avg_neg: float | None, keys: Sequence[str]) -> None:
         """DAM's ``avg_pos``/``avg_neg`` (fractions), written only when ``keys`` are all of the file's regions
         (otherwise they would describe a different set and are dropped)."""
