@@ -310,6 +310,8 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
      ["c.json", "not a regionvlm judge cache"]),
     ("judge-cache-unjudged-benchmark", lambda e: [*e.score(val_predictions(e)), "--judge-cache", str(e.tmp / "c.json")],
      ["--judge-cache", "coco_cls asks no judge"]),
+    ("judge-cache-is-the-predictions", lambda e: (lambda argv: [*argv[:-1], argv[3]])(
+        _judged_dlc(e, predictions={"7": "a cup", "8": "a mug"})), ["--judge-cache", "mine.json", "predictions file"]),
     ("dlc-predictions-unknown-key", lambda e: _judged_dlc(e, predictions={"7": "a cup", "8": "a mug", "99": "x"}),
      ["mine.json", "99", "not a region of", "qa.json"]),
     ("dlc-predictions-error-message", lambda e: _judged_dlc(e, predictions={"7": "a cup", "8": "Error: timeout"}),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.judge_cache is not None:
         if suffix is None:
             raise UserError(f"--judge-cache: {bench.name} asks no judge (judged benchmarks: dlc, spatial)")
+        if Path(args.judge_cache).resolve() == Path(args.predictions).resolve():
+            raise UserError(f"--judge-cache {args.judge_cache}: is the predictions file; the cache is written, so "
+                            f"give another file (default: beside the predictions)")
         bench.judge_cache = args.judge_cache
     elif suffix is not None and bench.judge_cache is None and bench.judge_node is not None:
         bench.judge_cache = str(default_cache_path(args.predictions, suffix))
