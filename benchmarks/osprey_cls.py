@@ -1,11 +1,12 @@
 """``lvis_cls`` and ``paco_cls``: open-vocabulary region classification as Osprey evaluates it.
 
 Reference: Osprey ``osprey/eval/lvis_paco_eval.py`` over its eval files ``lvis_val_1k_category.json`` and
-``paco_val_1k_category.json`` (read as distributed by the ``osprey_categories`` dataset; id = the region's
-position in the file). The question is Osprey's, "What is the category of <region1>? Using only one word or
-phrase."; the answer keeps the text after its first ``:`` and turns ``.``/``:``/``,`` into spaces; categories
-get ``_``/``:`` → spaces. Metrics (×100), averaged over all regions: ``semantic_similarity`` (cosine of
-all-MiniLM-L6-v2 sentence embeddings) and ``semantic_iou`` (word-set IoU, lower case).
+``paco_val_1k_category.json`` (read as distributed by the ``osprey_categories`` dataset; id = the LVIS/PACO
+annotation id when the file's annotations carry one, else the region's position in the file). The question is
+Osprey's, "What is the category of <region1>? Using only one word or phrase."; the answer keeps the text after its
+first ``:`` and turns ``.``/``:``/``,`` into spaces; categories get ``_``/``:`` → spaces. Metrics (×100), averaged
+over all regions: ``semantic_similarity`` (cosine of all-MiniLM-L6-v2 sentence embeddings) and ``semantic_iou``
+(word-set IoU, lower case).
 """
 
 from __future__ import annotations

@@ -150,6 +150,41 @@ def _resumed_out_with_bad_middle_line(env: Env) -> list[str]:
     return argv
 
 
+def _judged_dlc(env: Env, edit: Callable[[dict], None] | None = None, extra: tuple[str, ...] = (),
+                predictions: dict | None = None) -> list[str]:
+    """``score dlc`` on DAM's files (qa.json, class_names.json, a {key: description} predictions file) and a
+    judge cache in DAM's layout written by a complete judged run, then edited by ``edit``; the cache must be left
+    exactly as it was by the refused run."""
+    from regionvlm.evaluation.benchmark import load_benchmark
+
+    qa = {"7": [{"question": "What colour is it?", "choices": [["red", 1], ["blue", -1]], "type": "positive"}],
+          "8": [{"question": "What colour is it?", "choices": [["red", 1], ["blue", -1]], "type": "negative"}]}
+    files = [env.write("qa.json", json.dumps(qa)), env.write("class_names.json", json.dumps({"7": "cup", "8": "mug"}))]
+    preds = env.write("mine.json", json.dumps(predictions or {"7": "A red cup.", "8": "A blue mug."}))
+    cache = env.tmp / "mine_eval.json"
+
+    def judge(prompts):
+        return ["A"] * len(prompts)
+    judge.name = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    if predictions is None:
+        load_benchmark("dlc", annotations=files, judge=judge, judge_cache=str(cache)).score_file(preds)
+        data = json.loads(cache.read_text())
+        if edit:
+            edit(data)
+        cache.write_text(json.dumps(data, indent=4))
+        env.outputs.append(("unchanged", cache, cache.read_text()))
+    return ["score", "dlc", "--predictions", preds, "--annotations", *files, "--judge-cache", str(cache), *extra]
+
+
+def _osprey_ids(env: Env, ids: list) -> list[str]:
+    poly = [[1, 1, 9, 1, 9, 9, 1, 9]]
+    entry = {"file_name": IMAGE, "height": 128, "width": 128, "categories": ["cat"] * len(ids),
+             "annotations": [{"segmentation": poly, **({"id": i} if i is not None else {})} for i in ids]}
+    ann = env.write("lvis_val_1k_category.json", json.dumps([entry]))
+    pred = env.write("p.jsonl", "".join(json.dumps({"id": i, "text": "cat"}) + "\n" for i in range(len(ids))))
+    return ["score", "lvis_cls", "--predictions", pred, "--annotations", ann]
+
+
 # (case id, argv builder, fragments the one error line must contain)
 CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
     # -- config --
@@ -257,6 +292,34 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
     ("predictions-incomplete", lambda e: e.score(val_predictions(e, lambda r: r[1:])),
      ["predictions.jsonl", "missing predictions for 1 of 48", "--allow-partial"]),
     ("predictions-file-missing", lambda e: e.score(str(e.tmp / "none.jsonl")), ["none.jsonl", "file not found"]),
+    # -- judged scoring: judge caches, DAM's files (issue 22) --
+    ("judge-cache-other-model", lambda e: _judged_dlc(e, extra=("-o", "judge={type: openai_judge, model: gpt-4o}")),
+     ["mine_eval.json", "judge_model", "Meta-Llama-3.1-8B-Instruct", "gpt-4o"]),
+    ("judge-cache-other-prompt", lambda e: _judged_dlc(e, lambda d: d["7"]["prompt"].__setitem__(
+        1, d["7"]["prompt"][1].replace("closest", "best"))), ["mine_eval.json", "7.prompt[1]", "another judge prompt"]),
+    ("judge-cache-other-predictions", lambda e: _judged_dlc(e, lambda d: d["8"].__setitem__("pred", "A red mug.")),
+     ["mine_eval.json", "8.pred", "another prediction"]),
+    ("judge-cache-incomplete-no-judge", lambda e: _judged_dlc(e, lambda d: d.pop("8")),
+     ["mine_eval.json", "answers 2 of 4 judge prompts", "the other 2 need a judge"]),
+    ("judge-cache-invalid-json", lambda e: (e.write("mine_eval.json", '{"7": {\n'),
+                                            _judged_dlc(e, predictions={"7": "x", "8": "y"}))[1],
+     ["mine_eval.json", "line 2", "invalid JSON"]),
+    ("judge-cache-not-a-cache", lambda e: ["score", "spatial", "--predictions", e.write("p.jsonl", ""), "--annotations",
+                                           str(e.data / "spatial" / "SpatialRGPT-Bench_v1.json"), "--allow-partial",
+                                           "--judge-cache", e.write("c.json", '{"7": {}}')],
+     ["c.json", "not a regionvlm judge cache"]),
+    ("judge-cache-unjudged-benchmark", lambda e: [*e.score(val_predictions(e)), "--judge-cache", str(e.tmp / "c.json")],
+     ["--judge-cache", "coco_cls asks no judge"]),
+    ("judge-cache-is-the-predictions", lambda e: (lambda argv: [*argv[:-1], argv[3]])(
+        _judged_dlc(e, predictions={"7": "a cup", "8": "a mug"})), ["--judge-cache", "mine.json", "predictions file"]),
+    ("dlc-predictions-unknown-key", lambda e: _judged_dlc(e, predictions={"7": "a cup", "8": "a mug", "99": "x"}),
+     ["mine.json", "99", "not a region of", "qa.json"]),
+    ("dlc-predictions-error-message", lambda e: _judged_dlc(e, predictions={"7": "a cup", "8": "Error: timeout"}),
+     ["mine.json", "8", "the description is an error message"]),
+    ("osprey-ids-for-some-regions", lambda e: _osprey_ids(e, [501, None]),
+     ["lvis_val_1k_category.json", "region 1", "no integer annotation 'id'"]),
+    ("osprey-ids-duplicate", lambda e: _osprey_ids(e, [501, 501]),
+     ["lvis_val_1k_category.json", "region 1", "annotation id 501 also at region 0"]),
     # -- checkpoints and exports --
     ("export-truncated-weights", lambda e: ["predict", "--model", _export_copy(
         e, lambda d: _truncate(d / "model.safetensors")), "--image", str(e.data / "images" / IMAGE),

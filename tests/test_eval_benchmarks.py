@@ -271,8 +271,9 @@ def test_dlc_rules_and_judge(data):
     b = bench("dlc", data)
     assert b.generation == {"max_new_tokens": 512}
     got = b.evaluate(_perfect(b, lambda s: f"A {b.annotations[str(s['target']['ann_id'])]['class_name']}."))
-    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "not_recognised": 0, "unparsed": 0,
-                   "num_samples": len(b.samples())}
+    n = len(b.samples())
+    assert got == {"pos": 100.0, "neg": 100.0, "avg": 100.0, "pos_count": n, "neg_count": n, "not_recognised": 0,
+                   "unparsed": 0, "num_samples": n}
     # not recognised: scores capped at 0 (the recognition gate)
     silent = b.evaluate(_perfect(b, lambda s: "Something."))
     assert silent["pos"] == 0 and silent["neg"] == 0 and silent["not_recognised"] == len(b.samples())
@@ -394,3 +395,29 @@ def test_refcocog_rec_proposals_and_no_option(data, tmp_path):
     assert all(len(c) == 4 for c in b.prediction_row(samples[0], "")["candidates"])   # proposal boxes, xywh
     always_first = b.evaluate(_perfect(b, lambda s: "Region [1]."))   # the junk box: never right
     assert always_first["accuracy"] == 0 and always_first["unparseable"] == 0
+
+
+def test_osprey_files_with_lvis_ids_key_rows_by_them(tmp_path):
+    """LVIS/PACO (Osprey's files): a file whose annotations carry their LVIS id is keyed by it, so a user's
+    predictions join with LVIS; a file without ids keeps the region's position; ids for only some regions, or
+    the same id twice, are an error naming the region."""
+    poly = [[1, 1, 9, 1, 9, 9, 1, 9]]
+
+    def entry(ids):
+        return {"file_name": "a.jpg", "height": 20, "width": 20, "categories": ["cat", "dog"][:len(ids)],
+                "annotations": [{"segmentation": poly, **({"id": i} if i is not None else {})} for i in ids]}
+
+    path = tmp_path / "lvis_val_1k_category.json"
+    path.write_text(json.dumps([entry([501, 502]), entry([777])]))
+    b = load_benchmark("lvis_cls", annotations=[str(path)])
+    assert b.reference_ids() == ["501", "502", "777"]
+    assert [b.prediction_row(s, "x")["id"] for s in b.samples()] == [501, 502, 777]
+    assert b.annotations == {"501": "cat", "502": "dog", "777": "cat"}
+    path.write_text(json.dumps([entry([None, None]), entry([None])]))
+    assert load_benchmark("lvis_cls", annotations=[str(path)]).reference_ids() == ["0", "1", "2"]
+    path.write_text(json.dumps([entry([501, None])]))
+    with pytest.raises(DataError, match=r"region 1: no integer annotation 'id'"):
+        load_benchmark("paco_cls", annotations=[str(path)]).reference_ids()
+    path.write_text(json.dumps([entry([501, 501])]))
+    with pytest.raises(DataError, match=r"region 1: annotation id 501 also at region 0"):
+        load_benchmark("paco_cls", annotations=[str(path)]).reference_ids()

@@ -152,6 +152,9 @@ def test_dlc_recognition_question_words_as_inflect():
     assert "are glasses or" in recognition_question("glasses") and "are sheep or" in recognition_question("sheep")
     assert "is an hour or" in recognition_question("hour") and "is a unicorn or" in recognition_question("unicorn")
     assert "is an x-ray or" in recognition_question("x-ray") and "is a bus or" in recognition_question("bus")
+    # DAM's own cache (evaluation/model_outputs_cache/dam_3b_v1_eval.json, region 15050320) asks "Is it likely that
+    # the objects in the description are wine glass or objects ...": inflect before 7.6 singularises "glass"
+    assert "the objects in the description are wine glass or" in recognition_question("wine glass")
 
 
 def test_spatial_clock_and_length_rules():

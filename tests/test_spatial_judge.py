@@ -16,10 +16,23 @@ from regionvlm.evaluation.benchmark import load_benchmark
 # cut off, run against those files)
 EXAMPLE_FILES_SHA256 = "6a98500325009d6fa87a23e4a7534e489e50acdd824275372fec3cbcbd3f8095"
 QUESTION, ANSWER, RESPONSE = "Is Region [0] to the left of Region [1]?", "Yes, it is.", "No."
-PROMPT_SHA256 = {"direction": "d8d6336132ac59942d6a7a59e3e763a0fb850ae199c5f599c7f6c8217e3ca5ff",
-                 "width_data": "450009b558e6c94d3389a9fd427e1cbf20170a404814fa4f7f370e2450f0467b",
-                 "left_predicate": "4799f7c20609be74ff48516ac8c13354283f4862e432428d9129277fe8cb4a2f",
-                 "big_choice": "b75a29b30d5c91341a8dbb1490f1720cc8790ab7777fabdf0fe2a84a57f3156e"}
+PROMPT_SHA256 = {  # every category the reference has a prompt for (each *_choice shares choice.txt)
+    "direction": "d8d6336132ac59942d6a7a59e3e763a0fb850ae199c5f599c7f6c8217e3ca5ff",
+    "width_data": "450009b558e6c94d3389a9fd427e1cbf20170a404814fa4f7f370e2450f0467b",
+    "above_predicate": "82e46a1486b55c97aa5c1e9f6306c59ff8ba4a12e8a0084a2ccaeb597397cc5d",
+    "behind_predicate": "08a1bc571ec3155810ab893fb299295d99ccfc7b0305ca1f45f3d36439895cca",
+    "below_predicate": "b2afbdf8d3840038237c104e1326e365484212cc667ee20838f3e9b5871dc8ec",
+    "big_predicate": "7096d22d7dfe4df67ac7c268a5b584fedf57c988b3a91eb3a8f2767be821e204",
+    "front_predicate": "e3ec34b794f2ddd4a13414278b94f983b78b03972f23dc0322a78646f66adc4d",
+    "left_predicate": "4799f7c20609be74ff48516ac8c13354283f4862e432428d9129277fe8cb4a2f",
+    "right_predicate": "3a9a3b7bbc106a8d2f7ff07812477db586af245fc43ac957637fd86d58caf51f",
+    "short_predicate": "0123d49b6c73b933d4feaa6296b1ac9a6ed56866ed125c980a522f7c8f6a372c",
+    "small_predicate": "17329fd53d9e08cb5a8f6efc93aeec6609b1e404d69cacf1822cbb51165d7deb",
+    "tall_predicate": "ab5d08b1eccfc83f8e316ba575d735b44c100d92ba591c750ca6efdffed8cdaa",
+    "thin_predicate": "d21bd4c036ffa4e69a449168574bb8f6d09cae8a2dc7aca5ca755ba62d8bfba0",
+    "wide_predicate": "bbad43116e61cbf28755a79a3e1bd6ba08f70ce9aa86cbfa22653344e04d8c84",
+    "big_choice": "b75a29b30d5c91341a8dbb1490f1720cc8790ab7777fabdf0fe2a84a57f3156e",
+    "left_choice": "b75a29b30d5c91341a8dbb1490f1720cc8790ab7777fabdf0fe2a84a57f3156e"}
 FILES = ("above_predicate", "behind_predicate", "below_predicate", "big_predicate", "choice", "front_predicate",
          "left_predicate", "right_predicate", "short_predicate", "small_predicate", "tall_predicate",
          "thin_predicate", "wide_predicate")

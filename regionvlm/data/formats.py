@@ -68,14 +68,35 @@ def read_jsonl(path: PathLike) -> list[dict]:
     return rows
 
 
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±Infinity, numpy's too) replaced by None, inside dicts, lists
+    and tuples; numpy scalars become Python numbers. A metric that could not be computed is ``null`` in the JSON
+    we write, never a ``NaN``/``Infinity`` token that strict parsers (JavaScript's, jq, Go's) reject."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return finite_or_none(obj.item())
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text (non-finite numbers → null, then ``allow_nan=False``; UTF-8 kept): the one way regionvlm
+    writes JSON, so ``--json`` output, ``results.json``, predictions and judge caches parse anywhere."""
+    return json.dumps(finite_or_none(obj), ensure_ascii=False, indent=indent, allow_nan=False)
+
+
 def write_json(path: PathLike, obj: Any, indent: int | None = None) -> None:
-    """Atomically write ``obj`` as JSON (UTF-8, non-ASCII kept)."""
-    write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=indent).encode("utf-8"))
+    """Atomically write ``obj`` as strict JSON (`dumps_json`)."""
+    write_bytes(path, dumps_json(obj, indent=indent).encode("utf-8"))
 
 
 def write_jsonl(path: PathLike, rows: Iterable[Mapping]) -> None:
-    """Atomically write one JSON object per line."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    """Atomically write one strict JSON object per line."""
+    text = "".join(dumps_json(r) + "\n" for r in rows)
     write_bytes(path, text.encode("utf-8"))
 
 

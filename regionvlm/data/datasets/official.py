@@ -138,6 +138,11 @@ class DLCBenchDataset(RegionDataset):
         if not isinstance(qa, dict):
             raise DataError(f"{qa_file}: expected an object of question lists keyed by annotation id")
         self.qa, self.qa_file = qa, str(qa_file)
+        known = {str(a) for a in self.coco.anns}
+        missing = [k for k in qa if str(k) not in known]
+        if missing:
+            raise DataError(f"{qa_file}: {missing[0]}: no annotation with this id in {ann_file}"
+                            + (f" ({len(missing)} keys)" if len(missing) > 1 else ""))
         self.items = self._limit([a for im in self.coco.images for a in self.coco.anns_by_image[im]
                                   if str(a["id"]) in qa])
 
@@ -153,7 +158,9 @@ class DLCBenchDataset(RegionDataset):
 @DATASETS.register("osprey_categories")
 class OspreyCategoriesDataset(RegionDataset):
     """Osprey's LVIS/PACO open-vocabulary classification files: one sample per (entry, region); the official
-    id is the region's position in the file (entries in order, then their regions)."""
+    id is the LVIS/PACO annotation id when the file's annotations carry one (``"id"``, every one of them, unique),
+    so that predictions join with LVIS; otherwise the region's position in the file (entries in order, then their
+    regions)."""
 
     task = "region_classification"
     default_prompt: ClassVar[dict | None] = {"type": "region_classification"}
@@ -173,7 +180,24 @@ class OspreyCategoriesDataset(RegionDataset):
             for k, (cat, ann) in enumerate(zip(e["categories"], e["annotations"])):
                 formats._require(ann, ("segmentation",), f"{where}.annotations[{k}]")
                 items.append((len(items), e, cat, ann))
-        self.items = self._limit(items)
+        self.items = self._limit(self._official_ids(items))
+
+    def _official_ids(self, items: list) -> list:
+        """Positions replaced by the annotations' own ids when the file has them for every region."""
+        has = [isinstance(ann.get("id"), int) and not isinstance(ann.get("id"), bool) for _, _, _, ann in items]
+        if not any(has):
+            return items
+        if not all(has):
+            pos = has.index(False)
+            raise DataError(f"{self.path}: region {pos}: no integer annotation 'id', where other regions have one "
+                            "(ids are read for every region or none)")
+        seen: dict[int, int] = {}
+        for pos, (_, _, _, ann) in enumerate(items):
+            if ann["id"] in seen:
+                raise DataError(f"{self.path}: region {pos}: annotation id {ann['id']} also at region "
+                                f"{seen[ann['id']]}")
+            seen[ann["id"]] = pos
+        return [(ann["id"], e, cat, ann) for _, e, cat, ann in items]
 
     def __getitem__(self, i: int) -> dict:
         idx, e, cat, ann = self.items[i]
