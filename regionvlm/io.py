@@ -7,12 +7,14 @@ team on a shared cluster can read what regionvlm writes."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def current_umask() -> int:
@@ -82,3 +84,25 @@ def publish_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     os.replace(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, ±Infinity, numpy's too) replaced by None, inside dicts, lists
+    and tuples; numpy scalars become Python numbers. A metric that could not be computed is ``null`` in the JSON
+    we write, never a ``NaN``/``Infinity`` token that strict parsers (JavaScript's, jq, Go's) reject."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    if type(obj).__module__ == "numpy" and getattr(obj, "ndim", None) == 0:  # a numpy scalar (numpy not imported)
+        return finite_or_none(obj.item())
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None) -> str:
+    """Strict JSON text (non-finite numbers → null, then ``allow_nan=False``; UTF-8 kept): the one way regionvlm
+    writes JSON, so ``--json`` output, ``results.json``, predictions, judge caches and HTTP answers parse
+    anywhere."""
+    return json.dumps(finite_or_none(obj), ensure_ascii=False, indent=indent, allow_nan=False, default=default)

@@ -308,8 +308,9 @@ def test_spatial_with_every_answer_empty_is_no_measurement(tmp_path, capsys):
 def test_strict_json_writers_map_non_finite_to_null(tmp_path):
     import numpy as np
 
-    from regionvlm.data.formats import dumps_json, write_json
+    from regionvlm.data.formats import write_json
     from regionvlm.evaluation.reports import format_value, results_table
+    from regionvlm.io import dumps_json
 
     obj = {"a": math.inf, "b": [float("nan"), 1.5, np.float32("inf")], "c": np.float64(2.0), "d": None}
     assert strict(dumps_json(obj)) == {"a": None, "b": [None, 1.5, None], "c": 2.0, "d": None}

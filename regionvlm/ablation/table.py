@@ -9,7 +9,7 @@ from pathlib import Path
 
 from regionvlm.ablation.spec import Cell, Spec, cell_dir
 from regionvlm.errors import DataError
-from regionvlm.io import write_text
+from regionvlm.io import dumps_json, write_text
 
 
 def collect(spec: Spec) -> tuple[dict[str, dict[str, list[float]]], list[Cell]]:
@@ -26,7 +26,7 @@ def collect(spec: Spec) -> tuple[dict[str, dict[str, list[float]]], list[Cell]]:
         except (ValueError, KeyError) as exc:
             raise DataError(f"{path}: not a cell result ({exc}); delete it to rerun the cell") from exc
         for name, value in metrics.items():
-            grouped[cell.variant].setdefault(name, []).append(float(value))
+            grouped[cell.variant].setdefault(name, []).append(math.nan if value is None else float(value))
     return grouped, missing
 
 
@@ -116,7 +116,7 @@ def bar_chart(summary: dict, path: Path) -> None:
 def write_table(spec: Spec) -> dict:
     """Merge the finished cells into ``table.md``, ``table.json`` and ``chart.png`` under the spec's output."""
     summary = summarize(spec)
-    write_text(spec.output / "table.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text(spec.output / "table.json", dumps_json(summary, indent=2) + "\n")
     write_text(spec.output / "table.md", markdown_table(summary))
     bar_chart(summary, spec.output / "chart.png")
     return summary

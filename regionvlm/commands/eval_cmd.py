@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from regionvlm.io import dumps_json
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config with an eval: section (e.g. projects/rgpt/tiny/eval.yaml)")
@@ -47,7 +49,7 @@ def claim_out_dir(out_dir, run: dict, overwrite: bool) -> bool:
                             f"set; pass --overwrite or set eval.out_dir=...")
     # before the model exists there is no trainer to ask: Lightning's launcher sets these in the other processes
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        write_text(manifest, json.dumps(run, indent=2, default=str) + "\n")
+        write_text(manifest, dumps_json(run, indent=2, default=str) + "\n")
     return earlier == run and not overwrite
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from regionvlm.io import dumps_json
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a training YAML (e.g. projects/rgpt/stage2.yaml)")
@@ -20,7 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         config["model"] = {**arch, **{k: model_cfg[k] for k in ("trainable", "freeze") if k in model_cfg}}
     result = plan(config, gpus=args.gpus, micro_batch=args.micro_batch)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps_json(result, indent=2))
         return 0
     print(format_plan(result, args.config))
     if init_from and not Path(init_from).is_dir():

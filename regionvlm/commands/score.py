@@ -32,11 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regionvlm.config import parse_overrides
-    from regionvlm.data.formats import dumps_json
     from regionvlm.errors import UserError
     from regionvlm.evaluation.benchmark import load_benchmark
     from regionvlm.evaluation.judge_cache import default_cache_path
     from regionvlm.evaluation.reports import print_results
+    from regionvlm.io import dumps_json
     from regionvlm.registry import import_modules
 
     import_modules(args.imports, key_path="--imports", search_dirs=["."])

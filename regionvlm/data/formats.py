@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from regionvlm.errors import DataError
-from regionvlm.io import write_bytes  # noqa: F401  (re-exported: the writers below build on it)
+from regionvlm.io import dumps_json, write_bytes  # noqa: F401  (re-exported: the writers below build on them)
 
 PathLike = str | os.PathLike
 
@@ -66,27 +66,6 @@ def read_jsonl(path: PathLike) -> list[dict]:
             raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
     return rows
-
-
-def finite_or_none(obj: Any) -> Any:
-    """``obj`` with every non-finite float (NaN, ±Infinity, numpy's too) replaced by None, inside dicts, lists
-    and tuples; numpy scalars become Python numbers. A metric that could not be computed is ``null`` in the JSON
-    we write, never a ``NaN``/``Infinity`` token that strict parsers (JavaScript's, jq, Go's) reject."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return finite_or_none(obj.item())
-    return obj
-
-
-def dumps_json(obj: Any, indent: int | None = None) -> str:
-    """Strict JSON text (non-finite numbers → null, then ``allow_nan=False``; UTF-8 kept): the one way regionvlm
-    writes JSON, so ``--json`` output, ``results.json``, predictions and judge caches parse anywhere."""
-    return json.dumps(finite_or_none(obj), ensure_ascii=False, indent=indent, allow_nan=False)
 
 
 def write_json(path: PathLike, obj: Any, indent: int | None = None) -> None:

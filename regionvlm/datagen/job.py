@@ -24,7 +24,7 @@ from regionvlm.datagen.crops import close_up
 from regionvlm.datagen.settings import DatagenSettings
 from regionvlm.datagen.sources import SourceImage, region_dict
 from regionvlm.errors import DataError
-from regionvlm.io import write_text
+from regionvlm.io import dumps_json, write_text
 
 
 # -- captioning a batch of images ------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def write_chunk(out_dir: Path, records: list[dict]) -> Path:
     no other chunk can share (a rerun only captions images that no chunk holds)."""
     indices = [r["index"] for r in records]
     path = chunk_dir(out_dir) / f"{min(indices):09d}-{max(indices):09d}.jsonl"
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text(path, "".join(dumps_json(r) + "\n" for r in records))
     return path
 
 
@@ -172,7 +172,7 @@ def merge(out_dir: Path, selected: list[SourceImage], counts: dict, s: DatagenSe
         return None
     ordered = [records[i] for i in range(len(selected))]
     rows = output_rows(ordered, s)
-    write_text(out_dir / s.output.file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(out_dir / s.output.file, "".join(dumps_json(r) + "\n" for r in rows))
     return write_report(out_dir, ordered, rows, counts, s)
 
 

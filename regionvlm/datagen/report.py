@@ -5,14 +5,13 @@ Every region of the sources is accounted for: ``sources.regions == kept + sum(dr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from regionvlm.datagen.filters import REASONS, words
 from regionvlm.datagen.settings import DatagenSettings
-from regionvlm.io import write_text
+from regionvlm.io import dumps_json, write_text
 
 SELECTION_REASONS = ("crowd", "area", "class", "max_per_image")
 
@@ -88,7 +87,7 @@ def gallery_png(records: list[dict], path: Path, n: int, seed: int) -> None:
 
 def write_report(out_dir: Path, records: list[dict], rows: list[dict], counts: dict, s: DatagenSettings) -> dict:
     report = counts_of(records, rows, counts)
-    write_text(out_dir / "report" / "report.json", json.dumps(report, indent=2) + "\n")
+    write_text(out_dir / "report" / "report.json", dumps_json(report, indent=2) + "\n")
     kept = [len(words(r["caption"])) for rec in records for r in rec["regions"] if r["dropped"] is None]
     histogram_png(kept, out_dir / "report" / "caption_lengths.png")
     gallery_png(records, out_dir / "report" / "gallery.png", s.gallery, s.seed)

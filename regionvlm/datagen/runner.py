@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from regionvlm.datagen.selection import select_regions
 from regionvlm.datagen.settings import DatagenSettings, parse_settings
 from regionvlm.datagen.sources import SourceImage, read_sources
 from regionvlm.errors import ConfigError
+from regionvlm.io import dumps_json
 
 
 class ImageDataset:
@@ -132,7 +132,7 @@ def run_datagen(config: dict, source: str = "", dry_run_images: int | None = Non
     selected, counts = plan(s)
     if dry_run_images is not None:
         for row in dry_run(s, selected, dry_run_images):
-            print(json.dumps(row, ensure_ascii=False))
+            print(dumps_json(row))
         return None
     out_dir = Path(s.output.dir)
     todo = check_complete(read_chunks(out_dir), selected)

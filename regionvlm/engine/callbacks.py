@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
+
+from regionvlm.io import dumps_json
 
 
 class GenerationSamples(L.Callback):
@@ -40,7 +41,7 @@ class GenerationSamples(L.Callback):
                 for i, t, r in zip(batch.ids, self.last_texts, batch.targets)]
         if self.path is not None:
             with self.path.open("a") as f:
-                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                f.writelines(dumps_json(r) + "\n" for r in rows)
         from regionvlm.engine.loggers import log_samples
 
         log_samples(trainer.loggers, rows, trainer.global_step)

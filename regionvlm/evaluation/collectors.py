@@ -16,6 +16,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from regionvlm.io import dumps_json
+
 
 class PredictionCollector(Metric):
     """Gathers prediction rows (JSON-serialisable dicts with an ``id``) from every process.
@@ -31,7 +33,7 @@ class PredictionCollector(Metric):
         self.add_state("encoded", default=[], dist_reduce_fx="cat")
 
     def update(self, rows: Iterable[Mapping]) -> None:
-        data = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+        data = "".join(dumps_json(dict(r)) + "\n" for r in rows).encode("utf-8")
         self.encoded.append(torch.frombuffer(bytearray(data), dtype=torch.uint8).clone().to(self.device))
 
     def compute(self) -> list[dict]:

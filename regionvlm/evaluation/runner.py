@@ -16,9 +16,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from regionvlm.data.formats import dumps_json
 from regionvlm.errors import ConfigError, UserError
-from regionvlm.io import write_text
+from regionvlm.io import dumps_json, write_text
 
 
 def eval_settings(benchmarks: dict, batch_size: int = 8, num_workers: int = 0, out_dir: str | None = None,

@@ -12,7 +12,6 @@ an OpenAI-shaped JSON error; an unexpected failure is a 500 with the same shape,
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -21,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from regionvlm.io import dumps_json
 from regionvlm.serve.batching import Batcher
 from regionvlm.serve.validation import APIError, Limits, Question, parse_chat_request, parse_json
 from regionvlm.text.templates import REGION_TAG
@@ -139,7 +139,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def send_json(self, status: int, obj: dict) -> None:
-        self.send_bytes(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
+        self.send_bytes(status, dumps_json(obj).encode(), "application/json")
 
     def read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
