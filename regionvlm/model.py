@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from regionvlm.batch import Batch
 from regionvlm.contracts import ENGINE_KEYS, MODEL_KEYS
-from regionvlm.errors import ConfigError
+from regionvlm.errors import ConfigError, PluginError
 from regionvlm.fusion import fuse, ignore_placeholder_labels
 from regionvlm.registry import (
     FEATURE_REFINERS,
@@ -187,6 +187,59 @@ def _token_id(tokenizer: Any, token: str) -> int:
     return int(token_id)
 
 
+def _probe(component: nn.Module, *inputs: torch.Tensor) -> torch.Tensor | None:
+    """``component(*inputs)`` without gradients, inputs cast to its parameters' device and float dtype; None on
+    the meta device (`regionvlm plan` builds there: nothing to compute)."""
+    param = next(component.parameters(), None)
+    if (param is not None and param.is_meta) or any(x.is_meta for x in inputs):  # built under torch.device("meta")
+        return None
+    if param is not None:
+        inputs = tuple(x.to(param.device, param.dtype if x.is_floating_point() else None) for x in inputs)
+    with torch.no_grad():
+        return component(*inputs)
+
+
+def _declared(component: nn.Module, key: str, problem: str) -> PluginError:
+    from regionvlm.registry import qualified_name
+
+    return PluginError(f"{key}: {type(component).__name__} ({qualified_name(type(component))}) breaks its contract "
+                       f"(regionvlm.contracts): {problem}")
+
+
+def check_declared_shapes(vision: nn.Module, refiner: nn.Module, extractor: nn.Module, projectors: dict,
+                          hidden_size: int) -> None:
+    """One tiny forward of the refiner, the region extractor and the projectors, checked against what they
+    declare (``out_channels``, ``tokens_per_region``) — the attributes that size the next component and the
+    prompt's placeholders — so a component whose declaration is wrong is named where it is built, not at the
+    first training step as a shape error inside another component."""
+    h, w = (min(int(v), 4) for v in vision.grid_size)
+    try:  # a refiner that needs the full grid is not probed at a small one (and is checked at its first batch)
+        refined = _probe(refiner, torch.zeros(1, int(vision.out_channels), h, w))
+    except Exception:
+        refined = None
+    if refined is not None and refined.shape[1] != refiner.out_channels:
+        raise _declared(refiner, "model.feature_refiner",
+                        f"declares out_channels {refiner.out_channels} but its forward gives {refined.shape[1]}")
+    size = int(vision.image_size)
+    features = torch.randn(1, int(refiner.out_channels), 4, 4, generator=torch.Generator().manual_seed(0))
+    regions = _probe(extractor, features, torch.ones(1, size, size, dtype=torch.bool),
+                     torch.tensor([[0.0, 0.0, float(size), float(size)]]), torch.zeros(1, dtype=torch.long))
+    if regions is not None:
+        k, channels = (1, regions.shape[-1]) if regions.dim() == 2 else tuple(regions.shape[1:])
+        if channels != extractor.out_channels:
+            raise _declared(extractor, "model.region_extractor",
+                            f"declares out_channels {extractor.out_channels} but its forward gives {channels}")
+        if regions.dim() not in (2, 3) or k != extractor.tokens_per_region:
+            raise _declared(extractor, "model.region_extractor",
+                            f"declares tokens_per_region {extractor.tokens_per_region} but its forward gives "
+                            f"{tuple(regions.shape)} for one region (expected 1×k×C, k = tokens_per_region)")
+    for key, (projector, in_channels) in projectors.items():
+        out = _probe(projector, torch.zeros(1, int(in_channels)))
+        if out is not None and out.shape[-1] != hidden_size:
+            raise _declared(projector, key, f"maps {in_channels} channels to {out.shape[-1]}, but the LLM's "
+                                            f"hidden size is {hidden_size}")
+
+
 def build_model(model_cfg: Mapping[str, Any] | Any, tokenizer: Any) -> RegionVLM:
     """Build `RegionVLM` from a ``model:`` node (keys: `contracts.MODEL_KEYS`; the engine's keys are ignored).
 
@@ -215,15 +268,17 @@ def build_model(model_cfg: Mapping[str, Any] | Any, tokenizer: Any) -> RegionVLM
     llm = LLMS.build(cfg["llm"], key_path="model.llm", vocab_size=len(tokenizer))
     projector = PROJECTORS.build(cfg["projector"], key_path="model.projector",
                                  in_channels=refiner.out_channels, out_channels=llm.hidden_size)
+    projectors = {"model.projector": (projector, refiner.out_channels)}
     region_projector = None
-    if share:
-        if extractor.out_channels != refiner.out_channels:
-            raise ConfigError(f"model.share_projector: the region extractor gives {extractor.out_channels} channels "
-                              f"but the image branch {refiner.out_channels}; set share_projector: false")
-    else:
+    if not share:
         region_projector = PROJECTORS.build(cfg.get("region_projector") or cfg["projector"],
                                             key_path="model.region_projector",
                                             in_channels=extractor.out_channels, out_channels=llm.hidden_size)
+        projectors["model.region_projector"] = (region_projector, extractor.out_channels)
+    check_declared_shapes(vision, refiner, extractor, projectors, int(llm.hidden_size))
+    if share and extractor.out_channels != refiner.out_channels:  # declarations are true: a configuration choice
+        raise ConfigError(f"model.share_projector: the region extractor gives {extractor.out_channels} channels "
+                          f"but the image branch {refiner.out_channels}; set share_projector: false")
     head = HEADS.build(cfg.get("head") or {"type": "lm"}, key_path="model.head")
     return RegionVLM(vision, refiner, extractor, projector, region_projector, llm, head,
                      image_token_id=_token_id(tokenizer, IMAGE_TOKEN),

@@ -153,3 +153,39 @@ def test_lm_head_scores_shifted_answer_tokens_only():
     assert int(out["num_tokens"]) == 3
     none = HEADS.build({"type": "lm"})(logits, torch.full((2, 4), IGNORE_INDEX))
     assert none["loss"].item() == 0 and not math.isnan(none["loss"].item())
+
+
+class _Lying(torch.nn.Module):
+    """A region extractor whose declarations disagree with what its forward returns (a plugin bug)."""
+
+    def __init__(self, in_channels: int, declared_channels: int = 7, declared_tokens: int = 1, tokens: int = 1):
+        super().__init__()
+        self.out_channels, self.tokens_per_region, self.tokens = declared_channels, declared_tokens, tokens
+
+    def forward(self, features, masks, boxes, image_index):
+        pooled = features.mean((2, 3))[:, None].expand(-1, self.tokens, -1)
+        return pooled.expand(masks.shape[0], -1, -1)
+
+
+REGION_EXTRACTORS.register("test_lying_extractor")(_Lying)
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    ({"declared_channels": 7}, "declares out_channels 7 but its forward gives 32"),
+    ({"declared_channels": 32, "declared_tokens": 1, "tokens": 2}, "declares tokens_per_region 1 but its forward"),
+])
+def test_a_component_that_breaks_its_declarations_is_named_where_it_is_built(settings, fragment):
+    """Found at build time, with the key path and the component (it got a share_projector hint, then 'mat1 and
+    mat2 shapes cannot be multiplied' or a fusion error naming no component at step 1)."""
+    from conftest import tiny_training_config
+
+    from regionvlm.engine.build import build_model_and_tokenizer
+    from regionvlm.errors import PluginError
+
+    model_cfg = tiny_training_config()["model"]
+    model_cfg["feature_refiner"] = {"type": "identity"}
+    model_cfg["vision_encoder"]["config"]["hidden_size"] = 32
+    model_cfg["region_extractor"] = {"type": "test_lying_extractor", **settings}
+    with pytest.raises(PluginError, match=rf"^model.region_extractor: _Lying \(.*:_Lying\) breaks its contract "
+                                          rf"\(regionvlm.contracts\): {fragment}"):
+        build_model_and_tokenizer(model_cfg)
