@@ -231,3 +231,19 @@ def test_an_export_asks_in_the_label_set_it_was_trained_on(workspace, tmp_path, 
         assert card["prompts"]["region_classification"]["vocabulary"] == names
         question = RegionChat.from_pretrained(export, device="cpu").task_question("region_classification")
         assert question.endswith(f"Answer the question using one of these category names: {', '.join(names)}.")
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_rerun(workspace, capsys):
+    """A train that fails early leaves config.yaml and logs/ but no checkpoint: the rerun starts (it said 'pass
+    --resume last', and --resume last said 'no checkpoint')."""
+    over = [*FAST, "output.name=failed_early", "trainer.max_steps=1", "trainer.limit_val_batches=0", "~data.val"]
+    run = workspace / "runs" / "failed_early"
+    (run / "logs").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / "config.yaml").write_text("model: {}\n")
+    (run / "logs" / "metrics.csv").write_text("step,train/loss\n")
+    assert main(["train", str(TINY / "stage1.yaml"), *over]) == 0
+    assert "an earlier run saved no checkpoint; starting again" in capsys.readouterr().err
+    assert (run / "export" / "model.safetensors").is_file() and (run / "logs" / "metrics.1.csv").is_file()
+    assert main(["train", str(TINY / "stage1.yaml"), *over]) == 2  # now it has one: refused as before
+    assert "run directory exists" in capsys.readouterr().err

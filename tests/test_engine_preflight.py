@@ -122,6 +122,11 @@ def test_unknown_keys_are_reported_before_missing_files(capsys, monkeypatch):
     ("data.template=vicunna", "data.template: unknown chat template 'vicunna'; did you mean 'vicuna_v1'?"),
     ("data.max_length=long", "data.max_length: expected a positive number of tokens or null"),
     ("data.processor.image_size=224", "data.processor.image_size: is set by the code at build time"),
+    # what train or eval caught only after the model was built (#24 item 5)
+    ("model.trainable=[projectr]", "model.trainable[0]: 'projectr' names no component; did you mean 'projector'"),
+    ("model.trainable=[llm.*lora_*,projector]", None),
+    ("model.llm.lora={rank: 8}", "model.llm.lora.rank: unexpected key for LoraSettings known: r, alpha"),
+    ("optim.lr_multipliers={llmm: 0.1}", "optim.lr_multipliers.llmm: 'llmm' names no component; did you mean 'llm'"),
     ("data.train.0.prompt.vocabularry=x", "data.train[0].prompt.vocabularry: unexpected key for prompt "
                                           "'region_classification'; did you mean 'vocabulary'?"),
 ])

@@ -89,3 +89,14 @@ def test_an_init_from_stage_adds_lora_after_loading_the_exports_weights(tiny_exp
     for name, p in export_model.llm.model.named_parameters():
         key = name.replace("q_proj.weight", "q_proj.base_layer.weight").replace("v_proj.weight", "v_proj.base_layer.weight")
         assert torch.equal(p, base[key]), name
+
+
+def test_a_target_module_typo_is_a_config_error_naming_the_key(tiny_export):
+    """peft's own refusal was reported as the LLM plugin's internal error (exit 1)."""
+    from regionvlm.errors import ConfigError
+
+    cfg = copy.deepcopy(tiny_export[2])
+    cfg["model"]["llm"]["lora"] = {**LORA, "target_modules": ["q_prj"]}
+    with pytest.raises(ConfigError, match=r"^model.llm.lora.target_modules: no linear layer named 'q_prj' in this "
+                                          r"LLM; did you mean 'q_proj'"):
+        build_model_and_tokenizer(cfg["model"])

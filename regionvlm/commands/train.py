@@ -54,12 +54,18 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(config, display_path(path))  # names and keys, then missing weights or data: stop before anything
     run_dir = run_dir_of(cfg)
     ckpt_path = resolve_resume(run_dir, args.resume)
-    started = any((run_dir / d).exists() for d in ("checkpoints", "export", "logs"))
+    # a run that saved nothing to continue from (it failed before its first checkpoint) does not block a rerun
+    started = (run_dir / "export").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
     if started and ckpt_path is None:
         if not args.overwrite:
             raise UserError(f"{run_dir}: run directory exists; pass --resume last to continue it, "
                             f"--overwrite to start again, or set output.name=...")
         shutil.rmtree(run_dir)
+    elif run_dir.exists() and ckpt_path is None:
+        from regionvlm.engine.trainer import keep_csv_log
+
+        keep_csv_log(run_dir / "logs" / "metrics.csv")  # the failed run's log stays, as metrics.1.csv
+        print(f"{run_dir}: an earlier run saved no checkpoint; starting again", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     from lightning.pytorch.utilities.exceptions import SIGTERMException

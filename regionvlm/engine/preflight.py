@@ -69,8 +69,36 @@ def _check_model(model: dict) -> None:
             raise ConfigError(f"model.{key}: unknown key{_did_you_mean(key, MODEL_KEYS)} "
                               f"known: {', '.join(MODEL_KEYS)}")
     for key, kind in MODEL_COMPONENTS.items():
-        if model.get(key) is not None:
-            registry_for(kind).check_node(model[key], f"model.{key}", RUNTIME_KEYS[kind])
+        node = model.get(key)
+        if node is not None:
+            registry_for(kind).check_node(node, f"model.{key}", RUNTIME_KEYS[kind])
+            _check_nested(registry_for(kind).get(node["type"]), node, f"model.{key}")
+    for engine_key in ("trainable", "freeze"):
+        for i, selector in enumerate(model.get(engine_key) or []):
+            check_selector_name(selector, f"model.{engine_key}[{i}]")
+
+
+def _check_nested(cls: type, node: dict, key_path: str) -> None:
+    """A component's nested settings (``nested_settings``: key → settings class, e.g. the LLM's ``lora``)."""
+    from regionvlm.registry import checked_kwargs
+
+    for key, settings in getattr(cls, "nested_settings", {}).items():
+        if isinstance(node.get(key), dict):
+            checked_kwargs(settings, node[key], key_path=f"{key_path}.{key}", what=f"{settings.__name__}",
+                           require=False)
+
+
+def check_selector_name(selector: object, key_path: str) -> None:
+    """A ``trainable``/``freeze``/``lr_multipliers`` selector whose first dotted part is a plain name must name a
+    component (``projectr`` is a typo; ``llm.*lora_*`` and ``*.bias`` are judged once the model exists)."""
+    from regionvlm.registry import _did_you_mean
+
+    if not isinstance(selector, str):
+        raise ConfigError(f"{key_path}: expected a component name or a glob pattern, got {selector!r}")
+    head = selector.split(".")[0]
+    if not any(c in head for c in "*?[") and head not in MODEL_COMPONENTS:
+        raise ConfigError(f"{key_path}: '{selector}' names no component{_did_you_mean(head, MODEL_COMPONENTS)} "
+                          f"components: {', '.join(MODEL_COMPONENTS)}")
 
 
 def _check_data(data: dict) -> None:
@@ -132,6 +160,11 @@ def _check_eval(eval_cfg: dict) -> None:
             BENCHMARKS.check_node({"type": own, **node}, key, require=False)
 
 
+def _check_optim(optim: dict) -> None:
+    for selector in optim.get("lr_multipliers") or {}:
+        check_selector_name(selector, f"optim.lr_multipliers.{selector}")
+
+
 def check_config(config: dict, source: str = "") -> None:
     """Check every registered name (``type:``, ``eval.benchmarks``) and every key of the ``model``, ``data`` and
     ``trainer`` sections against the constructors' signatures, the way building them would, without building
@@ -141,6 +174,7 @@ def check_config(config: dict, source: str = "") -> None:
         _check_data(config.get("data") or {})
         _check_trainer(config.get("trainer") or {})
         _check_eval(config.get("eval") or {})
+        _check_optim(config.get("optim") or {})
     except ConfigError as exc:
         raise ConfigError(f"{source} {exc}" if source else str(exc)) from exc
 

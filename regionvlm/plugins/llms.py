@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,6 +31,8 @@ class HFCausalLM(nn.Module):
     refused unless the config says so); ``lora`` (a `LoraSettings` mapping: LoRA adapters through peft).
     Embeddings are resized to ``vocab_size``; new rows get the mean embedding.
     """
+
+    nested_settings: ClassVar[dict[str, type]] = {}  # filled below: {"lora": LoraSettings} (the dry run checks it)
 
     def __init__(self, vocab_size: int, pretrained: str | None = None, config: dict | None = None,
                  tokenizer: str | None = None, dtype: str | None = "float32", attn_implementation: str = "sdpa",
@@ -84,9 +86,18 @@ class HFCausalLM(nn.Module):
         from regionvlm.registry import construct
 
         lora = construct(LoraSettings, settings, key_path="model.llm.lora", what="LoRA settings").as_dict()
+        targets = list(lora["target_modules"])
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in self.model.named_modules()
+                         if isinstance(m, nn.Linear)})
+        missing = [t for t in targets if t not in linear]
+        if missing:
+            from regionvlm.registry import _did_you_mean
+
+            raise ConfigError(f"model.llm.lora.target_modules: no linear layer named '{missing[0]}' in this LLM"
+                              f"{_did_you_mean(missing[0], linear)} its linear layers: {', '.join(linear)}")
         self.model = get_peft_model(self.model, LoraConfig(
-            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=list(lora["target_modules"]), bias="none"))
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
+            bias="none"))
         self.lora = lora
 
     @property
@@ -168,6 +179,9 @@ class LoraSettings:
 
     def as_dict(self) -> dict:
         return dict(vars(self))
+
+
+HFCausalLM.nested_settings = {"lora": LoraSettings}
 
 
 @contextlib.contextmanager
