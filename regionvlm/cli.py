@@ -70,6 +70,18 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
+def quiet_libraries() -> None:
+    """What every command printed that was not for its user: transformers' weight-loading bars and its
+    deprecation notes (``--debug``, or setting ``TRANSFORMERS_VERBOSITY`` / ``HF_HUB_DISABLE_PROGRESS_BARS``
+    yourself, shows them). Set before transformers is imported, which reads them once."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|huggingface_hub|peft)\b")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -79,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         top.print_help()
         return 0 if not argv or argv == ["--debug"] else 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not debug:
+        quiet_libraries()
     from regionvlm.errors import PluginError, UserError
 
     try:

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -128,3 +129,34 @@ def test_output_cut_short_by_the_reader_is_not_an_error():
     proc = subprocess.run(f"'{sys.executable}' -m regionvlm ablate '{spec}' --list --out /nonexistent | head -1",
                           shell=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.stdout == "0\ttiny\tseed=0\ttodo\n" and proc.stderr == ""
+
+
+def test_commands_do_not_print_the_libraries_loading_bars(tmp_path):
+    """transformers' 'Loading weights' bar and its deprecation notes were printed by every command that loads a
+    pretrained folder; the CLI hides them unless --debug (or the user's own settings) asks."""
+    from conftest import sentencepiece_llm_folder
+
+    folder = sentencepiece_llm_folder(tmp_path / "llm")
+    script = (f"from regionvlm.cli import quiet_libraries; quiet_libraries()\n"
+              f"from regionvlm.plugins.llms import build_tokenizer\nfrom regionvlm.registry import LLMS\n"
+              f"node = {{'type': 'hf_causal_lm', 'pretrained': {str(folder)!r}}}\n"
+              f"LLMS.build(node, key_path='model.llm', vocab_size=len(build_tokenizer(node)))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    quiet = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    loud = subprocess.run([sys.executable, "-c", script.split("\n", 1)[1]], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr[-1000:]
+    assert "Loading weights" in loud.stderr and "Loading weights" not in quiet.stderr
+
+
+def test_the_progress_bar_says_epoch_without_minus_two_or_v_num():
+    from types import SimpleNamespace
+
+    from regionvlm.engine.callbacks import progress_bar
+
+    bar = progress_bar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=200)
+    assert bar._get_train_description(2).strip() == "Epoch 2"
+    bar._trainer = SimpleNamespace(max_epochs=3, max_steps=-1)
+    assert bar._get_train_description(1).strip() == "Epoch 1/2"

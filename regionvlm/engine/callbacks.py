@@ -90,3 +90,28 @@ class CurrentLastCheckpoint(Checkpoint):
 
         if isinstance(exception, SIGTERMException):
             self.save_if_behind(trainer)
+
+
+def progress_bar() -> L.Callback:
+    """Lightning's rich progress bar without its two misreadings: ``Epoch 2/-2`` when ``max_steps`` ends the run
+    (``max_epochs: -1``; now ``Epoch 2``, the bar itself counting the steps) and the logger's version
+    (``v_num: logs``: the CSV logger's folder name, not a number)."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    base = RichProgressBar if _RICH_AVAILABLE else TQDMProgressBar
+
+    class ProgressBar(base):
+        def _get_train_description(self, current_epoch: int) -> str:
+            trainer = self.trainer
+            text = f"Epoch {current_epoch}"
+            if trainer.max_epochs is not None and trainer.max_epochs > 0:
+                text += f"/{trainer.max_epochs - 1}"
+            return text
+
+        def get_metrics(self, trainer: L.Trainer, pl_module: Any) -> dict:
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return ProgressBar()

@@ -49,6 +49,10 @@ def build_trainer(config: dict, run_dir: Path | None = None, callbacks: list | N
     if "strategy" in kwargs:
         kwargs["strategy"] = build_strategy(kwargs["strategy"])
     runtime: dict[str, Any] = {"callbacks": list(callbacks or [])}
+    if kwargs.get("enable_progress_bar", True):
+        from regionvlm.engine.callbacks import progress_bar
+
+        runtime["callbacks"].append(progress_bar())
     if run_dir is not None:
         from regionvlm.engine.callbacks import CurrentLastCheckpoint, GenerationSamples
 
