@@ -53,7 +53,7 @@ def test_sweep_writes_the_table_and_a_rerun_skips_finished_cells(tiny_workspace,
     assert not any(m.split(".")[1].startswith("n_") for m in table["metrics"])
     for variant in ("tiny", "blind"):
         acc = table["variants"][variant]["coco_cls.accuracy"]
-        assert acc["n"] == 1 and acc["std"] == 0.0 and 0.0 <= acc["mean"] <= 100.0 and acc["values"] == [acc["mean"]]
+        assert acc["n"] == 1 and acc["std"] is None and 0.0 <= acc["mean"] <= 100.0  # one seed: no spread and acc["values"] == [acc["mean"]]
         cell = json.loads((out / "cells" / f"{variant}-seed0" / "result.json").read_text())
         m = cell["metrics"]
         assert cell["seed"] == 0 and m["coco_cls.accuracy"] == acc["mean"]
@@ -67,7 +67,7 @@ def test_sweep_writes_the_table_and_a_rerun_skips_finished_cells(tiny_workspace,
     md = (out / "table.md").read_text().splitlines()
     assert md[0] == "| variant | " + " | ".join(table["metrics"]) + " |"
     assert md[2].startswith("| tiny | ") and md[3].startswith("| blind | ") and len(md[2].split(" | ")) == len(table["metrics"]) + 1
-    assert " ± 0.0" in md[2]
+    assert " ± —" in md[2] and " ± 0.0" not in md[2]  # one seed: the spread is unknown, not 0
     with Image.open(out / "chart.png") as im:
         assert im.format == "PNG" and im.width >= 420
 

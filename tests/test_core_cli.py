@@ -160,3 +160,24 @@ def test_the_progress_bar_says_epoch_without_minus_two_or_v_num():
     assert bar._get_train_description(2).strip() == "Epoch 2"
     bar._trainer = SimpleNamespace(max_epochs=3, max_steps=-1)
     assert bar._get_train_description(1).strip() == "Epoch 1/2"
+
+
+def test_list_a_component_shows_its_arguments(tmp_path, monkeypatch, capsys):
+    assert main(["list", "hf_clip"]) == 0
+    out = capsys.readouterr().out
+    assert "regionvlm.plugins.vision:HFCLIPVisionEncoder" in out and "select_layer" in out and "-2" in out
+    assert main(["list", "mask_pool"]) == 0
+    out = capsys.readouterr().out
+    assert "in_channels" in out and "(set by the code)" in out and "mask_resize" in out
+    assert main(["list", "hf_clp"]) == 2
+    assert "did you mean 'hf_clip'" in capsys.readouterr().err
+    # --imports finds a module in the current folder, as the docs say
+    (tmp_path / "my_parts.py").write_text(
+        "import torch\nfrom regionvlm.registry import PROJECTORS\n\n"
+        "@PROJECTORS.register('listed_here')\nclass Listed(torch.nn.Module):\n"
+        "    '''A projector of my own.'''\n"
+        "    def __init__(self, in_channels: int, out_channels: int, depth: int = 3):\n"
+        "        super().__init__()\n        self.out_channels = out_channels\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["list", "projector", "--imports", "my_parts"]) == 0
+    assert "listed_here" in capsys.readouterr().out

@@ -31,12 +31,13 @@ def collect(spec: Spec) -> tuple[dict[str, dict[str, list[float]]], list[Cell]]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value) of the finite values; NaN when there are none."""
+    """Mean and sample standard deviation of the finite values; NaN for what they do not define (no value; the
+    spread of one value, which is unknown, not 0)."""
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return math.nan, math.nan
     mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else math.nan
     return mean, std
 
 
@@ -65,7 +66,8 @@ def markdown_table(summary: dict) -> str:
         cells = []
         for m in metrics:
             r = row[m]
-            cells.append("–" if r["mean"] is None else f"{r['mean']:.1f} ± {r['std']:.1f}" + (
+            spread = "—" if r["std"] is None else f"{r['std']:.1f}"
+            cells.append("—" if r["mean"] is None else f"{r['mean']:.1f} ± {spread}" + (
                 f" (n={r['n']})" if r["n"] != len(summary["seeds"]) else ""))
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     note = f"\nmean ± std over seeds {summary['seeds']}"
@@ -81,8 +83,8 @@ def bar_chart(summary: dict, path: Path) -> None:
     from regionvlm.viz import PALETTE, _font, save_png
 
     metrics, variants = summary["metrics"], list(summary["variants"])
-    top = max([100.0] + [r["mean"] + r["std"] for row in summary["variants"].values() for r in row.values()
-                         if r["mean"] is not None])
+    top = max([100.0] + [r["mean"] + (r["std"] or 0.0) for row in summary["variants"].values()
+                         for r in row.values() if r["mean"] is not None])
     bar, gap, left, plot_h, base = 14, 24, 50, 300, 340
     group_w = bar * len(variants) + gap
     width = max(left + group_w * len(metrics) + 20, 420)
@@ -101,7 +103,8 @@ def bar_chart(summary: dict, path: Path) -> None:
                 continue
             x, h = x0 + k * bar, plot_h * r["mean"] / top
             draw.rectangle([x, base - h, x + bar - 2, base], fill=PALETTE[k % len(PALETTE)])
-            lo, hi = base - plot_h * (r["mean"] - r["std"]) / top, base - plot_h * (r["mean"] + r["std"]) / top
+            std = r["std"] or 0.0  # one seed: no spread to draw
+            lo, hi = base - plot_h * (r["mean"] - std) / top, base - plot_h * (r["mean"] + std) / top
             draw.line([(x + bar // 2 - 1, lo), (x + bar // 2 - 1, hi)], fill="black")
         label = m.split(".", 1)[-1]
         draw.text((x0, base + 6 + 14 * (g % 2)), label, fill="black", font=small)
