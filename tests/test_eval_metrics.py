@@ -91,6 +91,12 @@ def test_semantic_similarity_with_minilm():
     # the first pair is identical text: cosine 1 → mean = (100 + cos(cat, airplane)) / 2
     cos = float((enc.encode(["a cat"]) * enc.encode(["airplane"])).sum())
     assert s["semantic_similarity"] == pytest.approx((100 + 100 * cos) / 2, abs=1e-4)
+    # an empty answer names nothing: 0, not the ~29 the empty string's embedding gives with any name
+    assert float((enc.encode([""]) * enc.encode(["dog"])).sum()) > 0.1
+    assert semantic.semantic_scores(["", "  "], ["dog", "airplane"], enc) == {"semantic_similarity": 0.0,
+                                                                               "semantic_iou": 0.0}
+    half = semantic.semantic_scores(["dog", ""], ["dog", "airplane"], enc)
+    assert half["semantic_similarity"] == pytest.approx(50.0, abs=1e-4)
 
 
 # ---- COCO mAP: pycocotools COCOeval called directly ---------------------------------------------------------

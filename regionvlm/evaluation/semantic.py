@@ -86,12 +86,16 @@ def default_encoder() -> SentenceEncoder:
 
 def semantic_scores(predictions: Sequence[str], categories: Sequence[str],
                     encoder: SentenceEncoder | None = None) -> dict[str, float]:
-    """Osprey's semantic similarity (mean cosine) and semantic IoU (mean word-set IoU), ×100."""
+    """Osprey's semantic similarity (mean cosine) and semantic IoU (mean word-set IoU), ×100. An answer that is
+    empty once cleaned scores 0: it names nothing (embedding the empty string, as Osprey's script would, gives a
+    cosine of about 0.29 with any name — a model answering nothing would score ~29)."""
     if not predictions:
         return {"semantic_similarity": 0.0, "semantic_iou": 0.0}
     preds = [osprey_clean_prediction(p) for p in predictions]
     cats = [osprey_clean_category(c) for c in categories]
     enc = encoder or default_encoder()
+    said = [bool(p.strip()) for p in preds]
     sims = (enc.encode(preds) * enc.encode(cats)).sum(-1)
+    sims = sims * sims.new_tensor(said, dtype=sims.dtype)
     ious = [semantic_iou(p, c) for p, c in zip(preds, cats, strict=True)]
     return {"semantic_similarity": 100.0 * float(sims.mean()), "semantic_iou": 100.0 * sum(ious) / len(ious)}
