@@ -1,6 +1,7 @@
 """`regionvlm plan`: counts from a meta-device build match independent builds; memory parts follow the strategy."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,16 @@ def test_an_unknown_hub_id_is_a_clear_error(capsys):
     assert main(["plan", str(RGPT / "stage2.yaml"), "model.llm.pretrained=someone/unknown-7b"]) == 2
     assert "model.llm.pretrained: 'someone/unknown-7b' is neither a local folder nor in the Hugging Face cache" in \
         capsys.readouterr().err
+
+
+def test_the_report_says_what_auto_is_how_flops_split_and_which_gpus_fit(capsys):
+    """#24 item 8: 'auto' resolved, FLOPs per step over all GPUs and per GPU, and a verdict for usual GPU sizes
+    without --gpu-memory."""
+    assert main(["plan", str(RGPT / "stage2.yaml"), "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "strategy auto (= ddp over the GPUs)" in out
+    total = float(re.search(r"~([\d.]+) TFLOPs per step over all GPUs \(([\d.]+) per GPU\)", out).group(1))
+    per_gpu = float(re.search(r"\(([\d.]+) per GPU\)", out).group(1))
+    assert per_gpu == pytest.approx(total / 8, abs=0.1)
+    verdict = out.strip().splitlines()[-1]
+    assert verdict.startswith("per GPU (") and "80 GiB (A100-80GB, H100)" in verdict

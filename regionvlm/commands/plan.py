@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from regionvlm.config import load_config
-    from regionvlm.engine.plan import fits, format_plan, plan
+    from regionvlm.engine.plan import fits, fits_common, format_plan, plan
     from regionvlm.registry import import_modules
 
     cfg = load_config(args.config, args.overrides)
@@ -48,6 +48,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_plan(result, args.config))
     if init_from and not Path(init_from).is_dir():
         print(f"(model.init_from {init_from} does not exist yet: planned from this config's own architecture)")
-    if args.gpu_memory:
-        print(fits(result, args.gpu_memory))
+    print(fits(result, args.gpu_memory) if args.gpu_memory else fits_common(result))
     return 0

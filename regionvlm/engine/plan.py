@@ -234,7 +234,10 @@ def format_plan(result: Mapping[str, Any], source: str) -> str:
         return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
 
     s = result["setting"]
-    lines = [f"plan for {source}: {s['precision']}, strategy {s['strategy']}, {s['gpus']} GPU(s), micro-batch "
+    strategy = s["strategy"]
+    if strategy == "auto":  # what Lightning's "auto" picks for this many devices
+        strategy = "auto (= ddp over the GPUs)" if s["gpus"] > 1 else "auto (= one device, no sharding)"
+    lines = [f"plan for {source}: {s['precision']}, strategy {strategy}, {s['gpus']} GPU(s), micro-batch "
              f"{s['micro_batch']}, context {s['context_length']}, gradient checkpointing "
              f"{'on' if s['gradient_checkpointing'] else 'off'}{', LoRA' if s['lora'] else ''}", "",
              f"{'component':<18}{'trainable':>14}{'frozen':>14}"]
@@ -244,9 +247,24 @@ def format_plan(result: Mapping[str, Any], source: str) -> str:
     lines += ["", "memory per GPU (GiB, estimate): " + ", ".join(f"{k} {v:.2f}" for k, v in m.items()), ""]
     t = result["tokens"]
     lines.append(f"tokens: {t['image_tokens_per_image']} per image, {t['tokens_per_region']} per region, "
-                 f"{t['tokens_per_step']:,} per step (at the context length); "
-                 f"~{result['flops_per_step'] / 1e12:.1f} TFLOPs per step")
+                 f"{t['tokens_per_step']:,} per step (all GPUs, at the context length); "
+                 f"~{result['flops_per_step'] / 1e12:.1f} TFLOPs per step over all GPUs "
+                 f"({result['flops_per_step'] / 1e12 / max(s['gpus'], 1):.1f} per GPU)")
     return "\n".join(lines)
+
+
+#: usual GPU memory sizes (GiB) for the verdict `regionvlm plan` prints without --gpu-memory
+COMMON_GPUS = {"24 GiB (RTX 4090, L4)": 24, "40 GiB (A100-40GB)": 40, "48 GiB (L40S, A6000)": 48,
+               "80 GiB (A100-80GB, H100)": 80, "141 GiB (H200)": 141}
+
+
+def fits_common(result: Mapping[str, Any]) -> str:
+    """Which usual GPU sizes the estimate fits (within 90 % of their memory, as `fits`)."""
+    total = result["memory_gib"]["total"]
+    yes = [name for name, gib in COMMON_GPUS.items() if total <= gib * 0.9]
+    no = [name for name, gib in COMMON_GPUS.items() if total > gib * 0.9]
+    parts = ([f"fits {', '.join(yes)}"] if yes else []) + ([f"does not fit {', '.join(no)}"] if no else [])
+    return f"per GPU ({total:.1f} GiB estimated): " + "; ".join(parts) + " (--gpu-memory GIB for another size)"
 
 
 def fits(result: Mapping[str, Any], gpu_gib: float) -> str:
