@@ -247,3 +247,18 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_its_rerun(
     assert (run / "export" / "model.safetensors").is_file() and (run / "logs" / "metrics.1.csv").is_file()
     assert main(["train", str(TINY / "stage1.yaml"), *over]) == 2  # now it has one: refused as before
     assert "run directory exists" in capsys.readouterr().err
+
+
+def test_data_show_previews_what_a_dataset_node_renders(workspace, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "show.png"
+    assert main(["data", "show", str(TINY / "stage2.yaml"), "-n", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "== data.train[0]: coco_instances" in text and "[region_classification]" in text
+    assert "Q: <image>" in text and "\nA: " in text and "regions: <region1>" in text
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.height > 100
+    assert main(["data", "show", str(TINY / "stage2.yaml"), "--split", "val", "-n", "1"]) == 0
+    assert "What category name best describes" in capsys.readouterr().out  # evaluation: the first phrasing
+    assert main(["data", "show", str(TINY / "stage2.yaml"), "-n", "0"]) == 2
