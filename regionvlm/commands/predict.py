@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +62,91 @@ def generation_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def read_done_rows(out_path: Path) -> list[dict]:
-    """Complete rows of an earlier, possibly killed run. A torn last line (the kill case: no newline yet) is cut
-    off the file; any other line that is not a JSON object with an ``id`` is an error naming it, and the file is
-    left as it is."""
+def question_of(row: dict) -> str | None:
+    """The question a batch row asks: its last human turn (as `batch_samples` takes it)."""
+    turns = [t for t in row.get("conversations", []) if t.get("from") in ("human", "user")]
+    return turns[-1]["value"] if turns else None
+
+
+def answer_line(row: dict, question: str, answer: str) -> str:
+    """One line of ``--out``: the input row with the question asked and the answer."""
+    return json.dumps({**row, "question": question, "answer": answer}, ensure_ascii=False) + "\n"
+
+
+_SENTINEL = "\x00regionvlm-answer\x00"
+
+
+def _starts_one_of_our_lines(tail: bytes, rows: list[dict]) -> bool:
+    """Whether ``tail`` (a last line without its newline) is the beginning of the line this command would write
+    for one of ``rows``: everything up to the answer is known in advance."""
+    for row in rows:
+        question = question_of(row)
+        if question is None:
+            continue
+        head = answer_line(row, question, _SENTINEL).split(json.dumps(_SENTINEL))[0].encode("utf-8")
+        if tail[:len(head)] == head[:len(tail)]:
+            return True
+    return False
+
+
+@dataclass
+class DoneRows:
+    """What an earlier run left in ``--out``: the ids answered, and how to append after them."""
+
+    ids: set[str]
+    cut_at: int | None = None    # truncate the file here before appending: a torn last line
+    add_newline: bool = False    # the last complete row lacks its newline
+
+
+def read_done_rows(out_path: Path, rows: list[dict] | None = None, source: str = "--input") -> DoneRows:
+    """Check what an earlier, possibly killed run left in ``out_path``, without changing the file. It may be
+    resumed only if every complete line is an answer row of ours: a JSON object with an ``id`` of the input
+    ``rows`` (``None``: any id) and a string ``answer``, each id once; anything else is a `DataError` naming the
+    line, and the file is left as it is. A last line without its newline (the kill case) is cut before appending
+    only when it is the beginning of one of our lines: after our complete rows, or matching the line one of
+    ``rows`` would get. A file that is one JSON document without a newline (a ``json.dump``) is not ours."""
     if not out_path.exists():
-        return []
+        return DoneRows(set())
+    ids = None if rows is None else {str(r["id"]) for r in rows}
+    refuse = f"refusing to append to a file that is not this command's answers to {source} (another --out, or " \
+             f"remove the file)"
     data = out_path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    rows = []
-    for n, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
+    end = data.rfind(b"\n") + 1
+    complete, tail = data[:end], data[end:]
+    done: dict[str, int] = {}
+
+    def check_ours(row: Any, n: int) -> None:
+        if not isinstance(row, dict) or "id" not in row:
+            raise DataError(f"{out_path}: line {n}: not an answer row (a JSON object with an 'id'); {refuse}")
+        rid = str(row["id"])
+        if ids is not None and rid not in ids:
+            raise DataError(f"{out_path}: line {n}: id {rid!r} is not a row of {source}; {refuse}")
+        if not isinstance(row.get("answer"), str):
+            raise DataError(f"{out_path}: line {n}: no 'answer' string, so not an answer row; {refuse}")
+        if rid in done:
+            raise DataError(f"{out_path}: line {n}: id {rid!r} answered twice (first at line {done[rid]}); {refuse}")
+        done[rid] = n
+
+    lines = complete.decode("utf-8", errors="replace").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{out_path}: line {n}: not valid JSON ({exc.msg}); fix or remove it to resume") from None
-        if not isinstance(row, dict) or "id" not in row:
-            raise DataError(f"{out_path}: line {n}: expected a JSON object with an 'id'; fix or remove it to resume")
-        rows.append(row)
-    if len(complete) < len(data):
-        os.truncate(out_path, len(complete))  # drop the torn tail only: the complete rows stay untouched
-    return rows
+        check_ours(row, n)
+    if not tail.strip():
+        return DoneRows(set(done), cut_at=end if tail else None)
+    try:
+        row = json.loads(tail.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        if done or (rows is not None and _starts_one_of_our_lines(tail, rows)):
+            return DoneRows(set(done), cut_at=end)  # torn by a kill: only the tail goes
+        raise DataError(f"{out_path}: line {len(lines) + 1}: an incomplete line, and no answer row of ours before it; "
+                        f"{refuse}") from None
+    check_ours(row, len(lines) + 1)  # a complete row whose newline was not written yet
+    return DoneRows(set(done), add_newline=True)
 
 
 def batch_samples(rows: list[tuple[int, dict]], image_root: str, source: str) -> list[dict]:
@@ -102,57 +168,145 @@ def batch_samples(rows: list[tuple[int, dict]], image_root: str, source: str) ->
     return samples
 
 
-def run_batch(chat: Any, args: argparse.Namespace) -> int:
+def read_questions(path: str) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of a questions file, each row checked for the fields and types a question needs
+    (one `DataError` naming ``file:line`` and the field), ids unique: before anything loads or is written."""
+    from regionvlm.data.formats import iter_jsonl
+
+    rows: list[tuple[int, dict]] = []
+    seen: dict[str, int] = {}
+    for n, row in iter_jsonl(path):
+        where = f"{path}:{n}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if "id" not in row or "image" not in row:
+            raise DataError(f"{where}: row needs 'id' and 'image'")
+        rid = row["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+            raise DataError(f"{where}: 'id' must be a non-empty string or an integer, got {rid!r}")
+        if not isinstance(row["image"], str) or not row["image"]:
+            raise DataError(f"{where}: 'image' must be a path string, got {row['image']!r}")
+        turns = row.get("conversations", [])
+        if not isinstance(turns, list):
+            raise DataError(f"{where}: 'conversations' must be a list of turns, got {type(turns).__name__}")
+        for k, turn in enumerate(turns):
+            if not isinstance(turn, dict):
+                raise DataError(f"{where}: conversations[{k}] must be an object with 'from' and 'value', "
+                                f"got {turn!r}")
+            for field in ("from", "value"):
+                if not isinstance(turn.get(field), str):
+                    raise DataError(f"{where}: conversations[{k}].{field} must be a string, got {turn.get(field)!r}")
+        regions = row.get("regions", [])
+        if not isinstance(regions, list) or not all(isinstance(r, dict) for r in regions):
+            raise DataError(f"{where}: 'regions' must be a list of region objects, got {regions!r:.80}")
+        if str(rid) in seen:
+            raise DataError(f"{path}: duplicate id {str(rid)!r} (lines {seen[str(rid)]} and {n})")
+        seen[str(rid)] = n
+        rows.append((n, row))
+    return rows
+
+
+def _region_files(specs: list[str]) -> dict[str, str]:
+    """``{"--region[i]": path}`` of the ``mask:``/``rle:`` regions given on the command line."""
+    out = {}
+    for i, spec in enumerate(specs):
+        kind, _, value = spec.partition(":")
+        if kind in ("mask", "rle") and value:
+            out[f"--region[{i}]"] = value
+    return out
+
+
+def _check_generation_flags(args: argparse.Namespace) -> None:
+    import math
+
+    from regionvlm.guards import MAX_BEAMS, MAX_NEW_TOKENS
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    for flag, high in (("max_new_tokens", MAX_NEW_TOKENS), ("num_beams", MAX_BEAMS)):
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= high:
+            raise UserError(f"--{flag.replace('_', '-')} {value}: expected 1..{high}")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UserError(f"--temperature {args.temperature}: expected a finite number > 0")
+    if args.top_p is not None and not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise UserError(f"--top-p {args.top_p}: expected a number in (0, 1]")
+
+
+def check_before_loading(args: argparse.Namespace) -> None:
+    """Every flag, input and output checked before the model loads: a mistake costs no loading or generation,
+    and nothing is written (regionvlm.guards)."""
+    from regionvlm.guards import check_card_limits, check_input_file, check_output_file, check_regular_file
+    from regionvlm.hub import CONFIG_FILE, read_export_config
+
+    if bool(args.input) == bool(args.image):
+        raise UserError("give either --image with --prompt (one question) or --input with --out (batch)")
+    if args.input:
+        for flag in ("prompt", "viz"):
+            if getattr(args, flag):
+                raise UserError(f"--{flag}: only for one question (--image); with --input the questions are the rows")
+        if args.region:
+            raise UserError("--region: only for one question (--image); with --input each row has its regions")
+        if not args.out:
+            raise UserError("--out: required with --input")
+        check_input_file(args.input, "--input")
+        check_output_file(args.out, "--out", inputs={"--input": args.input})
+    else:
+        if not args.prompt:
+            raise UserError("--prompt: required with --image")
+        if args.out:
+            raise UserError("--out: only with --input (batch); one answer is printed (--viz draws it)")
+        check_input_file(args.image, "--image")
+        files = _region_files(args.region)
+        for i, spec in enumerate(args.region):
+            if f"--region[{i}]" in files:
+                check_regular_file(files[f"--region[{i}]"], f"--region[{i}] {spec!r}")
+        if args.viz:
+            check_output_file(args.viz, "--viz", inputs={"--image": args.image, **files})
+    _check_generation_flags(args)
+    check_card_limits(read_export_config(args.model), Path(args.model) / CONFIG_FILE)
+
+
+def run_batch(chat: Any, args: argparse.Namespace, rows: list[tuple[int, dict]], done: DoneRows) -> int:
     from rich.progress import Progress
 
-    from regionvlm.data.formats import read_jsonl
-
-    if not args.out:
-        raise UserError("--out: required with --input")
-    rows = read_jsonl(args.input)
-    for n, row in enumerate(rows, 1):  # before anything is written: a bad row stops the run with the file intact
-        if "id" not in row or "image" not in row:
-            raise DataError(f"{args.input}:{n}: row needs 'id' and 'image'")
-    ids = [str(r.get("id")) for r in rows]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DataError(f"{args.input}: duplicate id {dup!r}")
     out_path = Path(args.out)
-    done_ids = {str(r["id"]) for r in read_done_rows(out_path)}
     # rows are appended batch by batch (fsynced): a killed run leaves complete rows and at most one torn line
-    todo = [(n, r) for n, r in enumerate(rows, 1) if str(r["id"]) not in done_ids]
+    todo = [(n, r) for n, r in rows if str(r["id"]) not in done.ids]
     samples = batch_samples(todo, args.image_root, args.input)
     settings = generation_overrides(args)
     with Progress() as progress, contextlib.ExitStack() as stack:
-        out = None  # opened at the first answered batch: a run that fails before it leaves no file behind
+        out = None  # opened at the first answered batch: a run that fails before it leaves the file as it was
         task = progress.add_task("answering", total=len(rows), completed=len(rows) - len(todo))
         for start in range(0, len(samples), args.batch_size):
             chunk = samples[start:start + args.batch_size]
             answers = chat.generate(chunk, **settings)
-            out = out or stack.enter_context(out_path.open("a"))
+            if out is None:
+                if done.cut_at is not None:
+                    os.truncate(out_path, done.cut_at)  # drop the torn tail only: the complete rows stay untouched
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                out = stack.enter_context(out_path.open("a", encoding="utf-8"))
+                if done.add_newline:
+                    out.write("\n")
             for sample, answer in zip(chunk, answers):
-                question = sample["conversations"][0]["value"]
-                out.write(json.dumps({**sample["row"], "question": question, "answer": answer},
-                                     ensure_ascii=False) + "\n")
+                out.write(answer_line(sample["row"], sample["conversations"][0]["value"], answer))
             out.flush()
             os.fsync(out.fileno())
             progress.advance(task, len(chunk))
-    print(f"{len(todo)} answered, {len(done_ids)} already done → {out_path}")
+    print(f"{len(todo)} answered, {len(done.ids)} already done → {out_path}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from regionvlm.inference import RegionChat
 
-    if bool(args.input) == bool(args.image):
-        raise UserError("give either --image with --prompt (one question) or --input with --out (batch)")
-    if args.image and not args.prompt:
-        raise UserError("--prompt: required with --image")
-    if args.image and not Path(args.image).is_file():
-        raise UserError(f"--image: no such file '{args.image}'")
+    check_before_loading(args)
+    if args.input:
+        rows = read_questions(args.input)
+        done = read_done_rows(Path(args.out), [r for _, r in rows], args.input)
     chat = RegionChat.from_pretrained(args.model, device=args.device)
     if args.input:
-        return run_batch(chat, args)
+        return run_batch(chat, args, rows, done)
     regions = [parse_region(spec, f"--region[{i}]") for i, spec in enumerate(args.region)]
     answer = chat.ask(args.image, regions, args.prompt, **generation_overrides(args))
     print(answer)

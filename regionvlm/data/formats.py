@@ -180,14 +180,23 @@ def read_refs(path: PathLike) -> list[dict]:
 
     The ref's ``file_name`` (``COCO_train2014_<image_id>_<ann_id>.jpg``) is not a file on disk: use
     `refcoco_image_file(ref["image_id"])`. Pickles written by Python 2 need ``encoding="latin1"``.
+
+    Read with `regionvlm.guards.load_plain_pickle`: the format holds lists, dicts, strings and numbers only, and
+    a pickle that names anything else (a class, ``os.system``) is refused before anything in it is called.
     """
+    from regionvlm.guards import load_plain_pickle
+
     try:
         with open(path, "rb") as f:
-            refs = pickle.load(f, encoding="latin1")
+            refs = load_plain_pickle(f, encoding="latin1")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as exc:
-        raise DataError(f"{path}: not a refs pickle: {exc}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a refs pickle") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            MemoryError, RecursionError, OverflowError) as exc:  # the ways a crafted opcode stream fails
+        raise DataError(f"{path}: not a refs pickle: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") \
+            from None
     if not isinstance(refs, list):
         raise DataError(f"{path}: expected a pickled list of refs, got {type(refs).__name__}")
     for i, r in enumerate(refs):
