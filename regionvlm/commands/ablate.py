@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from regionvlm.ablation.cells import run_cell, run_cells_parallel
-    from regionvlm.ablation.spec import cell_finished, load_spec
+    from regionvlm.ablation.spec import cell_finished, check_cell_outputs, load_spec
     from regionvlm.ablation.table import markdown_table, write_table
     from regionvlm.errors import UserError
 
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{c.index}\t{c.variant}\tseed={c.seed}\t{state}")
         return 0
     if not args.table:
+        check_cell_outputs(spec)  # before the first cell trains: every variant's outputs stay in its folder
         if args.cell is not None:
             bad = [i for i in args.cell if not 0 <= i < len(cells)]
             if bad:

@@ -54,6 +54,9 @@ def _hub_missing(ref: str, key: str) -> list[str]:
 class TemplateCaptioner:
     """Deterministic captions from the pixels (colour and size words): for tests and dry runs."""
 
+    TEMPLATE_FIELDS = {"global_template": ("colour", "num_regions"),   # checked by datagen.settings before a run
+                       "region_template": ("size", "colour", "class_name", "global_caption")}
+
     def __init__(self, global_template: str = "a picture with a {colour} background and {num_regions} objects.",
                  region_template: str = "a {size} {colour} {class_name}, seen in the close-up."):
         self.global_template, self.region_template = global_template, region_template
@@ -110,6 +113,8 @@ class RegionVLMCaptioner:
 class HFVLMCaptioner:
     """A transformers image-text-to-text model (LLaVA-1.5 and later), hub id or local folder, greedy decoding."""
 
+    TEMPLATE_FIELDS = {"prompt_format": ("prompt",)}
+
     def __init__(self, pretrained: str, prompt_format: str = LLAVA_PROMPT, use_chat_template: bool = True,
                  max_new_tokens: int = 128, dtype: str = "auto", revision: str | None = None):
         """``prompt_format`` (``{prompt}`` is the question) is used when the processor has no chat template or
@@ -157,6 +162,8 @@ class HFVLMCaptioner:
 @CAPTIONERS.register("vllm")
 class VLLMCaptioner:
     """The same models through vLLM (continuous batching on GPUs), when vLLM is installed."""
+
+    TEMPLATE_FIELDS = {"prompt_format": ("prompt",)}
 
     def __init__(self, pretrained: str, prompt_format: str = LLAVA_PROMPT, max_new_tokens: int = 128,
                  gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):

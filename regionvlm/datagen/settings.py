@@ -119,8 +119,95 @@ def _section(cls: type, node: Any, key: str) -> Any:
     return construct(cls, node, key_path=f"datagen.{key}", what=f"datagen.{key}")
 
 
+#: the fields each template of the datagen section may use (`str.format` names; nothing else is filled in)
+TEMPLATE_FIELDS = {"prompts.global": ("global_caption", "class_name"),
+                   "prompts.region": ("global_caption", "class_name"),
+                   "prompts.region_with_class": ("global_caption", "class_name"),
+                   "filters.judge_prompt": ("class_name", "caption")}
+
+
+def check_template(template: Any, fields: tuple[str, ...], key: str) -> None:
+    """A `str.format` template that names only ``fields``, plainly (no ``{}``, ``{0}``, attribute or index access
+    such as ``{class_name.upper}``, no nested ``{...}`` in a format spec), and formats: else one `ConfigError`
+    naming ``key``. Checked before any image is captioned."""
+    import string
+
+    from regionvlm.registry import _did_you_mean
+
+    shown = ", ".join(f"{{{f}}}" for f in fields) or "none"
+    braces = "write {{ and }} for literal braces"
+    if not isinstance(template, str):
+        raise ConfigError(f"{key}: expected a text template, got {template!r} (on the command line, a value "
+                          f"starting with {{ is YAML: quote it, '{key}=\"{{...}}\"')")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ConfigError(f"{key}: invalid template: {exc}; {braces}") from None
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        if name not in fields:
+            why = ("positional fields are not filled in" if name == "" or name.isdigit()
+                   else "attribute and index access are not allowed" if name.split(".")[0].split("[")[0] in fields
+                   else "unknown field")
+            raise ConfigError(f"{key}: {{{name}}}: {why}{_did_you_mean(name, fields)}; the fields are {shown} "
+                              f"({braces})")
+        if spec and "{" in spec:
+            raise ConfigError(f"{key}: {{{name}:{spec}}}: a format spec may not hold fields ({braces})")
+    try:
+        template.format(**dict.fromkeys(fields, "x"))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ConfigError(f"{key}: {exc} ({braces})") from None
+
+
+def _check_captioner_templates(node: Any) -> None:
+    """A captioner class may declare ``TEMPLATE_FIELDS = {argument: (field, ...)}``: the templates given in its
+    config node are checked like the section's own (a captioner is not built before the first image)."""
+    from regionvlm.registry import CAPTIONERS
+
+    if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+        return
+    cls = CAPTIONERS.get(node["type"], key_path="datagen.captioner.type")
+    for arg, fields in getattr(cls, "TEMPLATE_FIELDS", {}).items():
+        if arg in node:
+            check_template(node[arg], tuple(fields), f"datagen.captioner.{arg}")
+
+
+def _bounded(value: Any, key: str, low: float | None = None, high: float | None = None,
+             optional: bool = False) -> None:
+    import math
+
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (low is not None and value < low) or (high is not None and value > high):
+        span = f"{low if low is not None else '-inf'}..{high if high is not None else 'inf'}"
+        raise ConfigError(f"datagen.{key}: expected a number in {span}{' or null' if optional else ''}, "
+                          f"got {value!r}")
+
+
+def _check_numbers(s: DatagenSettings) -> None:
+    sel, crop, flt = s.selection, s.crop, s.filters
+    _bounded(sel.min_area, "selection.min_area", 0)
+    _bounded(sel.max_area, "selection.max_area", sel.min_area, optional=True)
+    _bounded(sel.max_per_image, "selection.max_per_image", 1, optional=True)
+    _bounded(crop.context, "crop.context", 0)
+    _bounded(crop.min_size, "crop.min_size", 1)
+    _bounded(crop.dim, "crop.dim", 0, 1)
+    _bounded(flt.min_words, "filters.min_words", 0)
+    _bounded(flt.max_words, "filters.max_words", flt.min_words)
+    _bounded(flt.max_similarity, "filters.max_similarity", 0, 1)
+    _bounded(s.num_workers, "num_workers", 0)
+    _bounded(s.gallery, "gallery", 0)
+    _bounded(s.num_shards, "num_shards", 1)
+
+
 def parse_settings(config: dict) -> DatagenSettings:
-    """The resolved config's ``datagen:`` section → `DatagenSettings` (a `ConfigError` naming the key path)."""
+    """The resolved config's ``datagen:`` section → `DatagenSettings` (a `ConfigError` naming the key path):
+    keys, types, ranges, the templates' fields (`check_template`) and an output file name that stays in the
+    output folder."""
+    from regionvlm.config import SEED_RANGE
+
     node = dict(config.get("datagen") or {})
     if not node:
         raise ConfigError("datagen: the config has no datagen section (see projects/rgpt/tiny/datagen.yaml)")
@@ -129,6 +216,9 @@ def parse_settings(config: dict) -> DatagenSettings:
             raise ConfigError(f"datagen.{key}: required")
     if not isinstance(node["sources"], list):
         raise ConfigError("datagen.sources: expected a list of dataset nodes ({type: coco_instances, ...})")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ConfigError(f"seed: expected a whole number in {SEED_RANGE[0]}..{SEED_RANGE[1]}, got {seed!r}")
     sections = {"selection": SelectionSettings, "crop": CropSettings, "prompts": PromptSettings,
                 "filters": FilterSettings, "output": OutputSettings}
     for key, cls in sections.items():
@@ -136,16 +226,29 @@ def parse_settings(config: dict) -> DatagenSettings:
     if node["output"].dir is None:
         out = config.get("output") or {}
         node["output"].dir = f"{out.get('root', 'runs')}/{out.get('name', 'run')}"
-    settings = construct(DatagenSettings, node, key_path="datagen", what="datagen", seed=int(config.get("seed", 0)))
+    settings = construct(DatagenSettings, node, key_path="datagen", what="datagen", seed=seed)
     if settings.crop.highlight not in ("none", "box", "mask", "dim"):
         raise ConfigError(f"datagen.crop.highlight: expected none, box, mask or dim, got {settings.crop.highlight!r}")
     if settings.output.per not in ("region", "image"):
         raise ConfigError(f"datagen.output.per: expected 'region' or 'image', got {settings.output.per!r}")
-    if "<region1>" not in settings.output.question:
+    if not isinstance(settings.output.question, str) or "<region1>" not in settings.output.question:
         raise ConfigError("datagen.output.question: must name the region as <region1>")
+    file = settings.output.file
+    if not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file or "\0" in file:
+        raise ConfigError(f"datagen.output.file: expected a file name inside datagen.output.dir (no folders), "
+                          f"got {file!r}")
+    if file == "report" or file == "chunks":
+        raise ConfigError(f"datagen.output.file: {file!r} is a folder datagen writes; choose another name")
+    _check_numbers(settings)
     if not 0 <= settings.shard < settings.num_shards:
         raise ConfigError(f"datagen.shard: expected 0 ≤ shard < num_shards={settings.num_shards}, "
                           f"got {settings.shard}")
     if settings.batch_size < 1:
         raise ConfigError("datagen.batch_size: expected ≥ 1")
+    prompts = {"prompts.global": settings.prompts.global_, "prompts.region": settings.prompts.region,
+               "prompts.region_with_class": settings.prompts.region_with_class,
+               "filters.judge_prompt": settings.filters.judge_prompt}
+    for key, template in prompts.items():
+        check_template(template, TEMPLATE_FIELDS[key], f"datagen.{key}")
+    _check_captioner_templates(settings.captioner)
     return settings
