@@ -18,7 +18,7 @@ Precedence, lowest first: schema defaults < ``_base_`` files (in order, recursiv
   interpolate as usual.
 - YAML is read strictly: a key given twice in one mapping is an error naming the file, line and key; aliases
   (``*name``) may repeat at most `MAX_ALIAS_EXPANSION` values in all, so a small file cannot expand into
-  billions (an alias bomb); recursive aliases are refused.
+  billions (an alias bomb); recursive aliases and nesting deeper than `MAX_YAML_DEPTH` are refused.
 - Top-level sections are validated against `RootConfig`: an unknown or mistyped key is an error naming the
   file (or "override") and the key path. Component nodes under ``model``/``data``/``eval`` are validated where
   they are built (`regionvlm.registry.construct`), with the same key paths. ``seed`` is a whole number in
@@ -143,6 +143,7 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
 
 
 MAX_ALIAS_EXPANSION = 10_000  # values YAML aliases may repeat in one file (merging 10 000 values takes ~1.5 s)
+MAX_YAML_DEPTH = 32           # nested mappings/lists in one file (OmegaConf's recursion fails near 100)
 
 
 def _strict_loader(source: str):
@@ -179,15 +180,20 @@ def _strict_loader(source: str):
 
 
 def _check_alias_expansion(root: Any, source: str) -> None:
-    """Refuse a composed YAML graph whose aliases repeat more than `MAX_ALIAS_EXPANSION` values, or that refers
-    to itself (``&a [*a]``). Counted in one pass over the distinct nodes, so a bomb costs no more than its text."""
+    """Refuse a composed YAML graph whose aliases repeat more than `MAX_ALIAS_EXPANSION` values, that refers to
+    itself (``&a [*a]``), or that nests deeper than `MAX_YAML_DEPTH` (OmegaConf recurses ~10 frames a level).
+    Counted in one pass over the distinct nodes, so a bomb costs no more than its text."""
     import yaml
 
     sizes: dict[int, int] = {}
     in_progress: set[int] = set()
     distinct = 0
 
-    def size(node: Any) -> int:  # the number of values `node` expands to, aliases repeated
+    def bomb() -> ConfigError:
+        return ConfigError(f"{source}: YAML aliases repeat more than {MAX_ALIAS_EXPANSION} values (an alias "
+                           f"bomb?); write the values out, or share them with _base_ or ${{...}} interpolation")
+
+    def size(node: Any, depth: int) -> int:  # the number of values `node` expands to, aliases repeated
         nonlocal distinct
         key = id(node)
         if key in sizes:
@@ -195,6 +201,9 @@ def _check_alias_expansion(root: Any, source: str) -> None:
         if key in in_progress:
             raise ConfigError(f"{source}: line {node.start_mark.line + 1}: a YAML alias refers to the node that "
                               f"contains it (a recursive structure); write the value out")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source}: line {node.start_mark.line + 1}: YAML nested deeper than {MAX_YAML_DEPTH} "
+                              f"levels")
         in_progress.add(key)
         distinct += 1
         if isinstance(node, yaml.SequenceNode):
@@ -205,29 +214,16 @@ def _check_alias_expansion(root: Any, source: str) -> None:
             children = []
         total = 1
         for child in children:
-            total += size(child)
+            total += size(child, depth + 1)
             if total - distinct > MAX_ALIAS_EXPANSION:
-                raise ConfigError(f"{source}: YAML aliases expand to more than {MAX_ALIAS_EXPANSION} repeated "
-                                  f"values (an alias bomb?); write the values out, or share them with _base_ or "
-                                  f"${{...}} interpolation")
+                raise bomb()
         in_progress.discard(key)
         sizes[key] = total
         return total
 
-    import sys
-
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, 10_000))
-    try:
-        expanded = size(root)
-    except RecursionError:
-        raise ConfigError(f"{source}: YAML nested too deeply") from None
-    finally:
-        sys.setrecursionlimit(old)
+    expanded = size(root, 0)
     if expanded - distinct > MAX_ALIAS_EXPANSION:
-        raise ConfigError(f"{source}: YAML aliases expand to {expanded - distinct} repeated values, more than "
-                          f"{MAX_ALIAS_EXPANSION} (an alias bomb?); write the values out, or share them with _base_ "
-                          f"or ${{...}} interpolation")
+        raise bomb()
 
 
 def load_yaml(text: str, source: str) -> Any:

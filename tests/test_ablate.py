@@ -183,10 +183,12 @@ def test_jobs_run_cells_in_parallel_processes_and_merge_the_table(tiny_workspace
 
 
 def test_jobs_report_a_failing_cell_with_its_error_and_exit_code(tiny_workspace, tmp_path, capsys):
-    spec = write_spec(tmp_path / "spec.yaml", variants={"broken": ["model.region_extractor.type=no_such_extractor"]})
+    # a missing data file is found by the cell's own `train` (a misspelt name or key is found before any cell
+    # starts: the catalogue's ablate-variant-key-typo)
+    spec = write_spec(tmp_path / "spec.yaml", variants={"broken": [f"data.train.0.ann_file={tmp_path}/no_such.json"]})
     assert main(["ablate", str(spec), "--jobs", "2"]) == 2
     log = capsys.readouterr().out
-    assert "cell 0 broken-seed0: failed (exit 2" in log and "no_such_extractor" in log
+    assert "cell 0 broken-seed0: failed (exit 2" in log and "no_such.json" in log
     assert not (tmp_path / "sweep" / "table.md").exists()
 
 

@@ -366,6 +366,331 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
 ]
 
 
+# -- issue 23 (items 2, 3, 4, 12, 14, 15) and issue 24 item 7: untrusted files, configs, predict's files, datagen,
+#    ablate. Helpers first, then the cases, appended to the catalogue.
+TINY_DATAGEN = "projects/rgpt/tiny/datagen.yaml"
+TINY_STAGE2 = "projects/rgpt/tiny/stage2.yaml"
+DATAGEN_TEMPLATE = ["~datagen.captioner.export", "~datagen.captioner.max_new_tokens", "datagen.captioner.type=template",
+                    "--dry-run", "1"]
+
+
+class WritesMarker:
+    """Unpickled by plain `pickle`, this runs ``touch MARKER``: what a crafted refs file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def crafted_refs(env: Env, payload: Callable[[Path], object] | None = None) -> str:
+    """A ``refs(umd).p`` whose loading would run code (``os.system`` writing a marker file); the marker must not
+    exist after the command."""
+    import pickle
+
+    marker = env.tmp / "PWNED"
+    env.outputs.append(marker)
+    obj = payload(marker) if payload else [{"ref_id": 1, "sentences": [{"sent": WritesMarker(marker)}]}]
+    return env.write("evil/refs(umd).p", pickle.dumps(obj, protocol=2))
+
+
+def score_refs(env: Env, refs: str) -> list[str]:
+    preds = env.write("p.jsonl", '{"id": 1, "text": "Region [1]"}\n')
+    return ["score", "refcocog_rec", "--predictions", preds, "--annotations", refs,
+            str(env.data / "refcocog" / "instances.json")]
+
+
+def _ordered_dict_payload(marker: Path) -> object:
+    from collections import OrderedDict
+
+    return [OrderedDict(ref_id=1)]
+
+
+def config_file(env: Env, name: str, text: str | bytes) -> list[str]:
+    return ["config", env.write(name, text)]
+
+
+def alias_bomb() -> str:
+    """A billion laughs in YAML: nine levels of nine aliases (9**9 values) in about 500 bytes."""
+    lines = ['seed: 0', 'model:', '  a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"  {name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def predict_out(env: Env, content: str | None, name: str = "answers.jsonl", rows: list[dict] | None = None) -> list[str]:
+    """``predict --input`` (two valid rows, ids a and b) into an ``--out`` holding ``content``, which must be left
+    exactly as it was."""
+    argv = env.predict_rows(rows or [row(id="a"), row(id="b")])
+    out = Path(argv[argv.index("--out") + 1])
+    env.outputs.clear()
+    if content is not None:
+        out.write_text(content)
+        env.outputs.append(("unchanged", out, content))
+    return argv
+
+
+def predict_out_at(env: Env, make: Callable[[Path], Path]) -> list[str]:
+    """``predict --input`` with ``--out`` at the path ``make(tmp)`` returns (a folder, a link, a FIFO ...)."""
+    argv = env.predict_rows([row(id="a")])
+    argv[argv.index("--out") + 1] = str(make(env.tmp))
+    env.outputs.clear()
+    return argv
+
+
+def _dangling(env: Env) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        (tmp / "link.jsonl").symlink_to(tmp / "nowhere" / "target.jsonl")
+        env.outputs.append(tmp / "nowhere")
+        return tmp / "link.jsonl"
+    return make
+
+
+def _fifo(tmp: Path, name: str = "pipe") -> Path:
+    os.mkfifo(tmp / name)
+    return tmp / name
+
+
+def _hard_link_to_input(tmp: Path) -> Path:
+    os.link(tmp / "questions.jsonl", tmp / "same.jsonl")
+    return tmp / "same.jsonl"
+
+
+def _out_is_input(env: Env) -> list[str]:
+    argv = predict_out(env, None)
+    argv[argv.index("--out") + 1] = argv[argv.index("--input") + 1]
+    env.outputs.append(("unchanged", Path(argv[argv.index("--input") + 1]),
+                        Path(argv[argv.index("--input") + 1]).read_text()))
+    return argv
+
+
+def _viz_is_the_image(env: Env) -> list[str]:
+    image = shutil.copy(env.data / "images" / IMAGE, env.tmp / "mine.png")
+    argv = predict_one(env, "--viz", str(image))
+    argv[argv.index("--image") + 1] = str(image)
+    return argv
+
+
+def _blank_lines_then_bad_row(env: Env) -> list[str]:
+    argv = env.predict_rows([row()])
+    Path(argv[argv.index("--input") + 1]).write_text(
+        "\n\n" + json.dumps(row(id="a")) + "\n" + json.dumps({**row(id="b"), "image": None}) + "\n")
+    return argv
+
+
+def predict_input_at(env: Env, make: Callable[[Path], Path]) -> list[str]:
+    return ["predict", "--model", str(env.export), "--input", str(make(env.tmp)), "--out", env.output("a.jsonl")]
+
+
+def predict_one(env: Env, *extra: str, region: str = "box:1,1,9,9") -> list[str]:
+    """One question about the synthetic image; ``extra`` flags appended."""
+    return ["predict", "--model", str(env.export), "--image", str(env.data / "images" / IMAGE), "--region", region,
+            "--prompt", "<region1>?", "--device", "cpu", *extra]
+
+
+def _sparse(tmp: Path, size: int) -> Path:
+    path = tmp / "huge_mask.png"
+    with open(path, "wb") as f:
+        f.truncate(size)   # sparse: no disk used
+    return path
+
+
+def card_edit(edit: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(d: Path) -> None:
+        import yaml
+
+        card = yaml.safe_load((d / "config.yaml").read_text())
+        edit(card)
+        (d / "config.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    return apply
+
+
+def ablate_spec(env: Env, **changes) -> list[str]:
+    """``ablate SPEC --cell 0`` of a one-variant spec on the tiny recipes, with ``changes``; no cell may start."""
+    import yaml
+
+    spec = {"train": str(Path(TINY_STAGE2).resolve()), "eval": str(Path(TINY_EVAL).resolve()), "seeds": [0],
+            "variants": {"a": []}, "output": str(env.tmp / "sweep")}
+    spec.update(changes)
+    env.outputs.append(env.tmp / "sweep")
+    return ["ablate", env.write("spec.yaml", yaml.safe_dump(spec, sort_keys=False)), "--cell", "0"]
+
+
+HARDEN_CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
+    # -- untrusted files: a refs pickle is data, never code --
+    ("refs-pickle-runs-code", lambda e: score_refs(e, crafted_refs(e)),
+     ["refs(umd).p", "refused", "posix.system"]),
+    ("refs-pickle-names-a-class", lambda e: score_refs(e, crafted_refs(e, _ordered_dict_payload)),
+     ["refs(umd).p", "refused", "collections.OrderedDict"]),
+    ("refs-pickle-eval", lambda e: score_refs(e, e.write("r.p", b"cbuiltins\neval\n(S'1+1'\ntR.")),
+     ["r.p", "refused", "builtins.eval"]),
+    ("refs-pickle-other-codec", lambda e: score_refs(e, e.write("r.p", b"c_codecs\nencode\n(S'x'\nS'rot13'\ntR.")),
+     ["r.p", "not a refs pickle", "rot13"]),
+    ("refs-pickle-not-a-pickle", lambda e: score_refs(e, e.write("r.p", "just text\n")), ["r.p", "not a refs pickle"]),
+    ("refs-pickle-a-folder", lambda e: score_refs(e, str((e.tmp / "refs.p").mkdir() or e.tmp / "refs.p")),
+     ["refs.p", "is a folder"]),
+    # -- configs: YAML read strictly --
+    ("config-alias-bomb", lambda e: config_file(e, "bomb.yaml", alias_bomb()), ["bomb.yaml", "alias bomb"]),
+    ("config-recursive-alias", lambda e: config_file(e, "rec.yaml", "model: &a {x: *a}\n"),
+     ["rec.yaml", "line 1", "refers to the node that contains it"]),
+    ("config-nested-too-deep", lambda e: config_file(e, "deep.yaml", "model:\n  x: " + "[" * 100 + "]" * 100 + "\n"),
+     ["deep.yaml", "line 2", "nested deeper than 32"]),
+    ("config-duplicate-key", lambda e: config_file(e, "dup.yaml", "seed: 1\nmodel: {}\nseed: 2\n"),
+     ["dup.yaml", "line 3", "duplicate key 'seed'", "first at line 1"]),
+    ("config-duplicate-nested-key", lambda e: config_file(e, "dup.yaml", f"_base_: {Path(TINY_STAGE1).resolve()}\n"
+                                                           "trainer:\n  max_steps: 3\n  max_steps: 30\n"),
+     ["dup.yaml", "line 4", "duplicate key 'max_steps'"]),
+    ("config-not-utf8", lambda e: config_file(e, "bin.yaml", b"\xff\xfe\x00seed: 1\n"), ["bin.yaml", "not UTF-8"]),
+    # -- configs: values --
+    ("config-seed-negative", lambda e: ["config", TINY_STAGE1, "seed=-5"], ["seed", "0..4294967295", "-5"]),
+    ("config-seed-huge-float", lambda e: ["config", TINY_STAGE1, "seed=1e30"], ["seed", "0..4294967295", "1e+30"]),
+    ("config-seed-over-range", lambda e: ["config", TINY_STAGE1, "seed=4294967296"], ["seed", "4294967296"]),
+    ("config-seed-in-file", lambda e: config_file(e, "s.yaml", f"_base_: {Path(TINY_STAGE1).resolve()}\nseed: -1\n"),
+     ["s.yaml", "seed", "0..4294967295"]),
+    ("config-output-root-is-file", lambda e: ["config", TINY_STAGE1, f"output.root={e.write('f.txt', 'x')}"],
+     ["output.root", "f.txt", "is a file, not a folder"]),
+    ("config-output-root-below-file", lambda e: ["config", TINY_STAGE1, f"output.root={e.write('f.txt', 'x')}/runs"],
+     ["output.root", "lies below the file", "f.txt"]),
+    ("config-run-dir-is-file", lambda e: ["config", TINY_STAGE1, f"output.root={e.tmp}",
+                                          f"output.name={Path(e.write('taken', 'x')).name}"],
+     ["output.name", "taken", "is a file"]),
+    ("train-output-root-is-file", lambda e: ["train", TINY_STAGE1, f"output.root={e.write('f.txt', 'x')}"],
+     ["output.root", "f.txt", "is a file"]),
+    ("config-secret-env", lambda e: ["config", TINY_STAGE1, "model.llm.token=${oc.env:HF_TOKEN}"],
+     ["model.llm.token", "HF_TOKEN", "looks like a secret", "written to disk"]),
+    ("config-delete-unknown-key", lambda e: config_file(e, "d.yaml", f"_base_: {Path(TINY_EVAL).resolve()}\n"
+                                                        "eval:\n  benchmarks:\n    ~coco_clz:\n"),
+     ["d.yaml", "eval.benchmarks.~coco_clz", "no such key to delete"]),
+    ("config-delete-with-value", lambda e: config_file(e, "d.yaml", f"_base_: {Path(TINY_EVAL).resolve()}\n"
+                                                       "eval:\n  benchmarks:\n    ~coco_cls: {limit: 3}\n"),
+     ["d.yaml", "eval.benchmarks.~coco_cls", "a deletion takes no value"]),
+    # -- predict: the answers file is resumed only when it is ours; never truncated otherwise --
+    ("predict-out-one-json-document", lambda e: predict_out(e, '{"a": 1, "b": [1, 2]}'),
+     ["answers.jsonl", "line 1", "not an answer row"]),
+    ("predict-out-json-list", lambda e: predict_out(e, '[{"id": "a", "answer": "x"}]'),
+     ["answers.jsonl", "line 1", "not an answer row"]),
+    ("predict-out-foreign-ids", lambda e: predict_out(e, '{"id": "zz", "answer": "x"}\n'),
+     ["answers.jsonl", "line 1", "id 'zz' is not a row of", "questions.jsonl"]),
+    ("predict-out-rows-without-answer", lambda e: predict_out(e, json.dumps(row(id="a")) + "\n"),
+     ["answers.jsonl", "line 1", "no 'answer' string"]),
+    ("predict-out-answered-twice", lambda e: predict_out(e, '{"id": "a", "answer": "x"}\n' * 2),
+     ["answers.jsonl", "line 2", "answered twice"]),
+    ("predict-out-torn-foreign-line", lambda e: predict_out(e, 'my notes, not finished'),
+     ["answers.jsonl", "line 1", "incomplete line", "no answer row of ours"]),
+    ("predict-out-is-input", _out_is_input, ["--out", "same file as --input"]),
+    ("predict-out-hard-link-to-input", lambda e: predict_out_at(e, _hard_link_to_input),
+     ["--out", "same.jsonl", "same file as --input"]),
+    ("predict-out-is-folder", lambda e: predict_out_at(e, lambda t: (t / "d").mkdir() or t / "d"),
+     ["--out", "is a folder"]),
+    ("predict-out-dangling-link", lambda e: predict_out_at(e, _dangling(e)),
+     ["--out", "link.jsonl", "target.jsonl", "does not exist"]),
+    ("predict-out-parent-is-file", lambda e: predict_out_at(e, lambda t: Path(e.write("f.txt", "x")) / "a.jsonl"),
+     ["--out", "f.txt", "is not a folder"]),
+    ("predict-out-fifo", lambda e: predict_out_at(e, _fifo), ["--out", "pipe", "not a regular file"]),
+    ("predict-out-without-input", lambda e: predict_one(e, "--out", e.output("a.jsonl")), ["--out", "only with --input"]),
+    ("predict-viz-with-input", lambda e: e.predict_rows([row()]) + ["--viz", e.output("v.png")],
+     ["--viz", "only for one question"]),
+    ("predict-viz-is-folder", lambda e: predict_one(e, "--viz", str((e.tmp / "d").mkdir() or e.tmp / "d")),
+     ["--viz", "is a folder"]),
+    ("predict-viz-is-the-image", _viz_is_the_image, ["--viz", "mine.png", "same file as --image"]),
+    ("predict-input-is-folder", lambda e: predict_input_at(e, lambda t: (t / "q").mkdir() or t / "q"),
+     ["--input", "is a folder"]),
+    ("predict-input-fifo", lambda e: predict_input_at(e, _fifo), ["--input", "pipe", "not a regular file"]),
+    # -- predict: rows of the wrong types, one line naming file:line and the field --
+    ("predict-row-id-a-list", lambda e: e.predict_rows([{**row(), "id": [1]}]), ["questions.jsonl:1", "'id'", "[1]"]),
+    ("predict-row-id-a-bool", lambda e: e.predict_rows([{**row(), "id": True}]), ["questions.jsonl:1", "'id'"]),
+    ("predict-row-image-a-number", lambda e: e.predict_rows([{**row(), "image": 5}]),
+     ["questions.jsonl:1", "'image' must be a path string"]),
+    ("predict-row-conversations-a-string", lambda e: e.predict_rows([{**row(), "conversations": "hi"}]),
+     ["questions.jsonl:1", "'conversations' must be a list"]),
+    ("predict-row-turn-a-string", lambda e: e.predict_rows([{**row(), "conversations": ["hi"]}]),
+     ["questions.jsonl:1", "conversations[0]"]),
+    ("predict-row-value-a-number", lambda e: e.predict_rows([{**row(), "conversations": [{"from": "human",
+                                                                                            "value": 5}]}]),
+     ["questions.jsonl:1", "conversations[0].value must be a string"]),
+    ("predict-row-regions-an-object", lambda e: e.predict_rows([{**row(), "regions": {"bbox": [1, 1, 5, 5]}}]),
+     ["questions.jsonl:1", "'regions' must be a list"]),
+    ("predict-row-line-number-after-blank-lines", _blank_lines_then_bad_row, ["questions.jsonl:4", "'image'"]),
+    # -- predict: region files are read only when regular and bounded --
+    ("predict-mask-fifo", lambda e: predict_one(e, region=f"mask:{_fifo(e.tmp)}"),
+     ["--region[0]", "pipe", "FIFO", "only regular files"]),
+    ("predict-rle-dev-zero", lambda e: predict_one(e, region="rle:/dev/zero"), ["--region[0]", "/dev/zero", "device"]),
+    ("predict-mask-a-folder", lambda e: predict_one(e, region=f"mask:{e.tmp}"), ["--region[0]", "is a folder"]),
+    ("predict-mask-over-size-cap", lambda e: predict_one(e, region=f"mask:{_sparse(e.tmp, 65 * 2**20)}"),
+     ["--region[0]", "huge_mask.png", "over the limit of 67108864 bytes"]),
+    # -- predict: flags and an export's card within limits, before the model loads --
+    ("predict-card-image-size", lambda e: ["predict", "--model", _export_copy(e, card_edit(
+        lambda c: c["processor"].update(image_size=40000))), "--image", str(e.data / "images" / IMAGE),
+        "--region", "box:1,1,9,9", "--prompt", "<region1>?"],
+     ["config.yaml", "processor.image_size", "40000", "1..4096"]),
+    ("predict-card-encoder-image-size", lambda e: ["predict", "--model", _export_copy(e, card_edit(
+        lambda c: c["model"]["vision_encoder"]["config"].update(image_size=40000))), "--image",
+        str(e.data / "images" / IMAGE), "--region", "box:1,1,9,9", "--prompt", "<region1>?"],
+     ["config.yaml", "model.vision_encoder.config.image_size", "40000"]),
+    ("predict-card-max-length", lambda e: ["predict", "--model", _export_copy(e, card_edit(
+        lambda c: c["text"].update(max_length=10**12))), "--image", str(e.data / "images" / IMAGE),
+        "--region", "box:1,1,9,9", "--prompt", "<region1>?"], ["config.yaml", "text.max_length"]),
+    ("predict-card-max-new-tokens", lambda e: ["predict", "--model", _export_copy(e, card_edit(
+        lambda c: c["generation"].update(max_new_tokens=10**9))), "--image", str(e.data / "images" / IMAGE),
+        "--region", "box:1,1,9,9", "--prompt", "<region1>?"], ["config.yaml", "generation.max_new_tokens"]),
+    ("predict-card-num-beams", lambda e: ["predict", "--model", _export_copy(e, card_edit(
+        lambda c: c["generation"].update(num_beams=100000))), "--image", str(e.data / "images" / IMAGE),
+        "--region", "box:1,1,9,9", "--prompt", "<region1>?"], ["config.yaml", "generation.num_beams", "1..64"]),
+    ("predict-flag-max-new-tokens", lambda e: predict_one(e, "--max-new-tokens", "0"), ["--max-new-tokens 0"]),
+    ("predict-flag-num-beams", lambda e: predict_one(e, "--num-beams", "1000000"), ["--num-beams 1000000", "1..64"]),
+    ("predict-flag-temperature", lambda e: predict_one(e, "--temperature", "nan"), ["--temperature nan"]),
+    ("predict-flag-top-p", lambda e: predict_one(e, "--top-p", "2"), ["--top-p 2.0", "(0, 1]"]),
+    ("predict-flag-batch-size", lambda e: e.predict_rows([row()]) + ["--batch-size", "0"], ["--batch-size 0"]),
+    # -- datagen --
+    ("datagen-template-unknown-field", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE,
+                                                  'datagen.prompts.region="{nope} <region1>"'],
+     ["datagen.prompts.region", "{nope}", "unknown field", "{global_caption}, {class_name}"]),
+    ("datagen-template-attribute", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE,
+                                              'datagen.prompts.region="{class_name.__class__}"'],
+     ["datagen.prompts.region", "attribute and index access"]),
+    ("datagen-template-positional", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE,
+                                               'datagen.prompts.global="{0}"'],
+     ["datagen.prompts.global", "{0}", "positional"]),
+    ("datagen-template-not-text", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE, "datagen.prompts.region={x}"],
+     ["datagen.prompts.region", "expected a text template"]),
+    ("datagen-captioner-template-field", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE,
+                                                    'datagen.captioner.region_template="a {clour} thing"'],
+     ["datagen.captioner.region_template", "{clour}", "did you mean 'colour'"]),
+    ("datagen-seed-negative", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE, "seed=-5"],
+     ["seed", "0..4294967295"]),
+    ("datagen-max-per-image-negative", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE,
+                                                  "datagen.selection.max_per_image=-1"],
+     ["datagen.selection.max_per_image", "-1"]),
+    ("datagen-num-workers-negative", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE, "datagen.num_workers=-1"],
+     ["datagen.num_workers", "-1"]),
+    ("datagen-output-file-escapes", lambda e: ["datagen", TINY_DATAGEN, *DATAGEN_TEMPLATE,
+                                               "datagen.output.file=../../captions.jsonl"],
+     ["datagen.output.file", "no folders", "../../captions.jsonl"]),
+    # -- ablate --
+    ("ablate-million-cells", lambda e: ablate_spec(e, seeds=list(range(1000)),
+                                                   variants={f"v{i}": [] for i in range(1000)}),
+     ["spec.yaml", "1000 variants × 1000 seeds = 1000000 cells", "more than 10000"]),
+    ("ablate-negative-seed", lambda e: ablate_spec(e, seeds=[0, -5]), ["spec.yaml seeds", "-5", "0..4294967295"]),
+    ("ablate-variant-sets-output-root", lambda e: ablate_spec(e, variants={"a": ["output.root=/tmp/elsewhere"]}),
+     ["spec.yaml variants.a", "output.root", "set for each cell by ablate"]),
+    ("ablate-variant-sets-eval-out-dir", lambda e: ablate_spec(e, variants={"a": {"eval_overrides": [
+        f"eval.out_dir={e.tmp}/elsewhere"]}}), ["variants.a.eval_overrides", "eval.out_dir"]),
+    ("ablate-spec-sets-seed", lambda e: ablate_spec(e, overrides=["seed=3"]), ["spec.yaml overrides", "seeds:"]),
+    ("ablate-variant-logger-outside", lambda e: ablate_spec(e, variants={"a": [
+        f"loggers=[{{type: csv, save_dir: {e.tmp}/elsewhere}}]"]}),
+     ["variants.a", "loggers[0].save_dir", "outside the cell's folder"]),
+    ("ablate-variant-key-typo", lambda e: ablate_spec(e, variants={"a": ["trainer.max_stepz=3"]}),
+     ["spec.yaml variants.a", "trainer.max_stepz", "max_steps"]),
+    ("ablate-spec-duplicate-key", lambda e: ["ablate", e.write("spec.yaml", "train: a.yaml\ntrain: b.yaml\n"), "--list"],
+     ["spec.yaml", "line 2", "duplicate key 'train'"]),
+    ("ablate-spec-alias-bomb", lambda e: ["ablate", e.write("spec.yaml", alias_bomb().replace("seed: 0\nmodel:",
+                                                                                                 "metrics:")), "--list"],
+     ["spec.yaml", "alias bomb"]),
+]
+CASES += HARDEN_CASES
+
+
 @pytest.fixture(scope="module")
 def env_base(tiny_workspace, tiny_export):
     return tiny_workspace / "data" / "synth", tiny_export[3]
@@ -460,3 +785,31 @@ def test_dataset_image_paths_stay_under_their_root(env_base, tmp_path):
     ds = DATASETS.build({"type": "llava", "path": str(ann), "image_root": str(data / "images")})
     with pytest.raises(DataError, match="leads out of the image root"):
         ds[0]
+
+
+@pytest.mark.parametrize(("name", "build", "fragments"), [c for c in HARDEN_CASES if c[0].startswith("predict-")],
+                         ids=[c[0] for c in HARDEN_CASES if c[0].startswith("predict-")])
+def test_predict_refuses_before_the_model_loads(name, build, fragments, env_base, tmp_path, capsys, monkeypatch):
+    """Every predict check of issue 23 runs before any work: with loading the model made to fail, each case
+    still ends with its own one-line error (not with the loading failure)."""
+    from regionvlm.inference import RegionChat
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs and outputs were checked")
+
+    monkeypatch.setattr(RegionChat, "from_pretrained", no_loading)
+    data, export = env_base
+    argv = build(Env(tmp=tmp_path, data=data, export=export))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert all(f in err for f in fragments) and "loaded before" not in err, err
+
+
+def test_the_catalogue_in_docs_lists_every_case():
+    """docs/errors.md's table and CASES are one list: a case without a row, or a row without a case, fails."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", text, re.M)
+    assert sorted(rows) == sorted(c[0] for c in CASES)
