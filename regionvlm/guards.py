@@ -3,8 +3,9 @@ work (docs/errors.md, "Untrusted files"). Each failure is one `UserError`/`DataE
 
 - `load_plain_pickle`: a pickle that may hold only plain containers, strings and numbers (RefCOCO's
   ``refs(umd).p``); anything else (a class, a function such as ``os.system``) is refused, never called.
-- `read_regular_file`: the bytes of a *regular* file of bounded size (a FIFO would block forever, ``/dev/zero``
-  never ends, a 10 GB "mask" exhausts memory); checked with `stat` before it is opened.
+- `check_input_file`: a flag's input (``--input``, ``--image``) is a regular file, not a folder or a FIFO (whose
+  read would block). Region files (``mask:``/``rle:``) are read by `regionvlm.data.region_input.read_region_file`,
+  regular files of bounded size only.
 - `check_output_file`: a file the command will write (``--out``, ``--viz``): not a folder, not a dangling link, its
   folder creatable, and not one of the command's inputs.
 - `check_card_limits`: the numbers in a model card that size allocations (image side, context length, new
@@ -21,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import IO, Any
 
-from regionvlm.errors import DataError, UserError
+from regionvlm.errors import UserError
 
 
 # -- pickles of plain data ----------------------------------------------------------------------------------------
@@ -64,53 +65,7 @@ def load_plain_pickle(source: IO[bytes] | bytes, encoding: str = "latin1") -> An
     return PlainUnpickler(f, encoding=encoding).load()
 
 
-# -- reading files named by the user or by a file ------------------------------------------------------------------
-MAX_REGION_FILE_BYTES = 64 * 2**20   # a mask PNG or an RLE JSON: far above a 100 M-pixel mask's size
-
-
-def _kind(mode: int) -> str:
-    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-
-
-def check_regular_file(path: str | os.PathLike, what: str, max_bytes: int = MAX_REGION_FILE_BYTES) -> int:
-    """From its `stat` alone (nothing is opened): ``path`` is a regular file (after following links) of at most
-    ``max_bytes``; returns its size. Else one `DataError` line ``<what> '<path>': <why>``: a FIFO (reading it
-    would block until a writer comes), a device such as ``/dev/zero`` (endless), a folder, a missing file."""
-    shown = f"{what} '{path}'" if str(path) not in what else what
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DataError(f"{shown}: no such file") from None
-    except OSError as exc:
-        raise DataError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{shown}: is {_kind(st.st_mode)}; only regular files are read")
-    if st.st_size > max_bytes:
-        raise DataError(f"{shown}: {st.st_size} bytes, over the limit of {max_bytes} bytes")
-    return st.st_size
-
-
-def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int = MAX_REGION_FILE_BYTES) -> bytes:
-    """The bytes of ``path`` after `check_regular_file`; opened without blocking (should the path have become a
-    FIFO since the stat) and read to at most ``max_bytes`` + 1, so that a file growing meanwhile is refused too."""
-    shown = f"{what} '{path}'" if str(path) not in what else what
-    check_regular_file(path, what, max_bytes)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                raise DataError(f"{shown}: is {_kind(mode)}; only regular files are read")
-            data = f.read(max_bytes + 1)
-    except OSError as exc:
-        raise DataError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise DataError(f"{shown}: over the limit of {max_bytes} bytes")
-    return data
-
-
+# -- files named on the command line -------------------------------------------------------------------------------
 def check_input_file(path: str | os.PathLike, flag: str) -> Path:
     """``path`` as the regular file a flag names (``--input``): a folder, a FIFO or a device is one line."""
     p = Path(path)
@@ -197,7 +152,8 @@ def _image_sizes(node: Any, path: str) -> list[tuple[str, Any]]:
 def check_card_limits(card: dict, source: str | os.PathLike) -> None:
     """Refuse a model card (an export's ``config.yaml``, read as a dict) whose numbers would size allocations
     beyond the limits above: the processor's and the vision encoder's ``image_size`` (an image is padded and
-    resized to that square), ``text.max_length``, ``generation.max_new_tokens`` and ``num_beams``. One
+    resized to that square), the context length ``max_length`` (``processor``, or a legacy card's ``text``),
+    ``generation.max_new_tokens`` and ``num_beams``. One
     `UserError` line naming the file, the key and the limit. Keys a card lacks are not judged here."""
     sides = [(f"{source} processor.image_size", (card.get("processor") or {}).get("image_size"))]
     sides += [(f"{source} {where}", v) for where, v in _image_sizes(card.get("model") or {}, "model")]
@@ -205,10 +161,11 @@ def check_card_limits(card: dict, source: str | os.PathLike) -> None:
         if value is not None:
             _bounded_int(value, 1, MAX_IMAGE_SIDE, where,
                          "the limit of regionvlm.guards.MAX_IMAGE_SIDE: an image is resized to a square of this side")
-    text = card.get("text") or {}
-    if text.get("max_length") is not None:
-        _bounded_int(text["max_length"], 1, MAX_CONTEXT_TOKENS, f"{source} text.max_length",
-                     "the limit of regionvlm.guards.MAX_CONTEXT_TOKENS")
+    for section in ("processor", "text"):  # text: cards written before the processor held the text settings
+        node = card.get(section) or {}
+        if isinstance(node, dict) and node.get("max_length") is not None:
+            _bounded_int(node["max_length"], 1, MAX_CONTEXT_TOKENS, f"{source} {section}.max_length",
+                         "the limit of regionvlm.guards.MAX_CONTEXT_TOKENS")
     generation = card.get("generation") or {}
     if generation.get("max_new_tokens") is not None:
         _bounded_int(generation["max_new_tokens"], 1, MAX_NEW_TOKENS, f"{source} generation.max_new_tokens",

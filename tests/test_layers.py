@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: foundation (layer 0) freely, its own group, and any group of a lower layer — never a higher one, and never
 #: another group of its own layer above the foundation
 LAYERS = [
-    {"errors", "io", "tokens", "contracts", "image_stats", "registry", "config", "convert"},
+    {"errors", "io", "guards", "tokens", "contracts", "image_stats", "registry", "config", "convert"},
     {"text", "batch", "fusion"},
     {"plugins", "model", "data"},
     {"processor", "viz"},

@@ -16,7 +16,7 @@ import pytest
 
 from regionvlm.cli import main
 from regionvlm.config import load_config, load_yaml
-from regionvlm.errors import ConfigError, DataError, UserError
+from regionvlm.errors import ConfigError, UserError
 
 TINY = Path(__file__).resolve().parents[1] / "projects" / "rgpt" / "tiny"
 
@@ -99,50 +99,27 @@ def test_a_pickle_naming_code_is_refused_before_it_runs(tmp_path, payload, monke
     assert not (tmp_path / "MARKER").exists()
 
 
-# -- item 12: reading regular files only ------------------------------------------------------------------------
-def test_read_regular_file_refuses_a_fifo_without_hanging(tmp_path):
-    from regionvlm.guards import read_regular_file
-
+# -- item 12: region files are read only when regular, before the model loads -------------------------------------
+@pytest.mark.parametrize("region", ["mask:{fifo}", "rle:{fifo}", "rle:/dev/zero", "mask:/dev/zero"])
+def test_predict_with_a_fifo_or_device_region_returns_at_once(tiny_workspace, tiny_export, tmp_path, region, capsys):
     os.mkfifo(tmp_path / "pipe")
-    with pytest.raises(DataError, match="FIFO"):
-        finishes_within(5, read_regular_file, tmp_path / "pipe", "mask")
-
-
-@pytest.mark.parametrize("target, message", [("/dev/zero", "is a device"), ("/dev/null", "is a device")])
-def test_read_regular_file_refuses_devices_and_links_to_them(tmp_path, target, message):
-    from regionvlm.guards import read_regular_file
-
-    (tmp_path / "mask.png").symlink_to(target)
-    with pytest.raises(DataError, match=message):
-        finishes_within(5, read_regular_file, tmp_path / "mask.png", "mask")
-
-
-def test_read_regular_file_caps_the_size_and_reads_a_small_file(tmp_path):
-    from regionvlm.guards import MAX_REGION_FILE_BYTES, read_regular_file
-
-    big = tmp_path / "big.json"
-    with open(big, "wb") as f:
-        f.truncate(MAX_REGION_FILE_BYTES + 1)
-    with pytest.raises(DataError, match=f"over the limit of {MAX_REGION_FILE_BYTES} bytes"):
-        read_regular_file(big, "rle")
-    (tmp_path / "ok.json").write_text('{"size": [2, 2], "counts": [4]}')
-    assert json.loads(read_regular_file(tmp_path / "ok.json", "rle")) == {"size": [2, 2], "counts": [4]}
-    with pytest.raises(DataError, match="no such file"):
-        read_regular_file(tmp_path / "none.json", "rle")
-    with pytest.raises(DataError, match="over the limit of 4 bytes"):
-        read_regular_file(tmp_path / "ok.json", "rle", max_bytes=4)
+    image = tiny_workspace / "data" / "synth" / "images" / "synth_000025.png"
+    argv = ["predict", "--model", str(tiny_export[3]), "--image", str(image), "--prompt", "<region1>?",
+            "--region", region.format(fifo=tmp_path / "pipe"), "--device", "cpu"]
+    assert finishes_within(60, main, argv) == 2
+    assert "is not a regular file" in capsys.readouterr().err
 
 
 def test_card_limits_pass_the_tiny_card_and_name_each_bound(tiny_export):
     import copy
 
+    from regionvlm.card import read_card
     from regionvlm.guards import MAX_IMAGE_SIDE, check_card_limits
-    from regionvlm.hub import read_export_config
 
-    card = read_export_config(tiny_export[3])
+    card = read_card(tiny_export[3])
     check_card_limits(card, "config.yaml")
     for path, value in [(("processor", "image_size"), MAX_IMAGE_SIDE + 1), (("processor", "image_size"), 0),
-                        (("processor", "image_size"), "big"), (("text", "max_length"), 2**40),
+                        (("processor", "image_size"), "big"), (("processor", "max_length"), 2**40),
                         (("generation", "max_new_tokens"), -1), (("generation", "num_beams"), True)]:
         bad = copy.deepcopy(card)
         bad[path[0]][path[1]] = value

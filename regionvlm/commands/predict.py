@@ -236,8 +236,8 @@ def _check_generation_flags(args: argparse.Namespace) -> None:
 def check_before_loading(args: argparse.Namespace) -> None:
     """Every flag, input and output checked before the model loads: a mistake costs no loading or generation,
     and nothing is written (regionvlm.guards)."""
-    from regionvlm.guards import check_card_limits, check_input_file, check_output_file, check_regular_file
-    from regionvlm.hub import CONFIG_FILE, read_export_config
+    from regionvlm.card import CONFIG_FILE, read_card
+    from regionvlm.guards import check_card_limits, check_input_file, check_output_file
 
     if bool(args.input) == bool(args.image):
         raise UserError("give either --image with --prompt (one question) or --input with --out (batch)")
@@ -257,14 +257,10 @@ def check_before_loading(args: argparse.Namespace) -> None:
         if args.out:
             raise UserError("--out: only with --input (batch); one answer is printed (--viz draws it)")
         check_input_file(args.image, "--image")
-        files = _region_files(args.region)
-        for i, spec in enumerate(args.region):
-            if f"--region[{i}]" in files:
-                check_regular_file(files[f"--region[{i}]"], f"--region[{i}] {spec!r}")
         if args.viz:
-            check_output_file(args.viz, "--viz", inputs={"--image": args.image, **files})
+            check_output_file(args.viz, "--viz", inputs={"--image": args.image, **_region_files(args.region)})
     _check_generation_flags(args)
-    check_card_limits(read_export_config(args.model), Path(args.model) / CONFIG_FILE)
+    check_card_limits(read_card(args.model), Path(args.model) / CONFIG_FILE)
 
 
 def run_batch(chat: Any, args: argparse.Namespace, rows: list[tuple[int, dict]], done: DoneRows) -> int:
@@ -304,10 +300,11 @@ def run(args: argparse.Namespace) -> int:
     if args.input:
         rows = read_questions(args.input)
         done = read_done_rows(Path(args.out), [r for _, r in rows], args.input)
+    else:  # read before the model loads: a region file that is a FIFO, a device or too large is refused at once
+        regions = [parse_region(spec, f"--region[{i}]") for i, spec in enumerate(args.region)]
     chat = RegionChat.from_pretrained(args.model, device=args.device)
     if args.input:
         return run_batch(chat, args, rows, done)
-    regions = [parse_region(spec, f"--region[{i}]") for i, spec in enumerate(args.region)]
     answer = chat.ask(args.image, regions, args.prompt, **generation_overrides(args))
     print(answer)
     if args.viz:
