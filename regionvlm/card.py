@@ -144,21 +144,20 @@ def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dic
 
 def read_card(export_dir: str | os.PathLike) -> dict:
     """The card (``config.yaml``) of an export folder, checked for the sections loading needs."""
-    import yaml
+    from regionvlm.config import load_yaml
+    from regionvlm.guards import check_card_limits
 
     export_dir = Path(export_dir)
     path = export_dir / CONFIG_FILE
     if not path.is_file() or not (export_dir / WEIGHTS_FILE).is_file():
         raise UserError(f"{export_dir}: not a regionvlm export (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
                         f"make one with 'regionvlm export RUN_DIR --out DIR'")
-    try:
-        card = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    card = load_yaml(path.read_text(), str(path))  # strictly: a card from elsewhere may be hostile
     if not is_model_card(card):
         missing = next((k for k in ("model", "processor") if not isinstance(card, dict) or k not in card), "text")
         raise UserError(f"{path}: not a regionvlm model card (missing section '{missing}'); an export written "
                         f"by an older regionvlm: re-export it from its run with 'regionvlm export RUN_DIR --out DIR'")
+    check_card_limits(card, path)  # sizes that would allocate beyond reason (image_size 40000, ...)
     card.setdefault("prompts", {})
     card.setdefault("generation", {})
     return card

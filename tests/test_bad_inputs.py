@@ -358,8 +358,10 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
                                             ["export", e.write("any.ckpt", b""), "--out", str(e.tmp / "exp")])[1],
      ["exp", "not empty", "--overwrite"]),
     ("cli-eval-out-holds-results", _finished_eval, ["eval", "results of an earlier evaluation", "--overwrite"]),
+    # a run folder holding a checkpoint (one that saved none is rerun: test_e2e_cli's failed-before-checkpoint test)
     ("cli-train-run-dir-exists", lambda e: ((e.tmp / "runs" / "r" / "checkpoints").mkdir(parents=True),
-                                            ["train", TINY_STAGE1, f"output.root={e.tmp}/runs", "output.name=r"])[1],
+                                            (e.tmp / "runs" / "r" / "checkpoints" / "last.ckpt").write_bytes(b"x"),
+                                            ["train", TINY_STAGE1, f"output.root={e.tmp}/runs", "output.name=r"])[2],
      ["runs/r", "run directory exists", "--resume last", "--overwrite"]),
     ("cli-resume-missing", lambda e: ["train", TINY_STAGE1, f"output.root={e.tmp}/runs", "--resume", "last"],
      ["--resume", "last.ckpt"]),

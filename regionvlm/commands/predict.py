@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None,
                             help=f"generation: {flag} (default: the export's config)")
     parser.add_argument("--sample", action="store_true", help="generation: sample instead of greedy decoding")
+    parser.add_argument("--imports", action="store_true",
+                        help="import the modules that registered the export's own components (its card's imports:, "
+                             "found on PYTHONPATH, here or in the export folder); importing runs their code: only "
+                             "for exports you trust")
 
 
 def parse_region(spec: str, where: str = "--region") -> Any:
@@ -302,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         done = read_done_rows(Path(args.out), [r for _, r in rows], args.input)
     else:  # read before the model loads: a region file that is a FIFO, a device or too large is refused at once
         regions = [parse_region(spec, f"--region[{i}]") for i, spec in enumerate(args.region)]
-    chat = RegionChat.from_pretrained(args.model, device=args.device)
+    chat = RegionChat.from_pretrained(args.model, device=args.device, imports=args.imports)
     if args.input:
         return run_batch(chat, args, rows, done)
     answer = chat.ask(args.image, regions, args.prompt, **generation_overrides(args))

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="larger images get 413")
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
+    parser.add_argument("--imports", action="store_true",
+                        help="import the modules that registered the export's own components (its card's imports:); "
+                             "importing runs their code: only for exports you trust")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from regionvlm.serve.validation import Limits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    chat = RegionChat.from_pretrained(args.model, device=args.device)
+    chat = RegionChat.from_pretrained(args.model, device=args.device, imports=args.imports)
     model_id = args.model_name or Path(args.model).resolve().name
     try:
         server = RegionChatServer(

@@ -51,18 +51,20 @@ def mask_from_picture(picture: Any, where: str = "mask") -> np.ndarray:
 
 
 def read_region_file(path: str | os.PathLike, where: str) -> bytes:
-    """The bytes of a mask or RLE file: a regular file of at most `MAX_REGION_FILE_BYTES`, else one line."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise DataError(f"{where}: cannot read '{path}': {exc.strerror or exc}") from None
+    """The bytes of a mask or RLE file: a regular file of at most `MAX_REGION_FILE_BYTES`, else one line. Opened
+    without blocking and judged on what was opened (``fstat``), so a FIFO swapped in after a check cannot hang."""
     import stat
 
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{where}: '{path}' is not a regular file")
-    if st.st_size > MAX_REGION_FILE_BYTES:
-        raise DataError(f"{where}: '{path}' is {st.st_size} bytes, over the limit of {MAX_REGION_FILE_BYTES}")
-    with open(path, "rb") as f:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read '{path}': {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{where}: '{path}' is not a regular file")
+        if st.st_size > MAX_REGION_FILE_BYTES:
+            raise DataError(f"{where}: '{path}' is {st.st_size} bytes, over the limit of {MAX_REGION_FILE_BYTES}")
         return f.read(MAX_REGION_FILE_BYTES + 1)
 
 

@@ -209,7 +209,9 @@ def benchmark_config(name_or_yaml: str, **overrides: Any) -> dict:
         path = benchmark_yaml(name_or_yaml)
     node: dict = {"type": name_or_yaml}
     if path is not None:
-        cfg = OmegaConf.load(path)
+        from regionvlm.config import load_yaml
+
+        cfg = OmegaConf.create(load_yaml(Path(path).read_text(), str(path)) or {})  # strictly: it may be a user's
         if "benchmark" not in cfg:
             raise ConfigError(f"{path}: missing top-level key 'benchmark'")
         node = OmegaConf.to_container(cfg.benchmark, resolve=True)
