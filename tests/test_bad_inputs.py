@@ -358,6 +358,9 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
                                             ["export", e.write("any.ckpt", b""), "--out", str(e.tmp / "exp")])[1],
      ["exp", "not empty", "--overwrite"]),
     ("cli-eval-out-holds-results", _finished_eval, ["eval", "results of an earlier evaluation", "--overwrite"]),
+    ("cli-eval-annotations-missing", lambda e: ["eval", TINY_EVAL, "--model", str(e.export),
+                                                f"eval.out_dir={e.tmp}/ev", f"eval.benchmarks.pope.annotations={e.tmp}/no.json"],
+     ["eval.yaml", "eval.benchmarks.pope.annotations: no such file", "no.json"]),
     # a run folder holding a checkpoint (one that saved none is rerun: test_e2e_cli's failed-before-checkpoint test)
     ("cli-train-run-dir-exists", lambda e: ((e.tmp / "runs" / "r" / "checkpoints").mkdir(parents=True),
                                             (e.tmp / "runs" / "r" / "checkpoints" / "last.ckpt").write_bytes(b"x"),

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from regionvlm.config import display_path, load_config, resolve_config_path
-    from regionvlm.engine.preflight import check_config
+    from regionvlm.engine.preflight import check_config, missing_benchmark_files
     from regionvlm.evaluation.runner import eval_settings
     from regionvlm.registry import construct, import_modules
 
@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     import_modules(cfg.imports, search_dirs=[path.resolve().parent])
     config = OmegaConf.to_container(cfg, resolve=True)
     check_config(config, display_path(path))  # the dry run's checks, before a model is loaded
+    missing = missing_benchmark_files(config.get("eval") or {})
+    if missing:
+        from regionvlm.errors import ConfigError
+
+        more = f" (and {len(missing) - 1} more: {'; '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(f"{display_path(path)} {missing[0]}{more}")
     settings = construct(eval_settings, config["eval"], key_path="eval")
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")
 

@@ -160,6 +160,27 @@ def _check_eval(eval_cfg: dict) -> None:
             BENCHMARKS.check_node({"type": own, **node}, key, require=False)
 
 
+def missing_benchmark_files(eval_cfg: dict) -> list[str]:
+    """Every annotation file or image folder a benchmark of the ``eval:`` section names (its YAML's defaults with
+    the section's settings on top) that does not exist, each naming its key."""
+    from regionvlm.evaluation.benchmark import benchmark_config
+
+    problems = []
+    for name, node in (eval_cfg.get("benchmarks") or {}).items():
+        node = dict(node or {})
+        resolved = benchmark_config(node.pop("config", None) or str(name), **node)
+        files = resolved.get("annotations")
+        files = [files] if isinstance(files, str) else list(files or [])
+        for i, path in enumerate(files):
+            if isinstance(path, str) and not Path(path).exists():
+                index = f"[{i}]" if len(files) > 1 else ""
+                problems.append(f"eval.benchmarks.{name}.annotations{index}: no such file '{path}'")
+        images = resolved.get("images")
+        if isinstance(images, str) and not Path(images).exists():
+            problems.append(f"eval.benchmarks.{name}.images: no such folder '{images}'")
+    return problems
+
+
 def _check_optim(optim: dict) -> None:
     for selector in optim.get("lr_multipliers") or {}:
         check_selector_name(selector, f"optim.lr_multipliers.{selector}")
