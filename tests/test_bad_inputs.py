@@ -80,6 +80,22 @@ def bomb_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def line_png(width: int, height: int) -> bytes:
+    """A real width×height grayscale PNG (all black) in ~100 bytes: small in w·h, huge once padded to a square."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = b"".join(b"\0" + b"\0" * width for _ in range(height))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+
+
+def escaping_checkpoint(env: Env, name: str) -> str:
+    """A checkpoint whose tokenizer files name a path outside the folder they are unpacked into."""
+    target = Path(name if name.startswith("/") else env.tmp / "unpacked" / name)
+    env.outputs.append(target.resolve() if not name.startswith("/") else target)
+    return checkpoint(env, lambda c: c["tokenizer_files"].update({name: b"written by a checkpoint"}))
+
+
 def remote_code_model(env: Env) -> str:
     """A local model folder whose config asks for its own Python code (``auto_map``)."""
     d = env.tmp / "remote"
@@ -341,6 +357,16 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
      ["run.ckpt", "unexpected", "model.projector.extra.weight".removeprefix("model.")]),
     ("checkpoint-missing-weights", lambda e: ["export", checkpoint(e, lambda c: c["state_dict"].pop(
         next(k for k in c["state_dict"] if "projector" in k))), "--out", e.output("exp")], ["run.ckpt", "missing", "projector"]),
+    # issue 23 item 1: a checkpoint that passes weights_only=True may still name paths and turn on remote code
+    ("checkpoint-tokenizer-file-escapes", lambda e: ["export", escaping_checkpoint(e, "../../escaped.txt"),
+                                                     "--out", e.output("exp")],
+     ["run.ckpt", "tokenizer_files", "refused file name '../../escaped.txt'"]),
+    ("checkpoint-tokenizer-file-absolute", lambda e: ["export", escaping_checkpoint(e, str(e.tmp / "abs.txt")),
+                                                      "--out", e.output("exp")],
+     ["run.ckpt", "tokenizer_files", "refused file name", "abs.txt"]),
+    ("checkpoint-turns-on-remote-code", lambda e: ["export", checkpoint(e, lambda c: c["hyper_parameters"]["config"][
+        "model"]["llm"].update(trust_remote_code=True)), "--out", e.output("exp")],
+     ["run.ckpt", "model.llm.trust_remote_code", "refused"]),
     ("checkpoint-not-regionvlm", lambda e: (torch.save({"state_dict": {}}, e.tmp / "other.ckpt"),
                                             ["export", str(e.tmp / "other.ckpt"), "--out", e.output("exp")])[1],
      ["other.ckpt", "not a regionvlm training checkpoint"]),
@@ -352,6 +378,11 @@ CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
     ("cli-region-mask-missing", lambda e: ["predict", "--model", str(e.export), "--image", str(e.data / "images" / IMAGE),
                                            "--region", f"mask:{e.tmp}/m.png", "--prompt", "<region1>?"],
      ["--region[0]", "m.png"]),
+    # issue 23 item 5: ~100 bytes whose pixel count passes, whose padded square would take ~10 GB
+    ("image-pads-over-limit", lambda e: ["predict", "--model", _export_copy(e, card_edit(
+        lambda c: c["processor"].update(resize_mode="pad"))), "--image", e.write("line.png", line_png(100_000, 1)),
+        "--region", "box:1,0,9,1", "--prompt", "<region1>?"],
+     ["line.png", "100000×1", "pads to a 100000×100000 square", "over the limit"]),
     ("cli-image-missing", lambda e: ["predict", "--model", str(e.export), "--image", str(e.tmp / "x.jpg"),
                                      "--region", "box:1,1,9,9", "--prompt", "<region1>?"], ["--image", "x.jpg"]),
     ("cli-export-out-not-empty", lambda e: (e.write("exp/keep.txt", "mine"),

@@ -121,6 +121,7 @@ class ImageProcessor:
                 raise DataError(f"{where}: sample has {len(regions)} regions but no image")
             return {"pixel_values": torch.zeros(3, S, S), "region_masks": torch.zeros(0, S, S, dtype=torch.bool),
                     "region_boxes": torch.zeros(0, 4)}
+        source = f"{where} ({image})" if isinstance(image, (str, os.PathLike)) else where
         image = load_image(image, where)
         w, h = image.size
         regions = regions.with_image_size(h, w)
@@ -128,7 +129,7 @@ class ImageProcessor:
             side = max(w, h)
             limit = Image.MAX_IMAGE_PIXELS or float("inf")
             if side * side > limit:  # a 100000×1 image is small, its padded square is not
-                raise DataError(f"{where}: image of {w}×{h} pixels pads to a {side}×{side} square, over the limit of "
+                raise DataError(f"{source}: image of {w}×{h} pixels pads to a {side}×{side} square, over the limit of "
                                 f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
             left, top = (side - w) // 2, (side - h) // 2
             fill = tuple(int(round(c * 255)) for c in self.mean)
