@@ -59,12 +59,13 @@ def read_region_file(path: str | os.PathLike, where: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise DataError(f"{where}: cannot read '{path}': {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_REGION_FILE_BYTES:
+        os.close(fd)
         if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{where}: '{path}' is not a regular file")
-        if st.st_size > MAX_REGION_FILE_BYTES:
-            raise DataError(f"{where}: '{path}' is {st.st_size} bytes, over the limit of {MAX_REGION_FILE_BYTES}")
+        raise DataError(f"{where}: '{path}' is {st.st_size} bytes, over the limit of {MAX_REGION_FILE_BYTES}")
+    with os.fdopen(fd, "rb") as f:
         return f.read(MAX_REGION_FILE_BYTES + 1)
 
 

@@ -113,7 +113,7 @@ class RegionVLMModule(L.LightningModule):
         its dropout (and LoRA's), a frozen BatchNorm would drift in train mode. Also records the task prompts as
         the data module's datasets built them, for checkpoints and the export."""
         set_train_modes(self.model)
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = getattr(self._trainer, "datamodule", None)  # (`self.trainer` raises when not attached)
         if hasattr(datamodule, "trained_prompts"):
             self.trained_prompts = datamodule.trained_prompts()
 
