@@ -55,6 +55,8 @@ def _vllm_missing() -> str | None:
 
 
 VLLM_MISSING = _vllm_missing()
+if VLLM_MISSING and os.environ.get("REGIONVLM_REQUIRE_VLLM") == "1":  # CI: a failed `make vllm` must not pass
+    raise RuntimeError(f"REGIONVLM_REQUIRE_VLLM=1 but {VLLM_MISSING}")
 needs_vllm = pytest.mark.skipif(VLLM_MISSING is not None, reason=str(VLLM_MISSING))
 
 # head size 32: the smallest vLLM's CPU attention supports (16 fails at the first request)
@@ -749,3 +751,27 @@ def test_vllm_killed_parent_mid_answer_leaves_no_orphan(tiny, vllm_server):
         for _ in stream:
             pass
         client.complete(torch.randn(4, 64))
+
+
+@needs_vllm
+def test_vllm_engine_crash_mid_answer_is_a_503_error_and_leaves_no_process(tiny):
+    """A worker killed mid-answer (as the OOM killer would): the stream and the next request fail with a
+    `VLLMError` a front end answers with 503, and the supervisor stops what is left of vLLM."""
+    llm, tok, folder = tiny
+    with VLLMServer(folder, python=VLLM_PYTHON, kv_cache_gib=1, max_model_len=512) as srv:
+        client = srv.client(timeout=60)
+        prompt = prompt_embeddings(llm, len(tok), n=1)[0]
+        stream = client.stream(prompt, max_tokens=450, ignore_eos=True)
+        assert next(stream).token_ids
+        worker = next(pid for pid, _ in members(srv.pid)
+                      if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::Worker"))
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(VLLMError) as info:
+            for _ in stream:
+                pass
+        assert info.value.status == 503 and "\n" not in str(info.value)
+        with pytest.raises(VLLMError) as info:
+            client.complete(prompt, max_tokens=4)
+        assert info.value.status == 503
+        wait_gone(srv.pid, 30.0)
+        assert not srv.alive()

@@ -426,8 +426,8 @@ class VLLMServer:
     ``python``: the vLLM environment's Python (`default_vllm_python`); ``dtype`` / ``max_model_len``: default to
     the folder's ``regionvlm_llm.json`` (the weights' dtype; the export's context length, else the model's);
     ``enforce_eager`` (default true: no torch.compile warm-up, measured ~25 s instead of ~70 s to start the tiny
-    model on 2 CPU cores); ``kv_cache_gib``: vLLM's CPU KV cache (``VLLM_CPU_KVCACHE_SPACE``); ``extra_args``:
-    more ``vllm serve`` arguments (``--tensor-parallel-size 2``, ``--gpu-memory-utilization 0.8``, ...);
+    model on 2 CPU cores); ``kv_cache_gib``: vLLM's CPU KV cache in whole GiB (``VLLM_CPU_KVCACHE_SPACE``);
+    ``extra_args``: more ``vllm serve`` arguments (``--tensor-parallel-size 2``, ``--gpu-memory-utilization 0.8``, ...);
     ``log_file``: where its output goes (default a temporary file, kept; `tail` shows the end).
 
     The child is `regionvlm.serve.vllm_supervisor` (run with that Python), which runs vLLM's OpenAI server in
@@ -443,7 +443,7 @@ class VLLMServer:
     def __init__(self, llm_dir: str | os.PathLike, python: str | os.PathLike | None = None, host: str = "127.0.0.1",
                  port: int = 0, api_key: str | None = None, served_model_name: str = DEFAULT_MODEL_NAME,
                  dtype: str | None = None, max_model_len: int | None = None, enforce_eager: bool = True,
-                 kv_cache_gib: float | None = None, extra_args: Sequence[str] = (), env: dict | None = None,
+                 kv_cache_gib: int | None = None, extra_args: Sequence[str] = (), env: dict | None = None,
                  log_file: str | os.PathLike | None = None, start_timeout: float = 600.0, stop_grace: float = 15.0):
         from regionvlm.llm_folder import read_llm_folder
 
@@ -497,7 +497,7 @@ class VLLMServer:
             fd, name = tempfile.mkstemp(prefix="regionvlm-vllm-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib)} if self.kv_cache_gib is not None else {}
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(int(self.kv_cache_gib))} if self.kv_cache_gib is not None else {}
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key  # not on the command line, where `ps` would show it
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
