@@ -50,7 +50,7 @@ def _vllm_missing() -> str | None:
     try:
         check_vllm_python(VLLM_PYTHON)
     except VLLMUnavailable as exc:
-        return f"{exc} (make vllm)"
+        return str(exc)
     return None
 
 
