@@ -12,7 +12,7 @@
 
 vLLM runs only this LLM; the region front end computes each request's input embeddings (the LLM's token
 embeddings with image and region features spliced in) and sends them as prompt embeddings
-(`regionvlm.serve.vllm`). The chat template is there for text-only requests through vLLM's own chat API;
+(`regionvlm.vllm_engine`). The chat template is there for text-only requests through vLLM's own chat API;
 region requests never use it (their prompt is rendered by regionvlm's collator before embedding).
 """
 
@@ -41,7 +41,7 @@ def chat_template_jinja(template: str, system_prompt: str | None = None) -> str 
     conversation (the BOS the collator prepends included); ``chat_template``: None (the tokenizer's own)."""
     if template == "vicuna_v1":
         if system_prompt is None:
-            from regionvlm.data.collate import VICUNA_SYSTEM
+            from regionvlm.text.templates import VICUNA_SYSTEM
 
             system_prompt = VICUNA_SYSTEM
         return ("{% if bos_token %}{{ bos_token }}{% endif %}"

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from regionvlm.errors import UserError
 from regionvlm.llm_folder import INFO_FILE, chat_template_jinja, find_llm_folder, read_llm_folder, write_llm_folder
-from regionvlm.serve.vllm import (
+from regionvlm.vllm_engine import (
     VLLMClient,
     VLLMError,
     VLLMRequestError,
@@ -40,7 +41,6 @@ from regionvlm.serve.vllm import (
     encode_prompt_embeds,
     free_port,
 )
-from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("REGIONVLM_VLLM_PYTHON") or ROOT / ".venv-vllm" / "bin" / "python")
@@ -124,12 +124,13 @@ def test_llm_folder_casts_to_the_dtype_asked(tmp_path, tiny):
 def test_chat_template_renders_what_the_collator_renders(tmp_path, tiny, template):
     from transformers import AutoTokenizer
 
-    from regionvlm.data.collate import EOS, render_plain, render_vicuna_v1
+    from regionvlm.text.templates import EOS, render
 
     llm, tok, _ = tiny
     folder = write_llm_folder(llm, tok, tmp_path / "llm", template=template)
     tok2 = AutoTokenizer.from_pretrained(folder)
-    render = render_vicuna_v1 if template == "vicuna_v1" else render_plain
+    def rendered(conversations, for_generation=False):
+        return render(template, tok, conversations, for_generation)
     conversations = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "a red circle"},
                      {"from": "human", "value": "And its colour?"}]
     messages = [{"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]}
@@ -139,14 +140,14 @@ def test_chat_template_renders_what_the_collator_renders(tmp_path, tiny, templat
         return tok.bos_token + "".join(tok.eos_token if p is EOS else p for p, _ in pieces)
 
     assert tok2.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
-        expected(render(conversations, for_generation=True))
+        expected(rendered(conversations, for_generation=True))
     answered = [*conversations[:2]]
-    assert tok2.apply_chat_template(messages[:2], tokenize=False) == expected(render(answered))
+    assert tok2.apply_chat_template(messages[:2], tokenize=False) == expected(rendered(answered))
     if template == "vicuna_v1":  # a system turn replaces the default system prompt
         with_system = [{"from": "system", "value": "Be brief."}, *conversations]
         assert tok2.apply_chat_template([{"role": "system", "content": "Be brief."}, *messages], tokenize=False,
                                         add_generation_prompt=True) == \
-            expected(render(with_system, for_generation=True))
+            expected(rendered(with_system, for_generation=True))
 
 
 def test_chat_template_of_the_tokenizer_is_kept(tmp_path, tiny):
@@ -576,7 +577,7 @@ def test_no_vllm_environment_is_one_line(tiny, tmp_path):
 
 PARENT = r'''
 import json, sys
-from regionvlm.serve.vllm import VLLMServer
+from regionvlm.vllm_engine import VLLMServer
 srv = VLLMServer(sys.argv[1], python=sys.argv[2], stop_grace=float(sys.argv[3]), log_file=sys.argv[4],
                  api_key=sys.argv[5] or None, kv_cache_gib=1, start_timeout=600)
 srv.start()

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     from regionvlm.llm_folder import write_llm_folder
     from regionvlm.plugins.llms import HFCausalLM, build_tokenizer
-    from regionvlm.serve.vllm import VLLMServer
+    from regionvlm.vllm_engine import VLLMServer
 
     torch.set_num_threads(args.torch_threads)
     tok = build_tokenizer({"pretrained": args.llm})

@@ -1,4 +1,4 @@
-"""Runs ``vllm serve`` and makes sure none of its processes outlives it: `regionvlm.serve.vllm.VLLMServer`
+"""Runs ``vllm serve`` and makes sure none of its processes outlives it: `regionvlm.vllm_engine.VLLMServer`
 starts this file (standard library only) with the vLLM environment's Python, as ``python -I vllm_supervisor.py
 GRACE_S CMD...``, in a process group of its own.
 

@@ -430,7 +430,7 @@ class VLLMServer:
     ``extra_args``: more ``vllm serve`` arguments (``--tensor-parallel-size 2``, ``--gpu-memory-utilization 0.8``, ...);
     ``log_file``: where its output goes (default a temporary file, kept; `tail` shows the end).
 
-    The child is `regionvlm.serve.vllm_supervisor` (run with that Python), which runs vLLM's OpenAI server in
+    The child is `regionvlm.vllm_supervisor` (run with that Python), which runs vLLM's OpenAI server in
     the process group the supervisor leads, and stops the whole group (API server, engine core, workers)
     whenever the API server exits or the supervisor is told to stop: a crashed or killed API server would
     otherwise leave its engine processes running as orphans. The supervisor gets ``PR_SET_PDEATHSIG``
@@ -503,7 +503,7 @@ class VLLMServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         supervisor = Path(__file__).with_name("vllm_supervisor.py")
         with open(self.log_path, "ab") as log:
-            # -I: the supervisor's folder (regionvlm/serve, which has a vllm.py) must not shadow vLLM's package
+            # -I: nothing of this environment (its sys.path, PYTHON* variables) leaks into vLLM's
             self.proc = subprocess.Popen([str(self.python), "-I", str(supervisor), str(self.stop_grace),
                                           *self.command()],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -543,7 +543,7 @@ class VLLMServer:
         return VLLMClient(self.url, api_key=self.api_key, model=self.served_model_name, **kwargs)
 
     def stop(self) -> None:
-        """Stop the child: SIGTERM to its supervisor (`regionvlm.serve.vllm_supervisor`), which stops vLLM's
+        """Stop the child: SIGTERM to its supervisor (`regionvlm.vllm_supervisor`), which stops vLLM's
         whole process group (SIGKILL after ``stop_grace`` seconds); SIGKILL to the group if it is still there
         5 s after that. Returns once no process of the group runs. Safe to call twice."""
         if self.proc is None:
