@@ -7,6 +7,8 @@
                            the model was trained with, by type), ``generation:`` (decoding defaults), ``export:``
     model.safetensors      all weights (strict load: missing or unexpected keys are an error)
     tokenizer files        as written by the tokenizer's save_pretrained (special tokens included)
+    llm/                   the LLM alone as a plain transformers folder (`regionvlm.llm_folder`), which
+                           ``vllm serve`` loads as it is: what ``--engine vllm`` runs (not read to load the model)
     training_config.yaml   the resolved training config, for provenance only: loading never reads it
 
 Like a transformers folder with its processor config (or timm's pretrained config), everything that turns an
@@ -104,9 +106,10 @@ def export_view(model: Any) -> Any:
 
 
 def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dict,
-                dtype: str | None = None, overwrite: bool = False) -> Path:
+                dtype: str | None = None, overwrite: bool = False, llm_folder: bool = True) -> Path:
     """Write ``model`` + ``tokenizer`` + the card of ``cfg`` (a resolved training config, or a card read from
-    another export) as a self-contained folder."""
+    another export) as a self-contained folder; ``llm_folder``: also the LLM alone as ``llm/`` (for vLLM; an
+    LLM component that is not a transformers model has none)."""
     import torch
     import yaml
     from safetensors.torch import save_model
@@ -131,6 +134,8 @@ def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dic
             model = copy.deepcopy(model).to(getattr(torch, DTYPES[dtype]))
         save_model(model, str(tmp / WEIGHTS_FILE))
         tokenizer.save_pretrained(str(tmp))
+        if llm_folder:
+            _write_llm_folder(model.llm, tokenizer, tmp, card["processor"])
         (tmp / CONFIG_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
         if not is_model_card(cfg):
             provenance = {k: v for k, v in cfg.items() if k != TRAINED_PROMPTS}  # a config file, as it was run
@@ -140,6 +145,19 @@ def save_export(out_dir: str | os.PathLike, model: Any, tokenizer: Any, cfg: dic
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _write_llm_folder(llm: Any, tokenizer: Any, export_dir: Path, processor: dict) -> None:
+    """``EXPORT/llm``: the export's LLM (adapters merged as in the export, or kept as ``lora/`` when the export
+    keeps them) with its chat template and context length, in the weights' dtype."""
+    from regionvlm.llm_folder import LLM_FOLDER, write_llm_folder
+
+    if not (hasattr(llm, "base_model") and hasattr(llm, "lora")):  # a third-party LLM component
+        print(f"{export_dir.name}: no {LLM_FOLDER}/ folder (the LLM component is not a transformers model); "
+              f"--engine vllm cannot serve this export")
+        return
+    write_llm_folder(llm, tokenizer, export_dir / LLM_FOLDER, template=processor["template"],
+                     max_length=processor["max_length"], merge_lora=llm.lora is None)
 
 
 def read_card(export_dir: str | os.PathLike) -> dict:

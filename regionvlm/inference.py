@@ -18,7 +18,7 @@ This path imports no training code (no Lightning): a serving process starts lean
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from regionvlm.contracts import GENERATION_KEYS
@@ -44,6 +44,7 @@ class RegionChat:
         self.processor = RegionProcessor.from_card(self.card, tokenizer, model)
         self.collator = self.processor.collator(for_generation=True, process=True)
         self.generation = dict(self.card.get("generation") or {})
+        self.engine = None  # None: the built-in engine (transformers' generate); see `use_vllm`
 
     @classmethod
     def from_pretrained(cls, export_dir: str | os.PathLike, device: str | None = None,
@@ -77,13 +78,107 @@ class RegionChat:
         return batch.to(self.device)
 
     def generate(self, samples: Sequence[dict], **generation: Any) -> list[str]:
-        """Answers for raw samples, batched (one forward of the vision tower, one generate call)."""
+        """Answers for raw samples, batched (one forward of the vision tower, one generate call; with vLLM, the
+        requests go to vLLM together)."""
         import torch
 
+        if self.engine is not None:
+            return self.engine.generate(samples, **generation)
         batch = self.batch(samples)
         with torch.inference_mode():
             ids = self.model.generate(batch, **self.settings(**generation))
         return self.processor.decode(ids)
+
+    def prompt_embeddings(self, samples: Sequence[dict]) -> list:
+        """Each sample's input embeddings (L_i×D, its prompt's own tokens: the image and region features fused
+        in, the batch's left padding taken off) — what the vLLM engine sends as prompt embeddings."""
+        import torch
+
+        batch = self.batch(samples)
+        with torch.inference_mode():
+            embeds = self.model.embed(batch)
+        keep = batch.attention_mask.bool()
+        return [embeds[b, keep[b]].detach().cpu() for b in range(len(batch))]
+
+    def stream(self, image: Any, regions: Any = None, prompt: str = "", **generation: Any) -> Iterator[str]:
+        """The answer to one question as it is generated: text pieces whose concatenation is `ask`'s answer."""
+        sample = self.sample(image, regions, prompt)
+        if self.engine is not None:
+            yield from self.engine.stream(sample, **generation)
+            return
+        yield from self.processor.stream_decode(self._generated_ids(sample, self.settings(**generation)))
+
+    def _generated_ids(self, sample: dict, settings: dict) -> Iterator[list[int]]:
+        """The built-in engine's new token ids as `generate` makes them (a streamer fed from its thread)."""
+        import queue
+        import threading
+
+        import torch
+        from transformers.generation.streamers import BaseStreamer
+
+        if int(settings.get("num_beams", 1) or 1) > 1:
+            raise DataError("streaming: num_beams > 1 (beam search) cannot stream; ask without streaming")
+        chunks: queue.Queue = queue.Queue()
+
+        class Ids(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:  # generate's first call hands over the prompt (empty for embeddings)
+                    self.prompt_seen = True
+                    return
+                chunks.put(value.reshape(-1).tolist())
+
+            def end(self):
+                chunks.put(None)
+
+        batch = self.batch([sample])
+        failure: list[BaseException] = []
+
+        def run():
+            try:
+                with torch.inference_mode():
+                    self.model.generate(batch, streamer=Ids(), **settings)
+            except BaseException as exc:  # raised in the caller's thread, below
+                failure.append(exc)
+                chunks.put(None)
+
+        worker = threading.Thread(target=run, name="regionvlm-stream", daemon=True)
+        worker.start()
+        while (chunk := chunks.get()) is not None:
+            yield chunk
+        worker.join()
+        if failure:
+            raise failure[0]
+
+    # -- engines ------------------------------------------------------------------------------------------
+    def use_vllm(self, export_dir: str | os.PathLike | None = None, url: str | None = None,
+                 api_key: str | None = None, python: str | os.PathLike | None = None, **server_options: Any):
+        """Generate through vLLM from now on (`regionvlm.vllm_engine.VLLMEngine`): connect to a running server
+        at ``url``, or start one on ``export_dir``'s LLM folder in the Python environment ``python``. `close`
+        (or leaving a ``with`` block) stops a server started here. Returns self."""
+        from regionvlm.vllm_engine import VLLMEngine
+
+        self.close()
+        if url:
+            self.engine = VLLMEngine.connect(self, url, api_key=api_key)
+        elif export_dir is not None:
+            self.engine = VLLMEngine.launch(self, export_dir, python=python, api_key=api_key, **server_options)
+        else:
+            raise ValueError("use_vllm: give the url of a running vLLM server or the export folder to start one on")
+        return self
+
+    def close(self) -> None:
+        """Stop what this chat started (a vLLM child process); the built-in engine holds nothing."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def __enter__(self) -> RegionChat:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def ask(self, image: Any, regions: Any = None, prompt: str = "", **generation: Any) -> str:
         """The model's answer to ``prompt`` about ``regions`` (``<regionK>`` names regions[K-1])."""

@@ -18,7 +18,7 @@ come from the built model (`from_training_config`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from regionvlm.errors import ConfigError, UserError
@@ -145,3 +145,21 @@ class RegionProcessor:
     def decode(self, ids: Any) -> list[str]:
         """Generated ids (B×T) → answers, special tokens dropped, whitespace stripped."""
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def stream_decode(self, id_chunks: Iterable[Sequence[int]]) -> Iterator[str]:
+        """Generated ids arriving in chunks (a streamed answer) → text pieces whose concatenation is exactly
+        `decode` of all the ids: each piece is what the decoded text grew by, held back while it ends in a
+        partial character (decoded as U+FFFD) — both engines stream through here."""
+        ids: list[int] = []
+        said = ""
+        for chunk in id_chunks:
+            ids += [int(i) for i in chunk]
+            text = self.decode([ids])[0]
+            if len(text) > len(said) and text.startswith(said) and not text.endswith("\ufffd"):
+                yield text[len(said):]
+                said = text
+        text = self.decode([ids])[0]
+        if text != said:
+            if not text.startswith(said):  # decoding changed what was said (rare): say the rest as it now reads
+                raise RuntimeError(f"stream_decode: the decoded answer {text!r} does not extend {said!r}")
+            yield text[len(said):]

@@ -594,3 +594,72 @@ def _group_alive(pgid: int) -> bool:
         if int(fields[2]) == pgid and fields[0] != "Z":
             return True
     return False
+
+
+# -- the region front end ---------------------------------------------------------------------------------------
+def vllm_settings(settings: dict) -> dict:
+    """regionvlm's decoding settings (`contracts.GENERATION_KEYS`) → the completion request's: greedy unless
+    ``do_sample`` (then ``temperature``/``top_p``); vLLM's completions API has no beam search, so
+    ``num_beams`` > 1 is refused (one line)."""
+    if int(settings.get("num_beams", 1) or 1) > 1:
+        raise VLLMRequestError("--engine vllm: num_beams > 1 (beam search) is not served by vLLM's completions API; "
+                               "use the built-in engine for beam search", 400, "num_beams")
+    sample = bool(settings.get("do_sample"))
+    return {"max_tokens": int(settings.get("max_new_tokens", 64)),
+            "temperature": float(settings.get("temperature", 1.0)) if sample else 0.0,
+            "top_p": float(settings.get("top_p", 1.0)) if sample else 1.0}
+
+
+class VLLMEngine:
+    """`RegionChat`'s generation through vLLM: the chat's own model computes each question's input embeddings
+    (vision encoder → refiner → region extractor → projector → fusion, exactly the built-in path), vLLM runs
+    the LLM on them, and the generated token ids are decoded with the export's tokenizer — so greedy answers are
+    the built-in engine's. ``client``: a `VLLMClient`; ``server``: the `VLLMServer` this engine started (stopped
+    by `close`), or None when it connected to a running one."""
+
+    def __init__(self, chat: Any, client: VLLMClient, server: VLLMServer | None = None):
+        self.chat, self.client, self.server = chat, client, server
+        self.served = client.check()  # reachable and serving a model, else one line (VLLMUnavailable)
+
+    @classmethod
+    def connect(cls, chat: Any, url: str, api_key: str | None = None, model: str | None = None,
+                max_concurrency: int = 64) -> VLLMEngine:
+        """Use a vLLM server that already runs (``vllm serve EXPORT/llm --enable-prompt-embeds``)."""
+        return cls(chat, VLLMClient(url, api_key=api_key, model=model, max_concurrency=max_concurrency))
+
+    @classmethod
+    def launch(cls, chat: Any, export_dir: str | os.PathLike, python: str | os.PathLike | None = None,
+               max_concurrency: int = 64, **server_options: Any) -> VLLMEngine:
+        """Start vLLM as a child process on the export's LLM folder (``EXPORT/llm``) in the Python environment
+        ``python`` (default: `default_vllm_python`), and use it; `close` stops it."""
+        from regionvlm.llm_folder import find_llm_folder
+
+        server = VLLMServer(find_llm_folder(export_dir), python=python, **server_options).start()
+        try:
+            return cls(chat, server.client(max_concurrency=max_concurrency), server)
+        except BaseException:
+            server.stop()
+            raise
+
+    def generate(self, samples: Sequence[dict], **generation: Any) -> list[str]:
+        """Answers for raw samples: one embedding pass for the batch here, the requests sent to vLLM at once
+        (it batches them continuously)."""
+        body = vllm_settings(self.chat.settings(**generation))
+        embeds = self.chat.prompt_embeddings(samples)
+        answers = self.client.complete_many(embeds, **body)
+        return [self.decode(a.token_ids) for a in answers]
+
+    def stream(self, sample: dict, **generation: Any) -> Iterator[str]:
+        """One answer as it is generated: text pieces whose concatenation is the decoded answer
+        (`RegionProcessor.stream_decode` of vLLM's token ids)."""
+        body = vllm_settings(self.chat.settings(**generation))
+        deltas = self.client.stream(self.chat.prompt_embeddings([sample])[0], **body)
+        yield from self.chat.processor.stream_decode(d.token_ids for d in deltas)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.chat.processor.decode([list(ids)])[0]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

@@ -137,8 +137,8 @@ def test_outputs_get_the_users_umask(tiny, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
-    for path in [*out.iterdir(), tmp_path / "results.md"]:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    for path in [*out.rglob("*"), tmp_path / "results.md"]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
 
 
 def test_an_export_in_the_earlier_card_layout_loads_and_answers_the_same(tiny, tmp_path):

@@ -20,11 +20,14 @@ from regionvlm.io import dumps_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from regionvlm.commands.engine_options import add_engine_arguments
+
     parser.add_argument("config", help="YAML config with an eval: section (e.g. projects/rgpt/tiny/eval.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. eval.benchmarks.pope.limit=100")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="an export folder (written by train or export)")
     source.add_argument("--ckpt", help="a training checkpoint (.ckpt) or run directory")
+    add_engine_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier evaluation in the output folder")
 
@@ -78,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(settings.pop("out_dir") or Path(cfg.output.root) / cfg.output.name / "eval")
 
     from regionvlm.card import load_export
+    from regionvlm.commands.engine_options import open_engine
     from regionvlm.engine.checkpoint import load_checkpoint
     from regionvlm.engine.module import RegionVLMModule
     from regionvlm.engine.trainer import build_trainer
+    from regionvlm.errors import UserError
     from regionvlm.evaluation.reports import print_results
     from regionvlm.evaluation.runner import evaluate
 
@@ -92,7 +97,22 @@ def run(args: argparse.Namespace) -> int:
     generation = {**(model_config.get("generation") or {}), **(config.get("generation") or {})}
     module = RegionVLMModule({**model_config, "generation": generation}, model=model, tokenizer=tokenizer)
     trainer = build_trainer(config, None, enable_progress_bar=False)
-    results = evaluate(module, trainer, out_dir=out_dir, resume=resume, **settings)
+    chat = None
+    if args.engine == "vllm":  # generation through vLLM; the front end (embeddings) runs here, on one device
+        from regionvlm.inference import RegionChat
+
+        if trainer.world_size > 1:
+            raise UserError("--engine vllm: one process computes the embeddings (vLLM spreads the LLM itself); "
+                            "set trainer.devices=1")
+        chat = open_engine(RegionChat(model, tokenizer, model_config, device=str(trainer.strategy.root_device)),
+                           args, args.model)
+    else:
+        open_engine(None, args, None)  # vLLM's flags without --engine vllm: an error
+    try:
+        results = evaluate(module, trainer, out_dir=out_dir, resume=resume, chat=chat, **settings)
+    finally:
+        if chat is not None:
+            chat.close()
     if trainer.is_global_zero:
         print_results(results, title=f"results ({args.model or args.ckpt})")
         print(f"predictions and results written to {out_dir}")

@@ -29,6 +29,8 @@ GENERATION_FLAGS = {"max_new_tokens": int, "temperature": float, "top_p": float,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from regionvlm.commands.engine_options import add_engine_arguments
+
     parser.add_argument("--model", required=True, help="export folder (from train or export)")
     parser.add_argument("--image", help="image file for a single question")
     parser.add_argument("--region", action="append", default=[], metavar="KIND:VALUE",
@@ -45,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None,
                             help=f"generation: {flag} (default: the export's config)")
     parser.add_argument("--sample", action="store_true", help="generation: sample instead of greedy decoding")
+    add_engine_arguments(parser)
     parser.add_argument("--imports", action="store_true",
                         help="import the modules that registered the export's own components (its card's imports:, "
                              "found on PYTHONPATH, here or in the export folder); importing runs their code: only "
@@ -298,6 +301,7 @@ def run_batch(chat: Any, args: argparse.Namespace, rows: list[tuple[int, dict]],
 
 
 def run(args: argparse.Namespace) -> int:
+    from regionvlm.commands.engine_options import open_engine
     from regionvlm.inference import RegionChat
 
     check_before_loading(args)
@@ -306,10 +310,11 @@ def run(args: argparse.Namespace) -> int:
         done = read_done_rows(Path(args.out), [r for _, r in rows], args.input)
     else:  # read before the model loads: a region file that is a FIFO, a device or too large is refused at once
         regions = [parse_region(spec, f"--region[{i}]") for i, spec in enumerate(args.region)]
-    chat = RegionChat.from_pretrained(args.model, device=args.device, imports=args.imports)
-    if args.input:
-        return run_batch(chat, args, rows, done)
-    answer = chat.ask(args.image, regions, args.prompt, **generation_overrides(args))
+    with RegionChat.from_pretrained(args.model, device=args.device, imports=args.imports) as chat:
+        open_engine(chat, args, args.model)
+        if args.input:
+            return run_batch(chat, args, rows, done)
+        answer = chat.ask(args.image, regions, args.prompt, **generation_overrides(args))
     print(answer)
     if args.viz:
         from regionvlm.viz import draw_regions, overlay_text, save_png

@@ -51,10 +51,19 @@ class SampleDataset:
 
 
 def generate_rows(module: Any, trainer: Any, samples: list[dict], batch_size: int, num_workers: int,
-                  generation: dict | None = None) -> list[dict]:
+                  generation: dict | None = None, chat: Any = None) -> list[dict]:
     """``[{"id": sample id, "text": answer}]`` for every sample, from every process, in sample order;
-    ``generation`` overrides the module's generation settings for these samples (a benchmark's protocol)."""
+    ``generation`` overrides the module's generation settings for these samples (a benchmark's protocol).
+    ``chat``: a `RegionChat` whose engine generates instead of Lightning's predict loop (``--engine vllm``: the
+    images are processed in the loader's workers, each batch's requests go to vLLM together)."""
     from torch.utils.data import DataLoader
+
+    if chat is not None:
+        settings = {**module.generation, **(generation or {})}
+        loader = DataLoader(SampleDataset(samples, chat.processor), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, collate_fn=list)
+        return [{"id": s["id"], "text": text} for batch in loader
+                for s, text in zip(batch, chat.generate(batch, **settings))]
 
     from regionvlm.card import as_model_card
     from regionvlm.evaluation.collectors import PredictionCollector
@@ -120,7 +129,7 @@ def use_judge_cache(bench: Any, predictions: Path, fresh: bool, write: bool = Tr
 
 def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: str | Path,
              batch_size: int = 8, num_workers: int = 0, gallery: int = 0,
-             resume: bool = False) -> dict[str, dict[str, float]]:
+             resume: bool = False, chat: Any = None) -> dict[str, dict[str, float]]:
     """Run every benchmark in ``benchmarks`` (``{name: node}``, node = the benchmark's YAML overrides such as
     ``annotations``, ``images``, ``limit``); write predictions and results under ``out_dir``. With ``resume``, a
     benchmark whose predictions a killed run of the same evaluation already wrote is scored from them, not
@@ -144,7 +153,8 @@ def evaluate(module: Any, trainer: Any, benchmarks: dict[str, dict], out_dir: st
             print(f"{name}: predictions of the earlier run reused ({len(done)} rows)")
             prediction_rows, rows = done, [{"id": s["id"], "text": r["text"]} for s, r in zip(samples, done)]
         else:
-            rows = generate_rows(module, trainer, samples, batch_size, num_workers, generation=bench.generation)
+            rows = generate_rows(module, trainer, samples, batch_size, num_workers, generation=bench.generation,
+                                 chat=chat)
             prediction_rows = [bench.prediction_row(by_id[r["id"]], r["text"]) for r in rows]
             if trainer.is_global_zero:
                 write_text(bench_dir / "predictions.jsonl", "".join(dumps_json(r) + "\n" for r in prediction_rows))

@@ -1,0 +1,145 @@
+"""``--engine vllm`` end to end: the region front end computes the input embeddings here, vLLM (its own Python
+environment, `make vllm`) runs the LLM from the export's ``llm/`` folder, and greedy answers equal the built-in
+engine's — through ``predict`` (batch and single), ``eval`` of one benchmark, `RegionChat` and its streaming.
+Skipped with the reason when ``.venv-vllm`` is missing (``make test`` builds it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_serve_api import random_export
+from test_vllm import VLLM_PYTHON, needs_vllm
+
+from regionvlm.cli import main
+
+pytestmark = needs_vllm
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    out = random_export(tmp_path_factory.mktemp("vllm_engine") / "export")
+    assert (out / "llm" / "regionvlm_llm.json").is_file()  # every export carries its LLM folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(export):
+    """One vLLM child on the export's LLM folder for the module (an engine start is ~25 s on 2 cores)."""
+    from regionvlm.vllm_engine import VLLMServer
+
+    with VLLMServer(export / "llm", python=VLLM_PYTHON, kv_cache_gib=1) as srv:
+        yield srv
+
+
+def questions(workspace: Path, n: int = 64) -> list[dict]:
+    """``n`` varied region questions on the synthetic images: boxes and masks, one or two regions, three prompts."""
+    images = sorted((workspace / "data" / "synth" / "images").glob("*.png"))
+    prompts = ["What is <region1>?", "Describe <region1> briefly.", "What is <region1> next to <region2>?"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        x, y = (int(v) for v in rng.integers(0, 60, 2))
+        regions = [{"bbox": [x, y, 30 + i % 20, 30]}, {"bbox_xyxy": [70, 70, 120, 120]}]
+        prompt = prompts[i % 3]
+        rows.append({"id": f"q{i}", "image": str(images[i % len(images)]), "regions": regions[:1 + (i % 3 == 2)],
+                     "conversations": [{"from": "human", "value": f"<image>\n{prompt}"}]})
+    return rows
+
+
+def answers(path: Path) -> dict[str, str]:
+    return {r["id"]: r["answer"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_predict_batch_answers_equal_the_builtin_engines(export, server, tiny_workspace, tmp_path):
+    inp = tmp_path / "q.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in questions(tiny_workspace)))
+    base = ["predict", "--model", str(export), "--input", str(inp), "--batch-size", "16", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "builtin.jsonl")]) == 0
+    assert main([*base, "--out", str(tmp_path / "vllm.jsonl"), "--engine", "vllm", "--vllm-url", server.url]) == 0
+    builtin, vllm = answers(tmp_path / "builtin.jsonl"), answers(tmp_path / "vllm.jsonl")
+    assert len(builtin) == 64 and vllm == builtin
+    assert len(set(builtin.values())) > 8  # the answers depend on the image and regions: not one string 64 times
+
+
+def test_eval_of_a_benchmark_equals_the_builtin_engines(export, server, tiny_workspace, tmp_path, capsys):
+    common = ["eval", str(ROOT / "projects/rgpt/tiny/eval.yaml"), "--model", str(export),
+              "eval.benchmarks={coco_cls: {limit: 64}}", "eval.gallery=0"]
+    assert main([*common, f"eval.out_dir={tmp_path}/builtin"]) == 0
+    assert main([*common, f"eval.out_dir={tmp_path}/vllm", "--engine", "vllm", "--vllm-url", server.url]) == 0
+    rows = {name: (tmp_path / name / "coco_cls" / "predictions.jsonl").read_text() for name in ("builtin", "vllm")}
+    assert rows["vllm"] == rows["builtin"] and len(rows["builtin"].splitlines()) >= 40  # every val region (48)
+    results = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("builtin", "vllm")}
+    assert results["vllm"] == results["builtin"]
+
+
+def test_regionchat_streams_and_asks_as_the_builtin_engine(export, server):
+    from regionvlm import RegionChat
+
+    image = (np.random.RandomState(3).rand(48, 64, 3) * 255).astype(np.uint8)
+    builtin = RegionChat.from_pretrained(export, device="cpu")
+    with RegionChat.from_pretrained(export, device="cpu").use_vllm(url=server.url) as chat:
+        for box in ([2, 2, 30, 30], [10, 5, 60, 40]):
+            expected = builtin.ask(image, [box], "What is <region1>?")
+            assert chat.ask(image, [box], "What is <region1>?") == expected
+            assert "".join(chat.stream(image, [box], "What is <region1>?")) == expected
+            assert "".join(builtin.stream(image, [box], "What is <region1>?")) == expected
+        with pytest.raises(Exception, match="num_beams"):
+            chat.ask(image, [[2, 2, 30, 30]], "What is <region1>?", num_beams=2)
+
+
+def test_predict_starts_its_own_vllm_and_leaves_no_process(export, server, tiny_workspace, tmp_path):
+    """No --vllm-url: predict starts vLLM as a child in .venv-vllm, answers, and stops its whole process group."""
+    image = str(sorted((tiny_workspace / "data" / "synth" / "images").glob("*.png"))[0])
+    ask = [sys.executable, "-m", "regionvlm", "predict", "--model", str(export), "--image", image,
+           "--region", "box:5,5,40,40", "--prompt", "What is <region1>?", "--device", "cpu"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "REGIONVLM_VLLM_PYTHON": str(VLLM_PYTHON)}
+    builtin = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=300)
+    with_vllm = subprocess.run([*ask, "--engine", "vllm"], capture_output=True, text=True, env=env, timeout=600)
+    assert builtin.returncode == 0 and with_vllm.returncode == 0, with_vllm.stderr[-2000:]
+    assert with_vllm.stdout.splitlines()[-1] == builtin.stdout.splitlines()[-1]
+    assert [pid for pid, group in vllm_processes(export) if group != server.pid] == [], \
+        "a vLLM process started by predict outlived it"  # (the module's own server is a group of its own)
+
+
+def vllm_processes(export: Path) -> list[tuple[int, int]]:
+    """(pid, process group) of the running processes whose command line names vLLM and this export."""
+    out = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if b"vllm" in cmd.lower() and str(export).encode() in cmd:
+                out.append((int(entry), os.getpgid(int(entry))))
+        except (OSError, ProcessLookupError):  # ended while we looked
+            continue
+    return out
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda export, tmp: ["--engine", "vllm", "--vllm-url", "http://127.0.0.1:9"], "connection refused"),
+    (lambda export, tmp: ["--vllm-url", "http://127.0.0.1:9"], "--vllm-url: only with --engine vllm"),
+])
+def test_engine_failures_are_one_line(export, tiny_workspace, tmp_path, capsys, setup, fragment):
+    image = str(sorted((tiny_workspace / "data" / "synth" / "images").glob("*.png"))[0])
+    code = main(["predict", "--model", str(export), "--image", image, "--region", "box:5,5,40,40",
+                 "--prompt", "What is <region1>?", *setup(export, tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_an_export_without_its_llm_folder_is_one_line(export, tiny_workspace, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(export, bare, ignore=shutil.ignore_patterns("llm"))
+    image = str(sorted((tiny_workspace / "data" / "synth" / "images").glob("*.png"))[0])
+    code = main(["predict", "--model", str(bare), "--image", image, "--region", "box:5,5,40,40",
+                 "--prompt", "What is <region1>?", "--engine", "vllm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no llm/ folder" in err and "re-export" in err and len(err.splitlines()) == 1
