@@ -167,14 +167,19 @@ class _Lying(torch.nn.Module):
         return pooled.expand(masks.shape[0], -1, -1)
 
 
-REGION_EXTRACTORS.register("test_lying_extractor")(_Lying)
+@pytest.fixture
+def lying_extractor():
+    """Registered for one test only: other tests print the list of known extractors."""
+    REGION_EXTRACTORS.register("test_lying_extractor")(_Lying)
+    yield
+    REGION_EXTRACTORS._items.pop("test_lying_extractor")
 
 
 @pytest.mark.parametrize("settings, fragment", [
     ({"declared_channels": 7}, "declares out_channels 7 but its forward gives 32"),
     ({"declared_channels": 32, "declared_tokens": 1, "tokens": 2}, "declares tokens_per_region 1 but its forward"),
 ])
-def test_a_component_that_breaks_its_declarations_is_named_where_it_is_built(settings, fragment):
+def test_a_component_that_breaks_its_declarations_is_named_where_it_is_built(settings, fragment, lying_extractor):
     """Found at build time, with the key path and the component (it got a share_projector hint, then 'mat1 and
     mat2 shapes cannot be multiplied' or a fusion error naming no component at step 1)."""
     from conftest import tiny_training_config
