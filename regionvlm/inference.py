@@ -77,17 +77,29 @@ class RegionChat:
                             f"(max_length={self.processor.max_length})")
         return batch.to(self.device)
 
-    def generate(self, samples: Sequence[dict], **generation: Any) -> list[str]:
-        """Answers for raw samples, batched (one forward of the vision tower, one generate call; with vLLM, the
-        requests go to vLLM together)."""
+    def generate_ids(self, samples: Sequence[dict], **generation: Any) -> list[list[int]]:
+        """Each answer's new token ids, up to and including its end token (no end token: it ran to
+        ``max_new_tokens``). Batched: one forward of the vision tower, one generate call; with vLLM, the
+        requests go to vLLM together."""
         import torch
 
         if self.engine is not None:
-            return self.engine.generate(samples, **generation)
+            return self.engine.generate_ids(samples, **generation)
         batch = self.batch(samples)
         with torch.inference_mode():
             ids = self.model.generate(batch, **self.settings(**generation))
-        return self.processor.decode(ids)
+        return [self.until_end(row) for row in ids.tolist()]
+
+    def generate(self, samples: Sequence[dict], **generation: Any) -> list[str]:
+        """Answers for raw samples, batched (`generate_ids`, decoded)."""
+        return self.processor.decode(self.generate_ids(samples, **generation))
+
+    def until_end(self, ids: Sequence[int]) -> list[int]:
+        """``ids`` up to and including the first end token (what follows it is padding)."""
+        ends = self.model.eos_token_id
+        ends = set(ends) if isinstance(ends, (list, tuple)) else {ends}
+        ids = [int(i) for i in ids]
+        return next((ids[: k + 1] for k, i in enumerate(ids) if i in ends), ids)
 
     def prompt_embeddings(self, samples: Sequence[dict]) -> list:
         """Each sample's input embeddings (L_i×D, its prompt's own tokens: the image and region features fused
@@ -102,20 +114,21 @@ class RegionChat:
 
     def stream(self, image: Any, regions: Any = None, prompt: str = "", **generation: Any) -> Iterator[str]:
         """The answer to one question as it is generated: text pieces whose concatenation is `ask`'s answer."""
-        sample = self.sample(image, regions, prompt)
-        if self.engine is not None:
-            yield from self.engine.stream(sample, **generation)
-            return
-        yield from self.processor.stream_decode(self._generated_ids(sample, self.settings(**generation)))
+        yield from self.processor.stream_decode(self.stream_ids(self.sample(image, regions, prompt), **generation))
 
-    def _generated_ids(self, sample: dict, settings: dict) -> Iterator[list[int]]:
-        """The built-in engine's new token ids as `generate` makes them (a streamer fed from its thread)."""
+    def stream_ids(self, sample: dict, **generation: Any) -> Iterator[list[int]]:
+        """One raw sample's new token ids in chunks, as they are generated (the built-in engine: from a streamer
+        fed by ``generate`` in a thread of its own; vLLM: from its server-sent events)."""
         import queue
         import threading
 
         import torch
         from transformers.generation.streamers import BaseStreamer
 
+        if self.engine is not None:
+            yield from self.engine.stream_ids(sample, **generation)
+            return
+        settings = self.settings(**generation)
         if int(settings.get("num_beams", 1) or 1) > 1:
             raise DataError("streaming: num_beams > 1 (beam search) cannot stream; ask without streaming")
         chunks: queue.Queue = queue.Queue()

@@ -142,6 +142,31 @@ class RegionProcessor:
         """A raw sample with its image decoded and processed (`ImageProcessor.process_sample`)."""
         return self.image.process_sample(sample)
 
+    def prompt_length(self, conversations: list, num_regions: int) -> int:
+        """The generation prompt's length in tokens as the model reads it (chat template rendered, ``<image>`` and
+        ``<regionK>`` expanded); a prompt longer than ``max_length`` or naming a region it lacks is a `DataError`.
+        What `serve` checks in the request's own thread, before the question is queued."""
+        from regionvlm.errors import DataError
+
+        if getattr(self, "_counter", None) is None:
+            self._counter = self.collator(for_generation=True)
+            self._counter.max_length = None  # measured here, refused below (the collator would drop it silently)
+        sample = {"id": "request", "conversations": conversations, "region_masks": [None] * num_regions}
+        length = len(self._counter._encode([sample])[0]["ids"])
+        if self.max_length is not None and length > self.max_length:
+            raise DataError(f"the prompt is {length} tokens; it does not fit the model's context "
+                            f"(max_length={self.max_length})")
+        return length
+
+    def copy(self) -> RegionProcessor:
+        """This processor with a tokenizer of its own, for another thread (fast tokenizers must not be shared
+        across threads)."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.tokenizer, twin._counter = copy.deepcopy(self.tokenizer), None
+        return twin
+
     def decode(self, ids: Any) -> list[str]:
         """Generated ids (B×T) → answers, special tokens dropped, whitespace stripped."""
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]

@@ -641,23 +641,18 @@ class VLLMEngine:
             server.stop()
             raise
 
-    def generate(self, samples: Sequence[dict], **generation: Any) -> list[str]:
-        """Answers for raw samples: one embedding pass for the batch here, the requests sent to vLLM at once
+    def generate_ids(self, samples: Sequence[dict], **generation: Any) -> list[list[int]]:
+        """Each answer's token ids: one embedding pass for the batch here, the requests sent to vLLM at once
         (it batches them continuously)."""
         body = vllm_settings(self.chat.settings(**generation))
-        embeds = self.chat.prompt_embeddings(samples)
-        answers = self.client.complete_many(embeds, **body)
-        return [self.decode(a.token_ids) for a in answers]
+        answers = self.client.complete_many(self.chat.prompt_embeddings(samples), **body)
+        return [list(a.token_ids) for a in answers]
 
-    def stream(self, sample: dict, **generation: Any) -> Iterator[str]:
-        """One answer as it is generated: text pieces whose concatenation is the decoded answer
-        (`RegionProcessor.stream_decode` of vLLM's token ids)."""
+    def stream_ids(self, sample: dict, **generation: Any) -> Iterator[list[int]]:
+        """One answer's token ids in chunks, as vLLM streams them."""
         body = vllm_settings(self.chat.settings(**generation))
-        deltas = self.client.stream(self.chat.prompt_embeddings([sample])[0], **body)
-        yield from self.chat.processor.stream_decode(d.token_ids for d in deltas)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.chat.processor.decode([list(ids)])[0]
+        for delta in self.client.stream(self.chat.prompt_embeddings([sample])[0], **body):
+            yield delta.token_ids
 
     def close(self) -> None:
         if self.server is not None:

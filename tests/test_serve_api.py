@@ -119,10 +119,58 @@ def test_answer_equals_regionchat_and_has_the_openai_shape(server, chat):
     assert out["choices"][0]["message"] == {"role": "assistant", "content": expected}
     assert out["object"] == "chat.completion" and out["model"] == "tiny" and out["id"].startswith("chatcmpl-")
     assert isinstance(out["created"], int)
-    n = min(len(chat.tokenizer.encode(expected, add_special_tokens=False)), 6)
-    assert out["usage"]["completion_tokens"] == n
-    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] + n
-    assert out["choices"][0]["finish_reason"] == ("length" if n >= 6 else "stop")
+    sample = chat.sample(picture, regions, "What is <region2> next to <region1>?")
+    ids = chat.generate_ids([sample])[0]  # the generated tokens, the end token included
+    prompt = chat.processor.prompt_length(sample["conversations"], 2)  # as the model reads it: template and all
+    assert out["usage"] == {"prompt_tokens": prompt, "completion_tokens": len(ids), "total_tokens": prompt + len(ids)}
+    assert out["choices"][0]["finish_reason"] == ("stop" if ids[-1] == chat.tokenizer.eos_token_id else "length")
+
+
+def sse_events(url: str, body: dict, key: str | None = KEY) -> tuple[int, str, list]:
+    """Status, content type and the events of a streamed answer (``data: ...`` payloads, JSON-decoded but for
+    ``[DONE]``), read as a plain HTTP client reads them."""
+    req = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+        raw = resp.read().decode()
+        kind = resp.headers["Content-Type"]
+    events = [line[6:] for line in raw.split("\n\n") if line.startswith("data: ")]
+    return resp.status, kind, [e if e == "[DONE]" else json.loads(e) for e in events]
+
+
+def test_a_streamed_answer_adds_up_to_the_answer(server, chat):
+    picture, regions = image(2), [[2, 3, 30, 40]]
+    text = "What is <region1>?"
+    status, kind, events = sse_events(server.url, request_body(picture, [{"box": regions[0]}], text, stream=True,
+                                                               stream_options={"include_usage": True}))
+    assert status == 200 and kind == "text/event-stream" and events[-1] == "[DONE]"
+    chunks, usage = events[:-2], events[-2]
+    assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks + [usage])
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
+    assert "".join(pieces) == chat.ask(picture, regions, text) and len([p for p in pieces if p]) >= 2
+    finish = [c["choices"][0]["finish_reason"] for c in chunks]
+    assert finish[:-1] == [None] * (len(chunks) - 1) and finish[-1] in ("stop", "length")
+    ids = chat.generate_ids([chat.sample(picture, regions, text)])[0]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == len(ids)
+    assert call(server.url, "/health")[1]["in_flight"] == 0
+
+
+def test_the_openai_client_asks_and_streams(server, chat):
+    """The official `openai` client, as a user's code calls it (its own HTTP stack, SSE parser and types)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT)
+    picture, text = image(3), "Describe <region1>."
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_url(picture)}},
+                                             {"type": "text", "text": text}],
+                 "regions": [{"box": [4, 4, 40, 30]}]}]  # this API's extension field rides on the message
+    expected = chat.ask(picture, [[4, 4, 40, 30]], text)
+    out = client.chat.completions.create(model="tiny", messages=messages, temperature=0)
+    assert out.choices[0].message.content == expected and out.usage.completion_tokens > 0
+    stream = client.chat.completions.create(model="tiny", messages=messages, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == expected
 
 
 def test_mask_region_and_max_tokens(server, chat):
@@ -187,7 +235,11 @@ def bad_requests():
                         "only one user message"),
         "other model": (request_body(good, ok_box, "What is <region1>?", model="gpt-4o"), 404, "model",
                         "not served here"),
-        "streaming": (request_body(good, ok_box, "What is <region1>?", stream=True), 400, "stream", "streaming"),
+        "stream not a bool": (request_body(good, ok_box, "What is <region1>?", stream="yes"), 400, "stream",
+                              "stream must be"),
+        "stream_options without stream": (request_body(good, ok_box, "What is <region1>?",
+                                                       stream_options={"include_usage": True}), 400,
+                                          "stream_options", "with stream=true"),
         "max_tokens too large": (request_body(good, ok_box, "What is <region1>?", max_tokens=10_000), 400,
                                  "max_tokens", "max_tokens"),
     }
@@ -282,11 +334,38 @@ def test_a_question_too_long_for_the_context_fails_alone(server, chat):
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda body: call(server.url, "/v1/chat/completions", body), bodies))
     assert [status for status, _ in results] == [200, 400, 200]
-    after = call(server.url, "/health")[1]  # one batch, whose failed generate call was retried one by one
-    assert after["generate_calls"] - before["generate_calls"] > after["batches"] - before["batches"], after
-    assert "do not fit the model's context (max_length=256)" in results[1][1]["error"]["message"]
+    after = call(server.url, "/health")[1]  # refused before queuing: no generate call was retried
+    assert after["model_calls"] - before["model_calls"] == after["batches"] - before["batches"], after
+    assert results[1][1]["error"]["message"].endswith("does not fit the model's context (max_length=256)")
     assert results[2][1]["choices"][0]["message"]["content"] == chat.ask(image(7), [[1, 1, 20, 20]],
                                                                           "Describe <region1>.")
+
+
+def test_one_failing_question_costs_a_batch_a_few_calls_not_one_per_question():
+    """Bisection: 16 questions, one of which fails alone → 1 + 2·log2(16) = 9 calls (one by one: 17)."""
+    from regionvlm.serve.batching import Batcher
+    from regionvlm.serve.validation import Question
+
+    sizes = []
+    gate = threading.Event()
+
+    def work(questions):
+        assert gate.wait(TIMEOUT)
+        sizes.append(len(questions))
+        if any(q.prompt == "bad" for q in questions):
+            raise RuntimeError("bad question")
+        return [q.prompt.upper() for q in questions]
+
+    batcher = Batcher(work, max_batch_size=16, batch_wait_s=5.0)
+    try:
+        futures = [batcher.submit(Question(None, [], "bad" if i == 11 else f"q{i}")) for i in range(16)]
+        gate.set()
+        results = [f.exception(TIMEOUT) or f.result() for f in futures]
+    finally:
+        batcher.stop()
+    assert results[:11] + results[12:] == [f"Q{i}" for i in range(16) if i != 11]
+    assert getattr(results[11], "status", None) == 500 and "bad question" in str(results[11])
+    assert sorted(sizes, reverse=True) == [16, 8, 8, 4, 4, 2, 2, 1, 1]  # depth first
 
 
 class FaultyChat:
@@ -298,10 +377,10 @@ class FaultyChat:
     def __getattr__(self, name):
         return getattr(self._chat, name)
 
-    def generate(self, samples, **generation):
+    def generate_ids(self, samples, **generation):
         if any("boom" in s["conversations"][0]["value"] for s in samples):
             raise RuntimeError("boom")
-        return self._chat.generate(samples, **generation)
+        return self._chat.generate_ids(samples, **generation)
 
 
 def test_a_bug_fails_only_its_request_with_a_json_500(chat):
@@ -311,7 +390,7 @@ def test_a_bug_fails_only_its_request_with_a_json_500(chat):
         with ThreadPoolExecutor(3) as pool:
             results = list(pool.map(lambda body: call(server.url, "/v1/chat/completions", body, None), bodies))
         assert [status for status, _ in results] == [200, 500, 200]
-        assert results[1][1]["error"] == {"message": "internal error while generating: RuntimeError: boom",
+        assert results[1][1]["error"] == {"message": "internal error: RuntimeError: boom",
                                           "type": "server_error", "param": None, "code": None}
         assert results[2][1]["choices"][0]["message"]["content"] == chat.ask(image(8), [], "Describe it.")
         assert call(server.url, "/health", key=None)[1]["in_flight"] == 0
@@ -328,9 +407,9 @@ class GatedChat:
     def __getattr__(self, name):
         return getattr(self._chat, name)
 
-    def generate(self, samples, **generation):
+    def generate_ids(self, samples, **generation):
         assert self.gate.wait(TIMEOUT)
-        return self._chat.generate(samples, **generation)
+        return self._chat.generate_ids(samples, **generation)
 
 
 def test_beyond_max_in_flight_answers_429(chat):

@@ -143,3 +143,98 @@ def test_an_export_without_its_llm_folder_is_one_line(export, tiny_workspace, tm
                  "--prompt", "What is <region1>?", "--engine", "vllm"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no llm/ folder" in err and "re-export" in err and len(err.splitlines()) == 1
+
+
+# -- serve --engine vllm ---------------------------------------------------------------------------------------
+def serve_command(export: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """``regionvlm serve`` in a process of its own; returns it and its URL (from its first line)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    proc = subprocess.Popen([sys.executable, "-m", "regionvlm", "serve", "--model", str(export), "--port", "0",
+                             "--device", "cpu", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    pool = ThreadPoolExecutor(1)  # readline has no timeout of its own
+    try:
+        line = pool.submit(proc.stdout.readline).result(300)
+    finally:
+        pool.shutdown(wait=False)
+    assert " at http://127.0.0.1:" in line, (line, proc.poll())
+    return proc, line.split(" at ", 1)[1].split("/ ", 1)[0]
+
+
+def region_requests(n: int = 64) -> list[tuple[np.ndarray, list, str]]:
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n):
+        image = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+        x, y = (int(v) for v in rng.integers(0, 30, 2))
+        boxes = [[x, y, x + 20 + i % 10, y + 15]] + ([[30, 20, 60, 45]] if i % 3 == 2 else [])
+        text = "What is <region1> next to <region2>?" if len(boxes) == 2 else ("What is <region1>?", "Describe "
+                                                                                "<region1>.")[i % 2]
+        out.append((image, boxes, text))
+    return out
+
+
+def test_serve_through_vllm_answers_64_concurrent_clients_as_the_builtin_engine(export, server):
+    """The CLI (`regionvlm serve --engine vllm --vllm-url`), 64 clients at once, half of them streaming: every
+    answer equals the built-in engine's; /health names the engine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_serve_api import call, request_body, sse_events
+
+    from regionvlm import RegionChat
+
+    cases = region_requests()
+    builtin = RegionChat.from_pretrained(export, device="cpu")
+    expected = builtin.generate([builtin.sample(im, boxes, text) for im, boxes, text in cases])
+    assert len(set(expected)) > 8
+    proc, url = serve_command(export, "--engine", "vllm", "--vllm-url", server.url)
+    try:
+        def ask(i):
+            image, boxes, text = cases[i]
+            body = request_body(image, [{"box": b} for b in boxes], text, temperature=0)
+            if i % 2:
+                status, _, events = sse_events(url, {**body, "stream": True}, key=None)
+                assert status == 200 and events[-1] == "[DONE]"
+                return "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+            status, out = call(url, "/v1/chat/completions", body, key=None)
+            assert status == 200, out
+            return out["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(64) as pool:
+            got = list(pool.map(ask, range(64)))
+        assert got == expected
+        health = call(url, "/health", key=None)[1]
+        assert health["engine"] == "vllm" and health["vllm_ready"] is True and health["in_flight"] == 0
+        assert health["largest_batch"] > 1  # the front end embedded concurrent questions together
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0
+
+
+def test_serve_answers_503_while_vllm_is_gone_and_serves_again_after(export, server):
+    """vLLM unreachable mid-service: each request gets a 503 JSON error (streamed or not), /health says so, the
+    front end stays up and answers again once vLLM is back."""
+    from test_serve_api import call, request_body, start
+
+    from regionvlm import RegionChat
+    from regionvlm.vllm_engine import VLLMClient
+
+    image = (np.random.RandomState(4).rand(48, 64, 3) * 255).astype(np.uint8)
+    body = request_body(image, [{"box": [2, 2, 30, 30]}], "What is <region1>?")
+    with RegionChat.from_pretrained(export, device="cpu").use_vllm(url=server.url) as chat:
+        app = start(chat)
+        try:
+            good = chat.engine.client
+            assert call(app.url, "/v1/chat/completions", body, key=None)[0] == 200
+            chat.engine.client = VLLMClient("http://127.0.0.1:9", model=good.model)  # nothing listens there
+            for extra in ({}, {"stream": True}):
+                status, out = call(app.url, "/v1/chat/completions", {**body, **extra}, key=None)
+                assert status == 503 and out["error"]["type"] == "server_error", out
+                assert "connection refused" in out["error"]["message"]
+            health = call(app.url, "/health", key=None)[1]
+            assert health["vllm_ready"] is False and health["in_flight"] == 0
+            chat.engine.client = good
+            assert call(app.url, "/v1/chat/completions", body, key=None)[0] == 200
+        finally:
+            app.close()

@@ -2,6 +2,7 @@
 
     regionvlm serve --model runs/rgpt-tiny-stage2/export [--host 127.0.0.1 --port 8000] [--api-key KEY]
         [--max-batch-size 16 --batch-wait-ms 10 --max-in-flight 64 --max-image-pixels 16777216]
+        [--engine vllm [--vllm-url URL | --vllm-python PY]]
 
 Open http://127.0.0.1:8000/ for the page; the API is at /v1/chat/completions (docs/serving.md). The key may
 also come from the REGIONVLM_API_KEY environment variable (keeps it out of the process list).
@@ -15,6 +16,7 @@ import os
 import signal
 from pathlib import Path
 
+from regionvlm.commands.engine_options import add_engine_arguments, open_engine
 from regionvlm.errors import UserError
 
 
@@ -26,17 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: env REGIONVLM_API_KEY, else none)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="questions answered by one generate call")
+    parser.add_argument("--max-batch-size", type=int, default=16,
+                        help="questions answered by one generate call (with --engine vllm: embedded by one pass of "
+                             "the region front end)")
     parser.add_argument("--batch-wait-ms", type=float, default=10.0,
                         help="how long a batch waits for more questions after its first")
     parser.add_argument("--max-in-flight", type=int, default=64,
-                        help="questions queued or being answered; beyond it requests get 429")
+                        help="requests queued or being answered; beyond it requests get 429")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="larger images get 413")
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
     parser.add_argument("--imports", action="store_true",
                         help="import the modules that registered the export's own components (its card's imports:); "
                              "importing runs their code: only for exports you trust")
+    add_engine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,23 +61,28 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     chat = RegionChat.from_pretrained(args.model, device=args.device, imports=args.imports)
     model_id = args.model_name or Path(args.model).resolve().name
-    try:
-        server = RegionChatServer(
-            (args.host, args.port), chat, model_id, api_key=args.api_key or os.environ.get("REGIONVLM_API_KEY"),
-            limits=Limits(args.max_image_pixels, args.max_tokens_limit), max_batch_size=args.max_batch_size,
-            batch_wait_ms=args.batch_wait_ms, max_in_flight=args.max_in_flight,
-            request_timeout_s=args.request_timeout)
-    except OSError as exc:
-        raise UserError(f"--host/--port: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    print(f"serving '{model_id}' at {server.url}/ (API: {server.url}/v1/chat/completions); Ctrl-C stops",
-          flush=True)
-    def stop(signum, frame):  # SIGTERM (docker stop, systemd): leave serve_forever, clean up, exit 0
-        raise SystemExit(0)
+    with open_engine(chat, args, args.model):  # a vLLM child started here is stopped on the way out
+        try:
+            server = RegionChatServer(
+                (args.host, args.port), chat, model_id,
+                api_key=args.api_key or os.environ.get("REGIONVLM_API_KEY"),
+                limits=Limits(args.max_image_pixels, args.max_tokens_limit), max_batch_size=args.max_batch_size,
+                batch_wait_ms=args.batch_wait_ms, max_in_flight=args.max_in_flight,
+                request_timeout_s=args.request_timeout)
+        except OSError as exc:
+            raise UserError(f"--host/--port: cannot listen on {args.host}:{args.port}: "
+                            f"{exc.strerror or exc}") from None
+        engine = f"vLLM at {chat.engine.client.url}" if chat.engine is not None else "the built-in engine"
+        print(f"serving '{model_id}' at {server.url}/ (API: {server.url}/v1/chat/completions) with {engine}; "
+              f"Ctrl-C stops", flush=True)
 
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
-        server.batcher.stop()
+        def stop(signum, frame):  # SIGTERM (docker stop, systemd): leave serve_forever, clean up, exit 0
+            raise SystemExit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+            server.serving.close()
     return 0

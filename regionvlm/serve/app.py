@@ -5,8 +5,11 @@ Routes: ``POST /v1/chat/completions``, ``GET /v1/models`` (both behind the API k
 model name, task-shortcut questions, whether a key is required).
 
 Built on the standard library's ``ThreadingHTTPServer``: one thread per connection parses and checks its
-request, then waits on the `Batcher`, whose single worker thread owns the model. Every refusal is a 4xx with
-an OpenAI-shaped JSON error; an unexpected failure is a 500 with the same shape, never a dropped connection.
+request, then hands it to the serving engine (`regionvlm.serve.engines`: the built-in one, whose single worker
+thread owns the model, or the region front end for vLLM). ``"stream": true`` answers with server-sent events,
+as OpenAI's API does (``chat.completion.chunk`` objects, then ``data: [DONE]``). Every refusal is a 4xx with an
+OpenAI-shaped JSON error; an unexpected failure is a 500 with the same shape, never a dropped connection; a
+failure after a stream has begun is an ``{"error": ...}`` event.
 """
 
 from __future__ import annotations
@@ -15,15 +18,14 @@ import hmac
 import logging
 import time
 import uuid
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from regionvlm.io import dumps_json
-from regionvlm.serve.batching import Batcher
+from regionvlm.serve.engines import Answer, serving_for
 from regionvlm.serve.validation import APIError, Limits, Question, parse_chat_request, parse_json
-from regionvlm.text.templates import REGION_TAG
 
 log = logging.getLogger("regionvlm.serve")
 PAGE = Path(__file__).parent / "page.html"
@@ -32,7 +34,8 @@ TASKS = {"classify": "region_classification", "brief caption": "brief_caption", 
 
 
 class RegionChatServer(ThreadingHTTPServer):
-    """Serves one `RegionChat` on ``address``; `close` stops the server and its batching worker."""
+    """Serves one `RegionChat` on ``address`` through its engine (built-in, or vLLM after `RegionChat.use_vllm`);
+    `close` stops the server and its worker (a vLLM child is the chat's: `RegionChat.close`)."""
 
     daemon_threads = True
 
@@ -47,10 +50,8 @@ class RegionChatServer(ThreadingHTTPServer):
         self.default_max_new_tokens = int(chat.generation.get("max_new_tokens") or 64)
         self.page = PAGE.read_bytes()
         self.tasks = task_questions(chat)
-        # token counts use the tokenizer, which only the worker thread may touch (fast tokenizers are not
-        # safe to share across threads)
-        self.batcher = Batcher(chat, max_batch_size, batch_wait_ms / 1000.0, max_in_flight,
-                               finish=lambda q, answer: (answer, usage(chat, q, answer)))
+        self.serving = serving_for(chat, max_batch_size=max_batch_size, batch_wait_s=batch_wait_ms / 1000.0,
+                                   max_in_flight=max_in_flight)
 
     @property
     def url(self) -> str:
@@ -61,25 +62,45 @@ class RegionChatServer(ThreadingHTTPServer):
         """Stop serving (``serve_forever`` running in another thread), free the port, stop the worker."""
         self.shutdown()
         self.server_close()
-        self.batcher.stop()
+        self.serving.close()
 
     # -- route bodies ------------------------------------------------------------------------------------
-    def complete(self, data: dict) -> dict:
+    def complete(self, data: dict) -> dict | Iterator[dict]:
+        """A chat request's response: the completion, or (``stream: true``) an iterator of its chunks whose
+        first item comes once the answer's first piece is there (a failure before it is still an HTTP error)."""
         question = parse_chat_request(data, self.model_id, self.limits, self.default_max_new_tokens)
-        future = self.batcher.submit(question)
-        try:
-            answer, counts = future.result(timeout=self.request_timeout_s)
-        except FutureTimeout:
-            raise APIError(504, f"no answer within {self.request_timeout_s:g} s (server overloaded?)",
-                           "server_error") from None
-        return completion_body(self.model_id, answer, counts)
+        if question.stream:
+            chunks = self.chunks(question)
+            return _prefetched(chunks, next(chunks))
+        with self.serving.admit():
+            self.serving.check(question)
+            return completion_body(self.model_id, self.serving.answer(question, self.request_timeout_s))
+
+    def chunks(self, question: Question) -> Iterator[dict]:
+        with self.serving.admit():
+            self.serving.check(question)
+            head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": self.model_id}
+            if question.include_usage:
+                head["usage"] = None
+            delta: dict = {"role": "assistant"}
+            for piece in self.serving.stream(question, self.request_timeout_s):
+                if piece.finish_reason is None:
+                    yield {**head, "choices": [{"index": 0, "delta": {**delta, "content": piece.text},
+                                                "finish_reason": None}]}
+                    delta = {}
+                    continue
+                yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": piece.finish_reason}]}
+            if question.include_usage:
+                done = Answer("", question.prompt_tokens, question.completion_tokens, "")
+                yield {**head, "choices": [], "usage": done.usage()}
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.created,
                                             "owned_by": "regionvlm"}]}
 
     def health(self) -> dict:
-        return {"status": "ok", "model": self.model_id, **self.batcher.snapshot()}
+        return {"status": "ok", "model": self.model_id, **self.serving.snapshot()}
 
     def ui_config(self) -> dict:
         return {"model": self.model_id, "tasks": self.tasks, "auth_required": self.api_key is not None,
@@ -97,27 +118,17 @@ def task_questions(chat: Any) -> dict[str, str]:
     return out
 
 
-def usage(chat: Any, question: Question, answer: str) -> dict:
-    """Token counts: the question's text tokens plus its image and region placeholders (the chat template's
-    own tokens are not counted), and the answer's tokens."""
-    tok = chat.tokenizer
-    mentions = len(REGION_TAG.findall(question.prompt))
-    prompt = (len(tok.encode(question.prompt, add_special_tokens=False)) + chat.model.num_image_tokens
-              + mentions * chat.model.tokens_per_region)
-    # re-encoding the decoded answer can give more tokens than were generated (stray bytes): never over the cap
-    completion = min(len(tok.encode(answer, add_special_tokens=False)), question.max_new_tokens)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "finish_reason": "length" if completion >= question.max_new_tokens else "stop"}
-
-
-def completion_body(model_id: str, answer: str, counts: dict) -> dict:
-    counts = dict(counts)
-    finish = counts.pop("finish_reason")
+def completion_body(model_id: str, answer: Answer) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                         "finish_reason": finish}],
-            "usage": counts}
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": answer.finish_reason}],
+            "usage": answer.usage()}
+
+
+def _prefetched(rest: Iterator[dict], first: dict) -> Iterator[dict]:
+    yield first
+    yield from rest
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -140,6 +151,41 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_json(self, status: int, obj: dict) -> None:
         self.send_bytes(status, dumps_json(obj).encode(), "application/json")
+
+    def send_events(self, events: Iterator[dict]) -> None:
+        """Server-sent events in a chunked body: one ``data: JSON`` event per item, then ``data: [DONE]``; a
+        failure midway is an ``{"error": ...}`` event (the status line is long sent). A client that leaves stops
+        the answer (``events`` is closed)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def write(data: str) -> None:
+            raw = f"data: {data}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw))
+            self.wfile.flush()
+
+        try:
+            try:
+                for event in events:
+                    write(dumps_json(event))
+            except APIError as exc:
+                write(dumps_json(exc.body()))
+            except Exception as exc:  # a bug midway: said as an error event, logged, the server goes on
+                log.exception("internal error while streaming")
+                write(dumps_json(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").body()))
+            write("[DONE]")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("%s left during a streamed answer", self.address_string())
+            self.close_connection = True
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
 
     def read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -175,7 +221,11 @@ class Handler(BaseHTTPRequestHandler):
             if method == "POST" and path == "/v1/chat/completions":
                 body = self.read_body()
                 self.check_key()
-                self.send_json(200, self.server.complete(parse_json(body)))
+                response = self.server.complete(parse_json(body))
+                if isinstance(response, dict):
+                    self.send_json(200, response)
+                else:
+                    self.send_events(response)
             elif method == "GET" and path == "/v1/models":
                 self.check_key()
                 self.send_json(200, self.server.models())

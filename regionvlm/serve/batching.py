@@ -1,19 +1,24 @@
-"""Dynamic batching: concurrent questions share `RegionChat.generate` calls.
+"""Dynamic batching: concurrent questions share one call of the model on its single worker thread.
 
-Request threads `submit` checked questions to a queue; one worker thread owns the model. It takes the first
-waiting question, then gathers more until the batch holds ``max_batch_size`` or ``batch_wait_s`` has passed,
-and answers them with one ``generate`` call per distinct set of generation settings. Greedy decoding makes a
-batched answer equal the same question answered alone (left padding is masked). Beyond ``max_in_flight``
-questions (queued + being answered) `submit` refuses at once (HTTP 429) instead of letting the queue grow.
+Request threads `submit` checked questions; one worker thread owns the model. It takes the first waiting
+question, then gathers more until the batch holds ``max_batch_size`` or ``batch_wait_s`` has passed, and runs
+``work(questions)`` once per group of questions with the same ``group_key`` (the built-in engine: one
+``generate`` call per set of generation settings; the vLLM engine: one pass of the region front end, whatever
+the settings). `call` runs a function alone on the worker, in turn (a streamed answer of the built-in engine).
+(The limit on requests in flight is the serving engine's, `regionvlm.serve.engines.Serving.admit`:
+it covers a request's whole life.)
+
+A group whose call fails is split in halves and each half retried, so one bad question costs about
+2·log2(batch) extra calls, not one call per question of its batch, and only the question that fails alone fails.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -24,101 +29,119 @@ log = logging.getLogger("regionvlm.serve")
 
 
 class Batcher:
-    def __init__(self, chat: Any, max_batch_size: int = 16, batch_wait_s: float = 0.01, max_in_flight: int = 64,
-                 finish: Callable[[Question, str], Any] | None = None):
-        """``finish(question, answer)``, run on the worker thread, makes each future's result (default: the answer)."""
-        if max_batch_size < 1 or max_in_flight < 1 or batch_wait_s < 0:
-            raise ValueError("max_batch_size and max_in_flight must be ≥ 1, batch_wait_s ≥ 0")
-        self.chat, self.max_batch_size, self.batch_wait_s = chat, max_batch_size, batch_wait_s
-        self.max_in_flight, self.finish = max_in_flight, finish or (lambda question, answer: answer)
-        self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
-        self._in_flight = 0
-        self.stats = {"requests": 0, "batches": 0, "generate_calls": 0, "largest_batch": 0, "rejected": 0}
-        self._worker = threading.Thread(target=self._run, name="regionvlm-serve-model", daemon=True)
+    def __init__(self, work: Callable[[list[Question]], Sequence[Any]], max_batch_size: int = 16,
+                 batch_wait_s: float = 0.01,
+                 group_key: Callable[[Question], Hashable] = lambda question: ()):
+        """``work(questions)``, run on the worker thread, gives one result per question, in order."""
+        if max_batch_size < 1 or batch_wait_s < 0:
+            raise ValueError("max_batch_size must be ≥ 1, batch_wait_s ≥ 0")
+        self.work, self.group_key = work, group_key
+        self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
+        self._waiting: collections.deque = collections.deque()  # (question | None, future, fn | None)
+        self._ready = threading.Condition()
         self._stopping = False
+        self.stats = {"requests": 0, "batches": 0, "model_calls": 0, "largest_batch": 0}
+        self._worker = threading.Thread(target=self._run, name="regionvlm-serve-model", daemon=True)
         self._worker.start()
 
     # -- request side ------------------------------------------------------------------------------------
     def submit(self, question: Question) -> Future:
-        """A future of the result (see ``finish``); `APIError` 429 when ``max_in_flight`` questions wait already."""
-        with self._lock:
+        """A future of ``work``'s result for ``question``."""
+        return self._put(question, None)
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """A future of ``fn()`` run alone on the worker thread, in turn."""
+        return self._put(None, fn)
+
+    def _put(self, question: Question | None, fn: Callable[[], Any] | None) -> Future:
+        future: Future = Future()
+        with self._ready:
             if self._stopping:
                 raise APIError(503, "server is shutting down", "server_error")
-            if self._in_flight >= self.max_in_flight:
-                self.stats["rejected"] += 1
-                raise APIError(429, f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
-                               "rate_limit_error")
-            self._in_flight += 1
             self.stats["requests"] += 1
-        future: Future = Future()
-        self._queue.put((question, future))
+            self._waiting.append((question, future, fn))
+            self._ready.notify()
         return future
 
     def snapshot(self) -> dict:
-        with self._lock:
-            return {**self.stats, "in_flight": self._in_flight, "queued": self._queue.qsize()}
+        with self._ready:
+            return {**self.stats, "queued": len(self._waiting)}
 
     def stop(self, timeout: float = 30.0) -> None:
-        with self._lock:
+        """Answer what is queued, then end the worker."""
+        with self._ready:
             self._stopping = True
-        self._queue.put(None)
+            self._ready.notify()
         self._worker.join(timeout)
 
     # -- worker side -------------------------------------------------------------------------------------
-    def _gather(self, first: tuple) -> list[tuple]:
-        batch = [first]
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:  # stop: answer what we hold, then leave
-                self._queue.put(None)
-                break
-            batch.append(item)
-        return batch
+    def _next(self) -> list[tuple] | None:
+        """The next call alone, or the next batch of questions (calls queued among them keep their turn)."""
+        with self._ready:
+            while not self._waiting:
+                if self._stopping:
+                    return None
+                self._ready.wait()
+            first = self._waiting.popleft()
+            if first[2] is not None:
+                return [first]
+            batch = [first]
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(batch) < self.max_batch_size:
+                taken = next((i for i, item in enumerate(self._waiting) if item[2] is None), None)
+                if taken is not None:
+                    batch.append(self._waiting[taken])
+                    del self._waiting[taken]
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping:
+                    break
+                self._ready.wait(left)
+            return batch
 
     def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = self._gather(first)
-            groups: dict[tuple, list[tuple]] = {}
+        while (batch := self._next()) is not None:
+            if batch[0][2] is not None:  # a call
+                _, future, fn = batch[0]
+                try:
+                    self._settle([future], [fn()])
+                except BaseException as exc:
+                    self._settle([future], [exc])
+                continue
+            groups: dict[Hashable, list[tuple]] = {}
             for item in batch:
-                groups.setdefault(tuple(sorted(item[0].generation.items())), []).append(item)
-            with self._lock:
+                groups.setdefault(self.group_key(item[0]), []).append(item)
+            with self._ready:
                 self.stats["batches"] += 1
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             for group in groups.values():
                 self._answer(group)
 
     def _answer(self, group: list[tuple]) -> None:
+        with self._ready:
+            self.stats["model_calls"] += 1
         try:
-            answers = [self.finish(q, a) for (q, _), a in zip(group, self._generate([q for q, _ in group]))]
+            results = list(self.work([q for q, _, _ in group]))
+            if len(results) != len(group):
+                raise RuntimeError(f"work gave {len(results)} results for {len(group)} questions")
+            failure = None
         except Exception as exc:
-            if len(group) > 1:  # one question too long for the context, or a batch too big for the GPU's
-                for item in group:  # memory: answer each alone, so only a question that fails alone fails
-                    self._answer([item])
-                return
-            if isinstance(exc, DataError):  # e.g. the prompt does not fit the model's context length
-                answers = [APIError(400, str(exc), "invalid_request_error", "messages[0].content")]
-            else:  # a bug: fail this request with 500, keep the worker alive
-                log.exception("generate failed")
-                answers = [APIError(500, f"internal error while generating: {type(exc).__name__}: {exc}",
-                                    "server_error")]
-        for (_, future), answer in zip(group, answers):
-            with self._lock:
-                self._in_flight -= 1
-            if isinstance(answer, Exception):
-                future.set_exception(answer)
-            else:
-                future.set_result(answer)
+            failure = exc
+        if failure is not None and len(group) > 1:  # find the question that fails alone (or fit the memory)
+            half = len(group) // 2
+            self._answer(group[:half])
+            self._answer(group[half:])
+            return
+        if isinstance(failure, DataError):  # a question the checks before queuing could not see
+            results = [APIError(400, str(failure), "invalid_request_error", "messages[0].content")]
+        elif failure is not None:  # a bug: fail this request with 500, keep the worker alive
+            log.error("the model failed", exc_info=failure)
+            results = [APIError(500, f"internal error: {type(failure).__name__}: {failure}", "server_error")]
+        self._settle([f for _, f, _ in group], results)
 
-    def _generate(self, questions: list[Question]) -> list[str]:
-        samples = [self.chat.sample(q.image, q.regions, q.prompt, str(i)) for i, q in enumerate(questions)]
-        with self._lock:
-            self.stats["generate_calls"] += 1
-        return self.chat.generate(samples, **questions[0].generation)
+    def _settle(self, futures: list[Future], results: list[Any]) -> None:
+        for future, result in zip(futures, results):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

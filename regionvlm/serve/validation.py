@@ -48,6 +48,12 @@ class Question:
     prompt: str
     generation: dict = field(default_factory=dict)
     max_new_tokens: int = 0
+    stream: bool = False            # answer as server-sent events
+    include_usage: bool = False     # stream_options.include_usage: a last event with the token counts
+    # set by the serving engine: the raw sample, the prompt's and (streamed) answer's token counts
+    sample: dict | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 @dataclass
@@ -198,8 +204,14 @@ def parse_chat_request(data: dict, model_id: str, limits: Limits, default_max_ne
     if data.get("model") not in (None, model_id):
         raise APIError(404, f"model '{data.get('model')}' is not served here; this server serves '{model_id}'",
                        "invalid_request_error", "model")
-    if data.get("stream"):
-        raise bad("streaming is not supported: send stream=false", "stream")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad("stream must be true or false", "stream")
+    options = data.get("stream_options")
+    if options is not None and (not stream or not isinstance(options, dict)
+                                or not set(options) <= {"include_usage"}
+                                or not isinstance(options.get("include_usage", False), bool)):
+        raise bad('stream_options is {"include_usage": true|false}, with stream=true', "stream_options")
     if data.get("n", 1) != 1:
         raise bad("n must be 1", "n")
     messages = data.get("messages")
@@ -222,4 +234,5 @@ def parse_chat_request(data: dict, model_id: str, limits: Limits, default_max_ne
             raise bad(f"the text names <region{k}> but the message has {len(regions)} region(s)",
                       "messages[0].content")
     generation = generation_settings(data, limits, default_max_new_tokens)
-    return Question(image, regions, text, generation, generation["max_new_tokens"])
+    return Question(image, regions, text, generation, generation["max_new_tokens"], stream,
+                    bool((options or {}).get("include_usage")))
