@@ -96,10 +96,17 @@ class RegionChat:
 
     def until_end(self, ids: Sequence[int]) -> list[int]:
         """``ids`` up to and including the first end token (what follows it is padding)."""
-        ends = self.model.eos_token_id
-        ends = set(ends) if isinstance(ends, (list, tuple)) else {ends}
         ids = [int(i) for i in ids]
-        return next((ids[: k + 1] for k, i in enumerate(ids) if i in ends), ids)
+        return next((ids[: k + 1] for k, i in enumerate(ids) if i in self.end_ids), ids)
+
+    def is_end(self, ids: Sequence[int]) -> bool:
+        """Whether ``ids`` (an answer so far) ends with an end token."""
+        return bool(ids) and int(ids[-1]) in self.end_ids
+
+    @property
+    def end_ids(self) -> set[int]:
+        ends = self.model.eos_token_id
+        return set(ends) if isinstance(ends, (list, tuple)) else {ends}
 
     def prompt_embeddings(self, samples: Sequence[dict]) -> list:
         """Each sample's input embeddings (L_i×D, its prompt's own tokens: the image and region features fused
@@ -117,49 +124,63 @@ class RegionChat:
         yield from self.processor.stream_decode(self.stream_ids(self.sample(image, regions, prompt), **generation))
 
     def stream_ids(self, sample: dict, **generation: Any) -> Iterator[list[int]]:
-        """One raw sample's new token ids in chunks, as they are generated (the built-in engine: from a streamer
-        fed by ``generate`` in a thread of its own; vLLM: from its server-sent events)."""
+        """One raw sample's new token ids in chunks, as they are generated (the built-in engine: `stream_batch`
+        of one; vLLM: from its server-sent events)."""
+        if self.engine is not None:
+            yield from self.engine.stream_ids(sample, **generation)
+            return
+        for step in self.stream_batch([sample], **generation):
+            if step[0]:
+                yield step[0]
+
+    def stream_batch(self, samples: Sequence[dict], **generation: Any) -> Iterator[list[list[int]]]:
+        """The built-in engine's answers to a batch, step by step as ``generate`` makes them (in a thread of its
+        own, through a streamer): per step, each sample's new ids, up to and including its end token (``[]``
+        once it has ended). What `serve` streams concurrent questions with: one ``generate`` call for all."""
         import queue
         import threading
 
         import torch
         from transformers.generation.streamers import BaseStreamer
 
-        if self.engine is not None:
-            yield from self.engine.stream_ids(sample, **generation)
-            return
         settings = self.settings(**generation)
         if int(settings.get("num_beams", 1) or 1) > 1:
             raise DataError("streaming: num_beams > 1 (beam search) cannot stream; ask without streaming")
-        chunks: queue.Queue = queue.Queue()
+        steps: queue.Queue = queue.Queue()
 
-        class Ids(BaseStreamer):
+        class Steps(BaseStreamer):
             prompt_seen = False
 
             def put(self, value):
                 if not self.prompt_seen:  # generate's first call hands over the prompt (empty for embeddings)
                     self.prompt_seen = True
                     return
-                chunks.put(value.reshape(-1).tolist())
+                steps.put(value.reshape(len(samples), -1).tolist())
 
             def end(self):
-                chunks.put(None)
+                steps.put(None)
 
-        batch = self.batch([sample])
+        batch = self.batch(samples)
         failure: list[BaseException] = []
 
         def run():
             try:
                 with torch.inference_mode():
-                    self.model.generate(batch, streamer=Ids(), **settings)
+                    self.model.generate(batch, streamer=Steps(), **settings)
             except BaseException as exc:  # raised in the caller's thread, below
                 failure.append(exc)
-                chunks.put(None)
+                steps.put(None)
 
         worker = threading.Thread(target=run, name="regionvlm-stream", daemon=True)
         worker.start()
-        while (chunk := chunks.get()) is not None:
-            yield chunk
+        ended = [False] * len(samples)
+        while (step := steps.get()) is not None:
+            out = []
+            for b, ids in enumerate(step):
+                kept = [] if ended[b] else self.until_end(ids)
+                ended[b] = ended[b] or len(kept) < len(ids) or self.is_end(kept)
+                out.append(kept)
+            yield out
         worker.join()
         if failure:
             raise failure[0]

@@ -157,6 +157,19 @@ def test_a_streamed_answer_adds_up_to_the_answer(server, chat):
     assert call(server.url, "/health")[1]["in_flight"] == 0
 
 
+def test_concurrent_streams_share_generate_calls_and_equal_single_answers(server, chat):
+    cases = sixteen_requests()
+    alone = [chat.ask(picture, boxes, text) for picture, boxes, text in cases]
+    bodies = [request_body(picture, [{"box": b} for b in boxes], text, stream=True) for picture, boxes, text in cases]
+    before = call(server.url, "/health")[1]
+    with ThreadPoolExecutor(16) as pool:
+        streams = list(pool.map(lambda body: sse_events(server.url, body)[2], bodies))
+    got = ["".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) for events in streams]
+    assert got == alone
+    after = call(server.url, "/health")[1]
+    assert after["model_calls"] - before["model_calls"] <= 8, after  # batched, not one generate per stream
+
+
 def test_the_openai_client_asks_and_streams(server, chat):
     """The official `openai` client, as a user's code calls it (its own HTTP stack, SSE parser and types)."""
     from openai import OpenAI

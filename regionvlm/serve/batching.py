@@ -4,7 +4,7 @@ Request threads `submit` checked questions; one worker thread owns the model. It
 question, then gathers more until the batch holds ``max_batch_size`` or ``batch_wait_s`` has passed, and runs
 ``work(questions)`` once per group of questions with the same ``group_key`` (the built-in engine: one
 ``generate`` call per set of generation settings; the vLLM engine: one pass of the region front end, whatever
-the settings). `call` runs a function alone on the worker, in turn (a streamed answer of the built-in engine).
+the settings).
 (The limit on requests in flight is the serving engine's, `regionvlm.serve.engines.Serving.admit`:
 it covers a request's whole life.)
 
@@ -37,7 +37,7 @@ class Batcher:
             raise ValueError("max_batch_size must be ≥ 1, batch_wait_s ≥ 0")
         self.work, self.group_key = work, group_key
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
-        self._waiting: collections.deque = collections.deque()  # (question | None, future, fn | None)
+        self._waiting: collections.deque = collections.deque()  # (question, future)
         self._ready = threading.Condition()
         self._stopping = False
         self.stats = {"requests": 0, "batches": 0, "model_calls": 0, "largest_batch": 0}
@@ -47,19 +47,12 @@ class Batcher:
     # -- request side ------------------------------------------------------------------------------------
     def submit(self, question: Question) -> Future:
         """A future of ``work``'s result for ``question``."""
-        return self._put(question, None)
-
-    def call(self, fn: Callable[[], Any]) -> Future:
-        """A future of ``fn()`` run alone on the worker thread, in turn."""
-        return self._put(None, fn)
-
-    def _put(self, question: Question | None, fn: Callable[[], Any] | None) -> Future:
         future: Future = Future()
         with self._ready:
             if self._stopping:
                 raise APIError(503, "server is shutting down", "server_error")
             self.stats["requests"] += 1
-            self._waiting.append((question, future, fn))
+            self._waiting.append((question, future))
             self._ready.notify()
         return future
 
@@ -76,22 +69,17 @@ class Batcher:
 
     # -- worker side -------------------------------------------------------------------------------------
     def _next(self) -> list[tuple] | None:
-        """The next call alone, or the next batch of questions (calls queued among them keep their turn)."""
+        """The next batch: the first waiting question and those that arrive within ``batch_wait_s``."""
         with self._ready:
             while not self._waiting:
                 if self._stopping:
                     return None
                 self._ready.wait()
-            first = self._waiting.popleft()
-            if first[2] is not None:
-                return [first]
-            batch = [first]
+            batch = [self._waiting.popleft()]
             deadline = time.monotonic() + self.batch_wait_s
             while len(batch) < self.max_batch_size:
-                taken = next((i for i, item in enumerate(self._waiting) if item[2] is None), None)
-                if taken is not None:
-                    batch.append(self._waiting[taken])
-                    del self._waiting[taken]
+                if self._waiting:
+                    batch.append(self._waiting.popleft())
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping:
@@ -101,13 +89,6 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._next()) is not None:
-            if batch[0][2] is not None:  # a call
-                _, future, fn = batch[0]
-                try:
-                    self._settle([future], [fn()])
-                except BaseException as exc:
-                    self._settle([future], [exc])
-                continue
             groups: dict[Hashable, list[tuple]] = {}
             for item in batch:
                 groups.setdefault(self.group_key(item[0]), []).append(item)
@@ -121,7 +102,7 @@ class Batcher:
         with self._ready:
             self.stats["model_calls"] += 1
         try:
-            results = list(self.work([q for q, _, _ in group]))
+            results = list(self.work([q for q, _ in group]))
             if len(results) != len(group):
                 raise RuntimeError(f"work gave {len(results)} results for {len(group)} questions")
             failure = None
@@ -137,7 +118,7 @@ class Batcher:
         elif failure is not None:  # a bug: fail this request with 500, keep the worker alive
             log.error("the model failed", exc_info=failure)
             results = [APIError(500, f"internal error: {type(failure).__name__}: {failure}", "server_error")]
-        self._settle([f for _, f, _ in group], results)
+        self._settle([f for _, f in group], results)
 
     def _settle(self, futures: list[Future], results: list[Any]) -> None:
         for future, result in zip(futures, results):

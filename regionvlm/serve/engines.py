@@ -15,6 +15,7 @@ there too. Answers are `Answer`s; a stream yields `Piece`s whose texts add up to
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from typing import Any
 from regionvlm.errors import DataError
 from regionvlm.serve.batching import Batcher
 from regionvlm.serve.validation import APIError, Question
+
+log = logging.getLogger("regionvlm.serve")
 
 
 @dataclass
@@ -116,12 +119,7 @@ class Serving:
         return Answer(text, question.prompt_tokens, len(ids), finish_reason or self.finish_reason(ids))
 
     def finish_reason(self, ids: list[int]) -> str:
-        return "stop" if ids and ids[-1] in self.end_ids else "length"
-
-    @property
-    def end_ids(self) -> set:
-        ends = self.chat.model.eos_token_id
-        return set(ends) if isinstance(ends, (list, tuple)) else {ends}
+        return "stop" if self.chat.is_end(ids) else "length"
 
     def pieces(self, question: Question, id_chunks: Iterator[list[int]],
                finish_reason: Any = lambda: None) -> Iterator[Piece]:
@@ -171,39 +169,54 @@ def _result(future: Any, timeout: float) -> Any:
 
 
 class BuiltinServing(Serving):
-    """transformers' ``generate`` on the worker thread: concurrent questions share ``generate`` calls."""
+    """transformers' ``generate`` on the worker thread: concurrent questions share ``generate`` calls, streamed
+    ones too (a streamer hands each step's ids of the whole batch over; each request thread takes its own)."""
 
-    def work(self, questions: list[Question]) -> list[list[int]]:
-        return self.chat.generate_ids([q.sample for q in questions], **questions[0].generation)
+    def group_key(self, question: Question) -> Any:
+        return question.stream, tuple(sorted(question.generation.items()))
+
+    def work(self, questions: list[Question]) -> list:
+        samples = [q.sample for q in questions]
+        if not questions[0].stream:
+            return self.chat.generate_ids(samples, **questions[0].generation)
+        # a failure midway is handed to each stream (their first pieces may be sent): never retried here
+        try:
+            for step in self.chat.stream_batch(samples, **questions[0].generation):
+                for question, ids in zip(questions, step):
+                    if ids:
+                        question.sink.put(ids)
+        except Exception as exc:
+            if not isinstance(exc, DataError):
+                log.error("streamed generation failed", exc_info=exc)
+            for question in questions:
+                question.sink.put(exc)
+        for question in questions:
+            question.sink.put(None)
+        return [None] * len(questions)
 
     def answer(self, question: Question, timeout: float) -> Answer:
         return self.answer_from(question, _result(self.batcher.submit(question), timeout))
 
     def stream(self, question: Question, timeout: float) -> Iterator[Piece]:
-        """The answer generated alone on the worker (its turn in the queue), its ids handed over as they come.
-        A client that leaves mid-answer does not stop the generation (it ends at max_tokens at the latest)."""
-        chunks: queue.Queue = queue.Queue()
-
-        def run() -> None:
-            try:
-                for chunk in self.chat.stream_ids(question.sample, **question.generation):
-                    chunks.put(chunk)
-            finally:
-                chunks.put(None)
-
-        future = self.batcher.call(run)
+        """The answer's ids as the worker hands them over. A client that leaves mid-answer does not stop its
+        batch's generation (which ends at max_tokens at the latest)."""
+        question.sink = queue.Queue()
+        self.batcher.submit(question)
 
         def ids() -> Iterator[list[int]]:
             while True:
                 try:
-                    chunk = chunks.get(timeout=timeout)
+                    chunk = question.sink.get(timeout=timeout)
                 except queue.Empty:
                     raise APIError(504, f"no next token within {timeout:g} s (server overloaded?)",
                                    "server_error") from None
                 if chunk is None:
-                    break
+                    return
+                if isinstance(chunk, DataError):
+                    raise APIError(400, str(chunk), "invalid_request_error", "messages[0].content")
+                if isinstance(chunk, Exception):
+                    raise APIError(500, f"internal error: {type(chunk).__name__}: {chunk}", "server_error")
                 yield chunk
-            _result(future, timeout)  # raises what the generation raised
 
         yield from self.pieces(question, ids())
 

@@ -50,8 +50,9 @@ class Question:
     max_new_tokens: int = 0
     stream: bool = False            # answer as server-sent events
     include_usage: bool = False     # stream_options.include_usage: a last event with the token counts
-    # set by the serving engine: the raw sample, the prompt's and (streamed) answer's token counts
+    # set by the serving engine: the raw sample, where a streamed answer's ids arrive, the token counts
     sample: dict | None = None
+    sink: Any = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
