@@ -38,6 +38,7 @@ class RegionChatServer(ThreadingHTTPServer):
     `close` stops the server and its worker (a vLLM child is the chat's: `RegionChat.close`)."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog (socketserver's 5 resets connections at 32 clients at once)
 
     def __init__(self, address: tuple[str, int], chat: Any, model_id: str, api_key: str | None = None,
                  limits: Limits | None = None, max_batch_size: int = 16, batch_wait_ms: float = 10.0,
