@@ -286,6 +286,21 @@ class VLLMClient:
             raise VLLMUnavailable(f"vLLM at {self.url}/v1/completions: unexpected answer "
                                   f"{json.dumps(data)[:200]}") from None
 
+    def chat(self, messages: list, **settings: Any) -> Completion:
+        """One answer of ``/v1/chat/completions`` (a vision-language model vLLM serves: images travel as data
+        URLs in the messages' ``image_url`` parts; the server applies the model's chat template)."""
+        body = {"model": self.model, "messages": messages, **sampling_body(**settings)}
+        data = self._json("POST", "/v1/chat/completions", body)
+        try:
+            choice, usage = data["choices"][0], data.get("usage") or {}
+            return Completion(text=choice["message"]["content"] or "", token_ids=[],
+                              finish_reason=choice.get("finish_reason"),
+                              prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(usage.get("completion_tokens") or 0))
+        except (KeyError, IndexError, TypeError):
+            raise VLLMUnavailable(f"vLLM at {self.url}/v1/chat/completions: unexpected answer "
+                                  f"{json.dumps(data)[:200]}") from None
+
     def complete_many(self, prompts: Sequence[Any], return_exceptions: bool = False,
                       **settings: Any) -> list[Completion | VLLMError]:
         """Answers to many prompt embeddings, in order, sent concurrently (at most ``max_concurrency`` at once)
@@ -429,6 +444,8 @@ class VLLMServer:
     model on 2 CPU cores); ``kv_cache_gib``: vLLM's CPU KV cache in whole GiB (``VLLM_CPU_KVCACHE_SPACE``);
     ``extra_args``: more ``vllm serve`` arguments (``--tensor-parallel-size 2``, ``--gpu-memory-utilization 0.8``, ...);
     ``log_file``: where its output goes (default a temporary file, kept; `tail` shows the end).
+    ``prompt_embeds=False`` serves any model folder or hub id as it is (no ``regionvlm_llm.json`` needed, no
+    ``--enable-prompt-embeds``): the ``vllm`` captioner of datagen serves a vision-language model so.
 
     The child is `regionvlm.vllm_supervisor` (run with that Python), which runs vLLM's OpenAI server in
     the process group the supervisor leads, and stops the whole group (API server, engine core, workers)
@@ -444,11 +461,12 @@ class VLLMServer:
                  port: int = 0, api_key: str | None = None, served_model_name: str = DEFAULT_MODEL_NAME,
                  dtype: str | None = None, max_model_len: int | None = None, enforce_eager: bool = True,
                  kv_cache_gib: int | None = None, extra_args: Sequence[str] = (), env: dict | None = None,
-                 log_file: str | os.PathLike | None = None, start_timeout: float = 600.0, stop_grace: float = 15.0):
+                 log_file: str | os.PathLike | None = None, start_timeout: float = 600.0, stop_grace: float = 15.0,
+                 prompt_embeds: bool = True):
         from regionvlm.llm_folder import read_llm_folder
 
-        self.llm_dir = Path(llm_dir)
-        self.info = read_llm_folder(self.llm_dir)
+        self.llm_dir, self.prompt_embeds = Path(llm_dir), bool(prompt_embeds)
+        self.info = read_llm_folder(self.llm_dir) if prompt_embeds else {}
         self.python = Path(python) if python is not None else default_vllm_python()
         self.host, self.port, self.api_key = host, int(port), api_key
         self.served_model_name = served_model_name
@@ -473,9 +491,11 @@ class VLLMServer:
         # the OpenAI server's module, not `vllm serve`: the CLI of vllm-cpu 0.32 asks for the version of a
         # distribution named "vllm", which vllm-cpu is not (PackageNotFoundError)
         cmd = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.llm_dir),
-               "--host", self.host, "--port", str(self.port), "--enable-prompt-embeds",
+               "--host", self.host, "--port", str(self.port),
                "--served-model-name", self.served_model_name, "--dtype", str(self.dtype),
                "--generation-config", "auto"]
+        if self.prompt_embeds:
+            cmd.append("--enable-prompt-embeds")
         if self.max_model_len:
             cmd += ["--max-model-len", str(int(self.max_model_len))]
         if self.enforce_eager:

@@ -780,3 +780,35 @@ def test_vllm_engine_crash_mid_answer_is_a_503_error_and_leaves_no_process(tiny)
         assert info.value.status == 503
         wait_gone(srv.pid, 30.0)
         assert not srv.alive()
+
+
+def test_the_vllm_captioner_asks_chat_completions_with_the_image_concurrently(standin):
+    """datagen's `vllm` captioner: each request one chat completion (the image as a PNG data URL, the prompt,
+    greedy), a batch's requests in flight together, answers in order."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from regionvlm.datagen.captioners import VLLMCaptioner
+
+    def behave(h, body):
+        time.sleep(0.2)  # long enough for the batch's requests to overlap
+        text = body["messages"][0]["content"][1]["text"]
+        h.reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": f" caption of {text} "},
+                                   "finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+
+    srv = standin(behave)
+    captioner = VLLMCaptioner(url=srv.url, max_new_tokens=7)
+    images = [Image.new("RGB", (8 + i, 6), (10 * i, 0, 0)) for i in range(4)]
+    out = captioner.caption([{"image": im, "prompt": f"p{i}"} for i, im in enumerate(images)])
+    assert out == [f"caption of p{i}" for i in range(4)]
+    posts = [r for r in srv.requests if r[0] == "/v1/chat/completions"]
+    assert len(posts) == 4 and srv.peak == 4
+    body = next(b for _, _, b in posts if b["messages"][0]["content"][1]["text"] == "p2")
+    assert (body["model"], body["max_tokens"], body["temperature"]) == ("served-model", 7, 0.0)
+    url = body["messages"][0]["content"][0]["image_url"]["url"]
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert url.startswith("data:image/png;base64,") and sent.size == (10, 6) and sent.getpixel((0, 0)) == (20, 0, 0)
+    with pytest.raises(Exception, match="url .* or pretrained"):
+        VLLMCaptioner()

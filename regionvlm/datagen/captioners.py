@@ -10,7 +10,8 @@ the preflight.
 - ``template``: deterministic captions from the pixels (colour, size), for tests and dry runs.
 - ``regionvlm``: any regionvlm export (`RegionChat`); ``<region1>`` in a prompt points at the region.
 - ``hf_vlm``: a transformers image-text-to-text model (LLaVA-1.5 and later), hub id or local folder.
-- ``vllm``: the same models through vLLM (fast on GPUs), when vLLM is installed.
+- ``vllm``: a vision-language model served by vLLM (a running server, or one started here in the vLLM
+  environment), through its chat completions API: the client of ``serve --engine vllm``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from regionvlm.errors import ConfigError, UserError
+from regionvlm.errors import ConfigError
 from regionvlm.registry import CAPTIONERS
 
 LLAVA_PROMPT = "USER: <image>\n{prompt} ASSISTANT:"
@@ -85,15 +86,24 @@ class TemplateCaptioner:
 
 @CAPTIONERS.register("regionvlm")
 class RegionVLMCaptioner:
-    """A regionvlm export (RegionChat): the prompt as asked; ``<region1>`` in it points at the region."""
+    """A regionvlm export (RegionChat): the prompt as asked; ``<region1>`` in it points at the region.
+    ``engine: vllm`` generates through vLLM (``vllm_url``: a running server on the export's llm/ folder; else one
+    started here, in ``vllm_python``'s environment, stopped when the job ends), as ``predict --engine vllm``."""
 
-    def __init__(self, export: str, max_new_tokens: int | None = None):
+    def __init__(self, export: str, max_new_tokens: int | None = None, engine: str = "builtin",
+                 vllm_url: str | None = None, vllm_api_key: str | None = None, vllm_python: str | None = None,
+                 vllm_kv_cache_gib: int | None = None):
         from regionvlm.inference import RegionChat
 
         if not Path(export).is_dir():
             raise ConfigError(f"datagen.captioner.export: no export folder at {export}")
+        if engine not in ("builtin", "vllm"):
+            raise ConfigError(f"datagen.captioner.engine: expected 'builtin' or 'vllm', got {engine!r}")
         self.chat = RegionChat.from_pretrained(export, device="cpu")
         self.settings = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
+        if engine == "vllm":
+            options = {} if vllm_kv_cache_gib is None else {"kv_cache_gib": int(vllm_kv_cache_gib)}
+            self.chat.use_vllm(export_dir=export, url=vllm_url, api_key=vllm_api_key, python=vllm_python, **options)
 
     @classmethod
     def missing(cls, export: str, **_: Any) -> list[str]:
@@ -107,6 +117,9 @@ class RegionVLMCaptioner:
         samples = [self.chat.sample(r["image"], r.get("regions") if "<region1>" in r["prompt"] else None,
                                     r["prompt"], str(i)) for i, r in enumerate(requests)]
         return self.chat.generate(samples, **self.settings)
+
+    def close(self) -> None:
+        self.chat.close()
 
 
 @CAPTIONERS.register("hf_vlm")
@@ -161,28 +174,53 @@ class HFVLMCaptioner:
 
 @CAPTIONERS.register("vllm")
 class VLLMCaptioner:
-    """The same models through vLLM (continuous batching on GPUs), when vLLM is installed."""
+    """A vision-language model (LLaVA-1.5 and later) served by vLLM, asked through its chat completions API
+    (images as PNG data URLs, the model's own chat template, greedy), the requests of a batch sent at once so
+    that vLLM batches them continuously. ``url``: a running server (``vllm serve MODEL``); else vLLM is started
+    here on ``pretrained`` (a folder or hub id) in ``python``'s environment (default `.venv-vllm`, `make vllm`),
+    and stopped when the job ends. ``extra_args``: more ``vllm serve`` arguments (``--tensor-parallel-size``,
+    ``--gpu-memory-utilization``, ...). The same client as ``serve --engine vllm``."""
 
-    TEMPLATE_FIELDS = {"prompt_format": ("prompt",)}
+    def __init__(self, pretrained: str | None = None, url: str | None = None, api_key: str | None = None,
+                 python: str | None = None, max_new_tokens: int = 128, max_model_len: int | None = None,
+                 kv_cache_gib: int | None = None, extra_args: list | None = None, max_concurrency: int = 64):
+        from regionvlm.vllm_engine import VLLMClient, VLLMServer
 
-    def __init__(self, pretrained: str, prompt_format: str = LLAVA_PROMPT, max_new_tokens: int = 128,
-                 gpu_memory_utilization: float = 0.85, max_model_len: int | None = None):
-        try:
-            import vllm
-        except ImportError:
-            raise UserError("datagen.captioner: 'vllm' needs vLLM, which is not installed (pip install vllm), or "
-                            "use type: hf_vlm") from None
-        self.vllm = vllm
-        self.prompt_format, self.max_new_tokens = prompt_format, max_new_tokens
-        self.llm = vllm.LLM(model=pretrained, gpu_memory_utilization=gpu_memory_utilization,
-                            max_model_len=max_model_len)
+        if (pretrained is None) == (url is None):
+            raise ConfigError("datagen.captioner: the vllm captioner takes url (a running vLLM server) or "
+                              "pretrained (a model to start vLLM on), not both or neither")
+        self.max_new_tokens, self.max_concurrency, self.server = int(max_new_tokens), int(max_concurrency), None
+        if url is not None:
+            self.client = VLLMClient(url, api_key=api_key, max_concurrency=max_concurrency)
+        else:
+            self.server = VLLMServer(pretrained, python=python, api_key=api_key, max_model_len=max_model_len,
+                                     kv_cache_gib=kv_cache_gib, extra_args=list(extra_args or []),
+                                     prompt_embeds=False).start()
+            self.client = self.server.client(max_concurrency=max_concurrency)
+        self.client.check()
 
     @classmethod
-    def missing(cls, pretrained: str, **_: Any) -> list[str]:
-        return _hub_missing(pretrained, "datagen.captioner.pretrained")
+    def missing(cls, pretrained: str | None = None, **_: Any) -> list[str]:
+        return _hub_missing(pretrained, "datagen.captioner.pretrained") if pretrained else []
+
+    def ask(self, request: dict) -> str:
+        import base64
+        import io
+
+        buf = io.BytesIO()
+        request["image"].convert("RGB").save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                 {"type": "text", "text": request["prompt"]}]}]
+        return self.client.chat(messages, max_tokens=self.max_new_tokens, temperature=0.0).text.strip()
 
     def caption(self, requests: list[dict]) -> list[str]:
-        params = self.vllm.SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0)
-        prompts = [{"prompt": self.prompt_format.format(prompt=r["prompt"]), "multi_modal_data": {"image": r["image"]}}
-                   for r in requests]
-        return [o.outputs[0].text.strip() for o in self.llm.generate(prompts, params, use_tqdm=False)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(self.max_concurrency, len(requests)))) as pool:
+            return list(pool.map(self.ask, requests))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

@@ -112,11 +112,20 @@ def build_captioner(s: DatagenSettings) -> tuple[Any, Any]:
     return CAPTIONERS.build(s.captioner, key_path="datagen.captioner"), judge
 
 
+def close(captioner: Any) -> None:
+    """Stop what a captioner started (a vLLM child process)."""
+    if hasattr(captioner, "close"):
+        captioner.close()
+
+
 def dry_run(s: DatagenSettings, selected: list[SourceImage], n: int) -> list[dict]:
     """Caption the shard's first ``n`` images in this process and return their rows; nothing is written."""
     captioner, judge = build_captioner(s)
     mine = [(i, im) for i, im in enumerate(selected) if i % s.num_shards == s.shard][:n]
-    records = caption_images([decode(i, im) for i, im in mine], captioner, s, judge)
+    try:
+        records = caption_images([decode(i, im) for i, im in mine], captioner, s, judge)
+    finally:
+        close(captioner)
     for rec in records:
         for r in rec["regions"]:
             if r["dropped"]:
@@ -154,7 +163,10 @@ def run_datagen(config: dict, source: str = "", dry_run_images: int | None = Non
         module = _module_class()(captioner, s, out_dir, judge)
         loader = DataLoader(ImageDataset([(i, selected[i]) for i in mine]), batch_size=s.batch_size, shuffle=False,
                             num_workers=s.num_workers, collate_fn=as_list)
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        try:
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        finally:
+            close(captioner)
         trainer.strategy.barrier()
         if not trainer.is_global_zero:
             return None
