@@ -244,8 +244,8 @@ def test_serve_answers_503_while_vllm_is_gone_and_serves_again_after(export, ser
 def test_the_small_presets_export_answers_through_vllm_as_the_builtin_engine(tiny_workspace, tmp_path):
     """A real pretrained LLM (SmolLM2-135M-Instruct, `make smollm2`) behind the small preset's region path, as
     the preset builds it (region path freshly initialised: what matters is that both engines decode the same
-    fused embeddings the same way): 64 region questions each through predict, eval of one benchmark and serve
-    (64 concurrent clients), greedy, answers equal. ~5 min."""
+    fused embeddings the same way): 64 region questions each through predict and serve (64 concurrent
+    clients), greedy, answers equal. ~4 min."""
     import torch
     from omegaconf import OmegaConf
 
@@ -271,16 +271,12 @@ def test_the_small_presets_export_answers_through_vllm_as_the_builtin_engine(tin
     builtin, vllm = answers(tmp_path / "builtin.jsonl"), answers(tmp_path / "vllm.jsonl")
     assert len(builtin) == 64 and len(set(builtin.values())) > 3  # an untrained region path: few distinct
     assert vllm == builtin
-    # eval of one benchmark and serve, against one vLLM server
+    # serve, 64 concurrent clients. (Not eval's scope benchmark: its 64 near-identical prompts meet near-ties a
+    # few tokens in, where greedy answers depend on float rounding — the built-in engine's own answers at batch
+    # size 1 and 16 differ on 30 of 64 — so equality there tests the rounding, not the engines.)
     from regionvlm.vllm_engine import VLLMServer
 
     with VLLMServer(export / "llm", python=VLLM_PYTHON, kv_cache_gib=2) as srv:
-        common = ["eval", str(ROOT / "projects/rgpt/small/eval.yaml"), "--model", str(export),
-                  "eval.benchmarks={coco_cls: {limit: 64}}", "eval.gallery=0"]
-        assert main([*common, f"eval.out_dir={tmp_path}/eval-builtin"]) == 0
-        assert main([*common, f"eval.out_dir={tmp_path}/eval-vllm", "--engine", "vllm", "--vllm-url", srv.url]) == 0
-        rows = [(tmp_path / f"eval-{e}" / "coco_cls" / "predictions.jsonl").read_text() for e in ("builtin", "vllm")]
-        assert rows[0] == rows[1] and len(rows[0].splitlines()) >= 40
         test_serve_through_vllm_answers_64_concurrent_clients_as_the_builtin_engine(export, srv, distinct=3)
 
 
