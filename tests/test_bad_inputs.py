@@ -723,6 +723,15 @@ HARDEN_CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
     ("ablate-spec-alias-bomb", lambda e: ["ablate", e.write("spec.yaml", alias_bomb().replace("seed: 0\nmodel:",
                                                                                                  "metrics:")), "--list"],
      ["spec.yaml", "alias bomb"]),
+    # -- serve (issue 23 item 8: never an open server without saying so) --
+    ("serve-empty-api-key", lambda e: ["serve", "--model", str(e.export), "--api-key", ""],
+     ["--api-key: is empty", "leave it unset"]),
+    ("serve-open-host-without-key", lambda e: ["serve", "--model", str(e.export), "--host", "0.0.0.0"],
+     ["--host 0.0.0.0", "without an API key", "--allow-open"]),
+    ("serve-max-regions-zero", lambda e: ["serve", "--model", str(e.export), "--max-regions", "0"],
+     ["--max-regions", "at least 1"]),
+    ("serve-max-body-zero", lambda e: ["serve", "--model", str(e.export), "--max-body-mb", "0"],
+     ["--max-body-mb", "at least 1"]),
 ]
 CASES += HARDEN_CASES
 
@@ -847,5 +856,6 @@ def test_the_catalogue_in_docs_lists_every_case():
     import re
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
-    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", text, re.M)
+    catalogue = text.split("## The catalogue", 1)[1].split("\n## ", 1)[0]  # (serve's requests have their own)
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \|", catalogue, re.M)
     assert sorted(rows) == sorted(c[0] for c in CASES)

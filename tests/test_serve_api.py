@@ -292,7 +292,8 @@ def raw_exchange(url: str, request: bytes) -> bytes:
 
 
 def test_missing_length_short_body_and_deep_json(server):
-    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\n")
     reply = raw_exchange(server.url, (head + "\r\n").encode())
     assert reply.startswith(b"HTTP/1.1 411") and b"Content-Length header is required" in reply
     reply = raw_exchange(server.url, (head + "Content-Length: 100\r\n\r\n{\"messages\"").encode())

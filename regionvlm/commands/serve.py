@@ -11,6 +11,7 @@ also come from the REGIONVLM_API_KEY environment variable (keeps it out of the p
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -27,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: env REGIONVLM_API_KEY, else none)")
+    parser.add_argument("--allow-open", action="store_true",
+                        help="serve a non-loopback --host without an API key (anyone who reaches it may use it)")
+    parser.add_argument("--allowed-hosts", default="",
+                        help="comma-separated Host header names accepted besides localhost/127.0.0.1/[::1] and the "
+                             "bound address (DNS-rebinding guard); bound to 0.0.0.0 without it, any Host is accepted")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--max-batch-size", type=int, default=16,
                         help="questions answered by one generate call (with --engine vllm: embedded by one pass of "
@@ -37,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests queued or being answered; beyond it requests get 429")
     parser.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="larger images get 413")
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    parser.add_argument("--max-regions", type=int, default=64, help="regions a request may carry (each mask decodes "
+                                                                   "to an image-sized array); beyond it 413")
+    parser.add_argument("--max-body-mb", type=int, default=32, help="largest request body in MiB; beyond it 413")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
     parser.add_argument("--imports", action="store_true",
                         help="import the modules that registered the export's own components (its card's imports:); "
@@ -44,8 +53,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def api_key_of(args: argparse.Namespace) -> str | None:
+    """The key, from --api-key or REGIONVLM_API_KEY; an empty one (``$(cat missing-file)``) is an error, not
+    "no key", and a server reachable from other machines needs one unless --allow-open says otherwise."""
+    if args.api_key is not None:
+        key, where = args.api_key, "--api-key"
+    else:
+        key, where = os.environ.get("REGIONVLM_API_KEY"), "REGIONVLM_API_KEY"
+    if key is not None and not key.strip():
+        raise UserError(f"{where}: is empty; give a key, or leave it unset to serve without one")
+    if key is None and not is_loopback(args.host) and not args.allow_open:
+        raise UserError(f"--host {args.host}: reachable from other machines without an API key; set --api-key "
+                        f"(or REGIONVLM_API_KEY), or --allow-open to serve it open")
+    if key is None and not is_loopback(args.host):
+        logging.getLogger("regionvlm.serve").warning("serving %s without an API key (--allow-open)", args.host)
+    return key
+
+
 def run(args: argparse.Namespace) -> int:
-    for flag in ("max_batch_size", "max_in_flight", "max_image_pixels", "max_tokens_limit"):
+    for flag in ("max_batch_size", "max_in_flight", "max_image_pixels", "max_tokens_limit", "max_regions",
+                 "max_body_mb"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")
     if args.batch_wait_ms < 0 or args.request_timeout <= 0:
@@ -54,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port: {args.port} is not a port number")
     if not Path(args.model).is_dir():
         raise UserError(f"--model: no export folder at '{args.model}'")
+    api_key = api_key_of(args)
     from regionvlm.inference import RegionChat
     from regionvlm.serve.app import RegionChatServer
     from regionvlm.serve.validation import Limits
@@ -65,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             server = RegionChatServer(
                 (args.host, args.port), chat, model_id,
-                api_key=args.api_key or os.environ.get("REGIONVLM_API_KEY"),
-                limits=Limits(args.max_image_pixels, args.max_tokens_limit), max_batch_size=args.max_batch_size,
-                batch_wait_ms=args.batch_wait_ms, max_in_flight=args.max_in_flight,
-                request_timeout_s=args.request_timeout)
+                api_key=api_key, limits=Limits(args.max_image_pixels, args.max_tokens_limit, args.max_regions),
+                max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+                max_in_flight=args.max_in_flight, request_timeout_s=args.request_timeout,
+                max_body_bytes=args.max_body_mb << 20,
+                allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()))
         except OSError as exc:
             raise UserError(f"--host/--port: cannot listen on {args.host}:{args.port}: "
                             f"{exc.strerror or exc}") from None

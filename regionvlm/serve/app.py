@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +30,12 @@ from regionvlm.serve.validation import APIError, Limits, Question, parse_chat_re
 
 log = logging.getLogger("regionvlm.serve")
 PAGE = Path(__file__).parent / "page.html"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# the page: its own inline script and style, calls to this origin only, never framed (clickjacking)
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                                           "'unsafe-inline'; img-src data: blob:; connect-src 'self'; "
+                                           "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}
 # page shortcut → registered prompt type (the evaluation phrasing, as RegionChat.classify / caption ask)
 TASKS = {"classify": "region_classification", "brief caption": "brief_caption", "detailed caption": "detailed_caption"}
 
@@ -42,9 +49,16 @@ class RegionChatServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], chat: Any, model_id: str, api_key: str | None = None,
                  limits: Limits | None = None, max_batch_size: int = 16, batch_wait_ms: float = 10.0,
-                 max_in_flight: int = 64, request_timeout_s: float = 300.0, max_body_bytes: int = 64 << 20):
+                 max_in_flight: int = 64, request_timeout_s: float = 300.0, max_body_bytes: int = 32 << 20,
+                 allowed_hosts: tuple[str, ...] = (), max_parsing: int = 4):
+        """``allowed_hosts``: ``Host`` header names accepted besides the loopback ones (and the bound address);
+        bound to every interface (``0.0.0.0``, ``::``) with none given, any ``Host`` is accepted.
+        ``max_parsing``: requests decoding their images and masks at once (the rest wait their turn), which
+        bounds the memory that request parsing takes."""
         super().__init__(address, Handler)  # binds first: a busy port fails before the worker starts
         self.chat, self.model_id, self.api_key = chat, model_id, api_key or None
+        self.allowed_hosts = allowed_host_names(address[0], allowed_hosts)
+        self.parsing = threading.BoundedSemaphore(max_parsing)
         self.limits = limits or Limits()
         self.request_timeout_s, self.max_body_bytes = request_timeout_s, max_body_bytes
         self.created = int(time.time())
@@ -69,7 +83,12 @@ class RegionChatServer(ThreadingHTTPServer):
     def complete(self, data: dict) -> dict | Iterator[dict]:
         """A chat request's response: the completion, or (``stream: true``) an iterator of its chunks whose
         first item comes once the answer's first piece is there (a failure before it is still an HTTP error)."""
-        question = parse_chat_request(data, self.model_id, self.limits, self.default_max_new_tokens)
+        if not self.parsing.acquire(timeout=self.request_timeout_s):
+            raise APIError(503, "the server is busy decoding other requests; retry shortly", "server_error")
+        try:
+            question = parse_chat_request(data, self.model_id, self.limits, self.default_max_new_tokens)
+        finally:
+            self.parsing.release()
         if question.stream:
             chunks = self.chunks(question)
             return _prefetched(chunks, next(chunks))
@@ -100,12 +119,42 @@ class RegionChatServer(ThreadingHTTPServer):
         return {"object": "list", "data": [{"id": self.model_id, "object": "model", "created": self.created,
                                             "owned_by": "regionvlm"}]}
 
+    def host_allowed(self, host: str | None) -> bool:
+        """DNS rebinding: a page of another site that resolves its own name to 127.0.0.1 sends that name."""
+        return self.allowed_hosts is None or host_name(host) in self.allowed_hosts
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a request's own handling (a client gone): one line, no traceback."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.info("%s: connection ended: %s", client_address[0], type(exc).__name__)
+        else:
+            super().handle_error(request, client_address)
+
     def health(self) -> dict:
         return {"status": "ok", "model": self.model_id, **self.serving.snapshot()}
 
     def ui_config(self) -> dict:
         return {"model": self.model_id, "tasks": self.tasks, "auth_required": self.api_key is not None,
                 "max_image_pixels": self.limits.max_image_pixels}
+
+
+def allowed_host_names(bound: str, extra: tuple[str, ...] = ()) -> set[str] | None:
+    """The ``Host`` names a server bound to ``bound`` answers: the loopback ones, the bound address and
+    ``extra``; None (any) for a server bound to every interface with no ``extra`` named."""
+    if bound in ("", "0.0.0.0", "::") and not extra:
+        return None
+    return {host_name(h) for h in (*LOOPBACK_NAMES, bound, *extra) if h}
+
+
+def host_name(host: str | None) -> str:
+    """A ``Host`` header's name: lower case, without its port or IPv6 brackets."""
+    name = (host or "").strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        return name[1:].split("]", 1)[0]
+    return name.rsplit(":", 1)[0] if name.count(":") == 1 else name
 
 
 def task_questions(chat: Any) -> dict[str, str]:
@@ -138,13 +187,19 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a client may take to send its request (a stalled upload does not hold a thread)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+        # a request line is the client's text: control characters (terminal escapes, fake newlines) escaped
+        text = format % args
+        log.info("%s %s", self.address_string(),
+                 "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
 
     # -- plumbing ----------------------------------------------------------------------------------------
-    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+    def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -190,7 +245,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.close_connection = True  # RFC 9112 §6.1: with Content-Length too, the framing is ambiguous
+            raise APIError(400 if length is not None else 411,
+                           "Transfer-Encoding is not accepted: send the body with a Content-Length",
+                           "invalid_request_error")
+        content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if content_type != "application/json":  # a cross-origin page may POST text/plain without asking
+            self.close_connection = True
+            raise APIError(415, f"Content-Type must be application/json, got '{content_type or 'none'}'",
+                           "invalid_request_error")
+        if length is None or not (length.isascii() and length.isdigit()):
             self.close_connection = True
             raise APIError(411, "a Content-Length header is required", "invalid_request_error")
         if int(length) > self.server.max_body_bytes:
@@ -219,9 +284,12 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            if not self.server.host_allowed(self.headers.get("Host")):
+                raise APIError(403, f"Host '{self.headers.get('Host')}' is not served here (serve --allowed-hosts)",
+                               "invalid_request_error")
             if method == "POST" and path == "/v1/chat/completions":
+                self.check_key()  # before the body is read: an unauthenticated client spends nothing here
                 body = self.read_body()
-                self.check_key()
                 response = self.server.complete(parse_json(body))
                 if isinstance(response, dict):
                     self.send_json(200, response)
@@ -235,14 +303,20 @@ class Handler(BaseHTTPRequestHandler):
             elif method == "GET" and path == "/ui/config":
                 self.send_json(200, self.server.ui_config())
             elif method == "GET" and path in ("/", "/index.html"):
-                self.send_bytes(200, self.server.page, "text/html; charset=utf-8")
+                self.send_bytes(200, self.server.page, "text/html; charset=utf-8", PAGE_HEADERS)
             elif path in ("/v1/chat/completions", "/v1/models", "/health", "/ui/config", "/"):
                 raise APIError(405, f"{method} is not allowed on {path}", "invalid_request_error")
             else:
                 raise APIError(404, f"no route {method} {path}", "invalid_request_error")
         except APIError as exc:
             self.close_connection = True  # a refused request's body may be unread: never parse it as the next one
-            self.send_json(exc.status, exc.body())
+            try:
+                self.send_json(exc.status, exc.body())
+            except (ConnectionError, TimeoutError):
+                log.info("%s left before its %d", self.address_string(), exc.status)
+        except (ConnectionError, TimeoutError) as exc:  # the client left (or stalled) while we answered
+            self.close_connection = True
+            log.info("%s left: %s", self.address_string(), type(exc).__name__)
         except Exception as exc:  # a bug: answer 500 in the API's shape and keep serving
             log.exception("internal error on %s %s", method, path)
             self.close_connection = True

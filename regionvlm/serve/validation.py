@@ -61,6 +61,8 @@ class Question:
 class Limits:
     max_image_pixels: int = 4096 * 4096
     max_new_tokens: int = 512       # a request's max_tokens above this is refused
+    max_regions: int = 64           # regions per request: each mask decodes to an image-sized array
+    max_text_chars: int = 100_000   # a longer question is refused before it is tokenised
 
 
 def bad(message: str, param: str | None = None) -> APIError:
@@ -70,7 +72,7 @@ def bad(message: str, param: str | None = None) -> APIError:
 def parse_json(body: bytes) -> dict:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: a number of > 4300 digits
         raise bad(f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise bad("request body must be a JSON object")
@@ -126,8 +128,7 @@ def parse_region(region: Any, param: str, size: tuple[int, int], limits: Limits)
         raise bad('a region is {"box": [x1, y1, x2, y2]} or {"mask": "data:image/png;base64,..."}', param)
     if "box" in region:
         box = region["box"]
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        if not isinstance(box, list) or len(box) != 4 or not all(_finite(v) for v in box):
             raise bad("box must be 4 finite numbers [x1, y1, x2, y2]", f"{param}.box")
         x1, y1, x2, y2 = (float(v) for v in box)
         if not (x1 < x2 and y1 < y2):
@@ -145,6 +146,16 @@ def parse_region(region: Any, param: str, size: tuple[int, int], limits: Limits)
     return mask
 
 
+def _finite(v: Any) -> bool:
+    """A JSON number that is a finite float (an integer of 400 digits is not: float() overflows)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def parse_content(content: Any, param: str, limits: Limits) -> tuple[str, Any]:
     """A user message's content → (text, image); exactly one image, as an ``image_url`` part."""
     if isinstance(content, str):
@@ -156,6 +167,10 @@ def parse_content(content: Any, param: str, limits: Limits) -> tuple[str, Any]:
         where = f"{param}[{i}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
+            try:
+                part["text"].encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but no text
+                raise bad("text is not valid Unicode (a lone surrogate)", f"{where}.text") from None
             texts.append(part["text"])
         elif kind == "image_url":
             url = part.get("image_url")
@@ -169,6 +184,9 @@ def parse_content(content: Any, param: str, limits: Limits) -> tuple[str, Any]:
     if len(images) > 1:
         raise bad(f"{len(images)} images in one message; this model takes one image per question", param)
     text = "\n".join(t.strip() for t in texts if t.strip())
+    if len(text) > limits.max_text_chars:
+        raise APIError(413, f"the question is {len(text)} characters; this server accepts at most "
+                            f"{limits.max_text_chars}", "invalid_request_error", param)
     if not text:
         raise bad("missing question: the user message has no text part", param)
     if "<image>" in text:
@@ -229,8 +247,15 @@ def parse_chat_request(data: dict, model_id: str, limits: Limits, default_max_ne
     raw_regions = msg.get("regions", [])
     if not isinstance(raw_regions, list):
         raise bad("regions must be a list", "messages[0].regions")
+    if len(raw_regions) > limits.max_regions:
+        raise APIError(413, f"{len(raw_regions)} regions; this server accepts at most {limits.max_regions} per "
+                            f"request", "invalid_request_error", "messages[0].regions")
     regions = [parse_region(r, f"messages[0].regions[{k}]", image.size, limits) for k, r in enumerate(raw_regions)]
-    for k in sorted({int(m) for m in REGION_TAG.findall(text)}):
+    tags = REGION_TAG.findall(text)
+    if any(len(m) > 6 for m in tags):
+        raise bad(f"the text names <region{max(tags, key=len)[:12]}…>: no message has that many regions",
+                  "messages[0].content")
+    for k in sorted({int(m) for m in tags}):
         if not 1 <= k <= len(regions):
             raise bad(f"the text names <region{k}> but the message has {len(regions)} region(s)",
                       "messages[0].content")
