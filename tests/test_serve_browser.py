@@ -55,6 +55,17 @@ def drag(page, box, x0, y0, x1, y1) -> None:
     page.mouse.up()
 
 
+
+def wait_until(page, expression: str, timeout: float = 30.0) -> None:
+    """Poll a JavaScript expression (page.wait_for_function compiles its string in the page, which the page's
+    Content-Security-Policy forbids: no 'unsafe-eval'; evaluate runs outside that policy)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {expression}"
+        time.sleep(0.05)
+
 def test_page_upload_draw_ask(server, tmp_path):
     picture = tmp_path / "scene.png"
     scene(picture)
@@ -70,7 +81,7 @@ def test_page_upload_draw_ask(server, tmp_path):
             page.wait_for_selector("button[data-task='classify']")
             assert page.inner_text("#model") == "tiny-random"
             page.set_input_files("#file", str(picture))
-            page.wait_for_function("document.getElementById('canvas').width === 640")  # 160 px shown 4×
+            wait_until(page, "document.getElementById('canvas').width === 640")  # 160 px shown 4×
             box = page.locator("#canvas").bounding_box()
             drag(page, box, 0.05, 0.10, 0.45, 0.62)    # the red square
             drag(page, box, 0.50, 0.30, 0.95, 0.95)    # the blue disc
@@ -80,11 +91,11 @@ def test_page_upload_draw_ask(server, tmp_path):
             assert coords[0] == pytest.approx([8, 12, 72, 74.4], abs=1.5)  # image pixels, not screen pixels
 
             page.click("button[data-task='classify']")  # asks about each region alone
-            page.wait_for_function("[...document.querySelectorAll('#regions .answer')].every(a => a.textContent)")
+            wait_until(page, "[...document.querySelectorAll('#regions .answer')].every(a => a.textContent)")
             each = [rows.nth(i).locator(".answer").inner_text() for i in range(2)]
             page.fill("#question", "What is <region1> next to <region2>?")
             page.click("#ask")
-            page.wait_for_function("document.getElementById('answer').textContent.length > 0")
+            wait_until(page, "document.getElementById('answer').textContent.length > 0")
             answer = page.inner_text("#answer")
             assert page.inner_text("#status") == ""
             shot = tmp_path / "serve_page.png"
