@@ -748,12 +748,14 @@ def test_vllm_killed_parent_mid_answer_leaves_no_orphan(tiny, vllm_server):
     vllm_server["parent"].wait()
     took = wait_gone(pgid, 30.0)
     print(f"vLLM's process group gone {took:.1f} s after its parent was killed")
-    # the dying API server may still send an error event ("EngineCore encountered an issue") before the
-    # connection drops: either way a 503 for the front end's client
-    with pytest.raises(VLLMError) as info:
+    # what is left of the stream: the tokens vLLM sent before it died (it may have finished: 80 tokens of the
+    # tiny model take about as long as the group takes to go), then the connection drops or the dying API server
+    # sends an error event ("EngineCore encountered an issue"): either way a 503 for the front end's client
+    try:
         for _ in stream:
             pass
-    assert info.value.status == 503
+    except VLLMError as exc:
+        assert exc.status == 503, exc
     with pytest.raises(VLLMUnavailable):
         client.complete(torch.randn(4, 64))
 
