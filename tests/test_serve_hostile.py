@@ -21,7 +21,8 @@ def server(tmp_path_factory):
     from regionvlm.serve.validation import Limits
 
     chat = RegionChat.from_pretrained(random_export(tmp_path_factory.mktemp("hostile") / "export"), device="cpu")
-    server = start(chat, api_key=KEY, limits=Limits(max_image_pixels=100 * 100, max_new_tokens=32, max_regions=8))
+    server = start(chat, api_key=KEY, limits=Limits(max_image_pixels=100 * 100, max_new_tokens=32, max_regions=8,
+                                                        max_mask_pixels=4 * 64 * 48))
     yield server
     server.close()
 
@@ -64,6 +65,9 @@ def hostile_requests() -> dict:
                                  "messages[0].content[1].text", "lone surrogate"),
         "serve-too-many-regions": (request_body(good, box * 9, "What is <region1>?"), 413, "messages[0].regions",
                                    "at most 8 per request"),
+        "serve-mask-pixels": (request_body(good, [{"mask": png_url(np.full((48, 64), 255, np.uint8))}] * 5,
+                                           "What is <region1>?"), 413, "messages[0].regions",
+                              "at most 12288 per request"),
         "serve-huge-prompt": (request_body(good, box, "What is <region1>? " + "x" * 200_000), 413,
                               "messages[0].content", "at most 100000"),
     }
@@ -173,3 +177,21 @@ def test_the_catalogue_in_docs_lists_every_hostile_case():
     ids = list(hostile_requests()) + ["serve-content-length-superscript", "serve-transfer-encoding-and-length",
                                       "serve-foreign-host", "serve-text-plain-post"]
     assert sorted(re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M)) == sorted(ids)
+
+
+@pytest.mark.slow
+def test_the_hostile_load_script_runs_and_finds_no_5xx(tmp_path):
+    """benchmarks/perf/serve_hostile.py, shortened: no 5xx, the server alive (the figures are docs/serving.md's)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "hostile.json"
+    run = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks/perf/serve_hostile.py"),
+                          "--seconds", "3", "--valid", "8", "--hostile", "8", "--json", str(out)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["five_xx"] == 0 and figures["alive"] is True
+    assert all(status[0] == "4" or status == "left" for kind, counts in figures["statuses"].items()
+               if kind != "valid" for status in counts)

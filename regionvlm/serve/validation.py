@@ -63,6 +63,7 @@ class Limits:
     max_new_tokens: int = 512       # a request's max_tokens above this is refused
     max_regions: int = 64           # regions per request: each mask decodes to an image-sized array
     max_text_chars: int = 100_000   # a longer question is refused before it is tokenised
+    max_mask_pixels: int = 64 << 20  # all of a request's masks together (one byte per pixel once decoded)
 
 
 def bad(message: str, param: str | None = None) -> APIError:
@@ -92,9 +93,9 @@ def decode_data_url(url: Any, param: str) -> bytes:
         raise bad(f"bad base64 in data URL: {exc}", param) from None
 
 
-def open_image(data: bytes, param: str, limits: Limits, mask: bool = False) -> Any:
+def open_image(data: bytes, param: str, limits: Limits, mask: bool = False, check: Any = None) -> Any:
     """Decoded RGB image (``mask=True``: the picture as it is, alpha kept, for the mask rule); the pixel count is
-    checked from the header, before decoding."""
+    checked from the header, before decoding, and so is ``check(width, height)`` when given."""
     import warnings
 
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -109,6 +110,8 @@ def open_image(data: bytes, param: str, limits: Limits, mask: bool = False) -> A
             if w * h > limits.max_image_pixels:
                 raise APIError(413, f"image is {w}×{h} = {w * h} pixels; this server accepts at most "
                                     f"{limits.max_image_pixels} (--max-image-pixels)", "invalid_request_error", param)
+            if check is not None:
+                check(w, h)
             im.load()
             im = ImageOps.exif_transpose(im)
             return im if mask else load_image(im)
@@ -156,8 +159,9 @@ def _finite(v: Any) -> bool:
         return False
 
 
-def parse_content(content: Any, param: str, limits: Limits) -> tuple[str, Any]:
-    """A user message's content → (text, image); exactly one image, as an ``image_url`` part."""
+def parse_content(content: Any, param: str, limits: Limits, check: Any = None) -> tuple[str, Any]:
+    """A user message's content → (text, image); exactly one image, as an ``image_url`` part (``check``: see
+    `open_image`)."""
     if isinstance(content, str):
         content = [{"type": "text", "text": content}]
     if not isinstance(content, list):
@@ -175,7 +179,8 @@ def parse_content(content: Any, param: str, limits: Limits) -> tuple[str, Any]:
         elif kind == "image_url":
             url = part.get("image_url")
             url = url.get("url") if isinstance(url, dict) else url
-            images.append(open_image(decode_data_url(url, f"{where}.image_url.url"), f"{where}.image_url.url", limits))
+            images.append(open_image(decode_data_url(url, f"{where}.image_url.url"), f"{where}.image_url.url", limits,
+                                     check=check))
         else:
             raise bad('a content part is {"type": "text", "text": ...} or {"type": "image_url", "image_url": '
                       '{"url": ...}}', where)
@@ -243,13 +248,21 @@ def parse_chat_request(data: dict, model_id: str, limits: Limits, default_max_ne
     if len(messages) != 1:
         raise bad("only one user message is supported (single-turn questions)", "messages")
     msg = messages[0]
-    text, image = parse_content(msg.get("content"), "messages[0].content", limits)
     raw_regions = msg.get("regions", [])
     if not isinstance(raw_regions, list):
         raise bad("regions must be a list", "messages[0].regions")
     if len(raw_regions) > limits.max_regions:
         raise APIError(413, f"{len(raw_regions)} regions; this server accepts at most {limits.max_regions} per "
                             f"request", "invalid_request_error", "messages[0].regions")
+    masks = sum(isinstance(r, dict) and "mask" in r for r in raw_regions)
+
+    def mask_budget(w: int, h: int) -> None:  # checked from the image's header, before anything is decoded
+        if masks * w * h > limits.max_mask_pixels:
+            raise APIError(413, f"{masks} masks of {w}×{h} are {masks * w * h} pixels; this server decodes at "
+                                f"most {limits.max_mask_pixels} per request", "invalid_request_error",
+                           "messages[0].regions")
+
+    text, image = parse_content(msg.get("content"), "messages[0].content", limits, check=mask_budget)
     regions = [parse_region(r, f"messages[0].regions[{k}]", image.size, limits) for k, r in enumerate(raw_regions)]
     tags = REGION_TAG.findall(text)
     if any(len(m) > 6 for m in tags):
