@@ -96,13 +96,25 @@ def test_the_key_is_checked_before_the_body_is_read(server):
     assert reply.startswith(b"HTTP/1.1 401") and time.monotonic() - start_t < 5, reply[:200]
 
 
-@pytest.mark.parametrize("request_bytes, status, fragment", [
+GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+RAW_REQUESTS = [
     (post_head("²"), b"411", b"Content-Length header is required"),  # '²'.isdigit() is True, int('²') fails
     (post_head("10", "Transfer-Encoding: chunked") + b"0123456789", b"400", b"Transfer-Encoding is not accepted"),
     (post_head("10", host="evil.example:8000") + b"0123456789", b"403", b"evil.example:8000"),
     (post_head("10").replace(b"application/json", b"text/plain") + b"0123456789", b"415", b"application/json"),
-], ids=["serve-content-length-superscript", "serve-transfer-encoding-and-length", "serve-foreign-host",
-        "serve-text-plain-post"])
+    (post_head("9" * 5000), b"413", b"a 5000-digit number of bytes"),  # int() of 5000 digits: ValueError, a 500
+    (post_head("2", "Content-Length: 40") + b"{}", b"400", b"Content-Length given more than once"),
+    (GET_HEALTH.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n") + b"0\r\n\r\n", b"411",
+     b"Transfer-Encoding is not accepted"),
+    (GET_HEALTH.replace(b"\r\n\r\n", b"\r\nContent-Length: %d\r\n\r\n" % len(GET_HEALTH)) + GET_HEALTH, b"200",
+     b'"status": "ok"'),  # a GET's body (a request of its own) was answered as the next request
+]
+RAW_CASES = ["serve-content-length-superscript", "serve-transfer-encoding-and-length", "serve-foreign-host",
+             "serve-text-plain-post", "serve-content-length-5000-digits", "serve-content-length-twice",
+             "serve-get-with-transfer-encoding", "serve-get-with-a-body"]
+
+
+@pytest.mark.parametrize("request_bytes, status, fragment", RAW_REQUESTS, ids=RAW_CASES)
 def test_malformed_or_foreign_requests_are_refused_and_the_connection_closed(server, request_bytes, status, fragment):
     reply = exchange(server.url, request_bytes + post_head("2") + b"{}")  # a smuggled second request: never answered
     assert reply.startswith(b"HTTP/1.1 " + status) and fragment in reply, reply[:300]
@@ -174,8 +186,7 @@ def test_the_catalogue_in_docs_lists_every_hostile_case():
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
     section = text.split("## serve: hostile requests", 1)[1].split("\n## ", 1)[0]
-    ids = list(hostile_requests()) + ["serve-content-length-superscript", "serve-transfer-encoding-and-length",
-                                      "serve-foreign-host", "serve-text-plain-post"]
+    ids = list(hostile_requests()) + RAW_CASES
     assert sorted(re.findall(r"^\| `([a-z0-9-]+)` \|", section, re.M)) == sorted(ids)
 
 

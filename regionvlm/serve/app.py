@@ -243,13 +243,24 @@ class Handler(BaseHTTPRequestHandler):
             if close is not None:
                 close()
 
-    def read_body(self) -> bytes:
+    def check_framing(self) -> None:
+        """Refuse, on every route, what two HTTP parsers could frame differently (request smuggling): a
+        Transfer-Encoding (RFC 9112 §6.1: with a Content-Length too, the framing is ambiguous), Content-Length
+        twice. A GET's body is never read, so its connection is closed after the answer."""
         length = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") is not None:
-            self.close_connection = True  # RFC 9112 §6.1: with Content-Length too, the framing is ambiguous
+            self.close_connection = True
             raise APIError(400 if length is not None else 411,
                            "Transfer-Encoding is not accepted: send the body with a Content-Length",
                            "invalid_request_error")
+        if len(self.headers.get_all("Content-Length") or ()) > 1:
+            self.close_connection = True
+            raise APIError(400, "Content-Length given more than once", "invalid_request_error")
+        if self.command != "POST" and (length or "0").strip() != "0":
+            self.close_connection = True  # the unread body must not be parsed as the next request
+
+    def read_body(self) -> bytes:
+        length = self.headers.get("Content-Length")
         content_type = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
         if content_type != "application/json":  # a cross-origin page may POST text/plain without asking
             self.close_connection = True
@@ -258,9 +269,10 @@ class Handler(BaseHTTPRequestHandler):
         if length is None or not (length.isascii() and length.isdigit()):
             self.close_connection = True
             raise APIError(411, "a Content-Length header is required", "invalid_request_error")
-        if int(length) > self.server.max_body_bytes:
+        if len(length) > 15 or int(length) > self.server.max_body_bytes:  # 15: int() refuses 4300 digits
             self.close_connection = True  # the unread body must not be parsed as the next request
-            raise APIError(413, f"request body is {length} bytes; the limit is {self.server.max_body_bytes}",
+            size = f"{length} bytes" if len(length) <= 15 else f"a {len(length)}-digit number of bytes"
+            raise APIError(413, f"request body is {size}; the limit is {self.server.max_body_bytes} (--max-body-mb)",
                            "invalid_request_error")
         try:
             body = self.rfile.read(int(length))
@@ -284,6 +296,7 @@ class Handler(BaseHTTPRequestHandler):
     def dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         try:
+            self.check_framing()
             if not self.server.host_allowed(self.headers.get("Host")):
                 raise APIError(403, f"Host '{self.headers.get('Host')}' is not served here (serve --allowed-hosts)",
                                "invalid_request_error")
