@@ -732,6 +732,8 @@ HARDEN_CASES: list[tuple[str, Callable[[Env], list[str]], list[str]]] = [
      ["--max-regions", "at least 1"]),
     ("serve-max-body-zero", lambda e: ["serve", "--model", str(e.export), "--max-body-mb", "0"],
      ["--max-body-mb", "at least 1"]),
+    ("serve-max-mask-pixels-zero", lambda e: ["serve", "--model", str(e.export), "--max-mask-pixels", "0"],
+     ["--max-mask-pixels", "at least 1"]),
 ]
 CASES += HARDEN_CASES
 

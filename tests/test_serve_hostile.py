@@ -22,7 +22,7 @@ def server(tmp_path_factory):
 
     chat = RegionChat.from_pretrained(random_export(tmp_path_factory.mktemp("hostile") / "export"), device="cpu")
     server = start(chat, api_key=KEY, limits=Limits(max_image_pixels=100 * 100, max_new_tokens=32, max_regions=8,
-                                                        max_mask_pixels=4 * 64 * 48))
+                                                           max_mask_pixels=10_000))
     yield server
     server.close()
 
@@ -65,9 +65,11 @@ def hostile_requests() -> dict:
                                  "messages[0].content[1].text", "lone surrogate"),
         "serve-too-many-regions": (request_body(good, box * 9, "What is <region1>?"), 413, "messages[0].regions",
                                    "at most 8 per request"),
-        "serve-mask-pixels": (request_body(good, [{"mask": png_url(np.full((48, 64), 255, np.uint8))}] * 5,
-                                           "What is <region1>?"), 413, "messages[0].regions",
-                              "at most 12288 per request"),
+        "serve-mask-pixels-over-limit": (request_body(good, [{"mask": png_url(np.full((48, 64), 255, np.uint8))}] * 4,
+                                                      "What is <region1>?"), 413, "messages[0].regions",
+                                         "4 masks of 64×48 = 12288 pixels"),
+        "serve-lone-surrogate-model": (request_body(good, box, "What is <region1>?", model="\ud800"), 404, "model",
+                                       "is not served here"),  # the error echoing it could not be encoded
         "serve-huge-prompt": (request_body(good, box, "What is <region1>? " + "x" * 200_000), 413,
                               "messages[0].content", "at most 100000"),
     }
@@ -94,6 +96,14 @@ def test_the_key_is_checked_before_the_body_is_read(server):
     start_t = time.monotonic()
     reply = exchange(server.url, post_head(str(30 << 20), key=None), read_timeout=10, half_close=False)
     assert reply.startswith(b"HTTP/1.1 401") and time.monotonic() - start_t < 5, reply[:200]
+    # "Expect: 100-continue" (curl's way for bodies over 1 MB): the 401 instead of the go-ahead to upload it
+    reply = exchange(server.url, post_head(str(30 << 20), "Expect: 100-continue", key=None), read_timeout=10,
+                     half_close=False)
+    assert reply.startswith(b"HTTP/1.1 401") and b"100 Continue" not in reply, reply[:200]
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # with the key: the go-ahead, then the body
+        sock.sendall(post_head("2", "Expect: 100-continue"))
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
 
 
 GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -108,10 +118,12 @@ RAW_REQUESTS = [
      b"Transfer-Encoding is not accepted"),
     (GET_HEALTH.replace(b"\r\n\r\n", b"\r\nContent-Length: %d\r\n\r\n" % len(GET_HEALTH)) + GET_HEALTH, b"200",
      b'"status": "ok"'),  # a GET's body (a request of its own) was answered as the next request
+    (b"OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://evil.example\r\n\r\n", b"405",
+     b'"OPTIONS is not allowed'),  # a CORS preflight: JSON, not http.server's HTML 501
 ]
 RAW_CASES = ["serve-content-length-superscript", "serve-transfer-encoding-and-length", "serve-foreign-host",
              "serve-text-plain-post", "serve-content-length-5000-digits", "serve-content-length-twice",
-             "serve-get-with-transfer-encoding", "serve-get-with-a-body"]
+             "serve-get-with-transfer-encoding", "serve-get-with-a-body", "serve-cors-preflight"]
 
 
 @pytest.mark.parametrize("request_bytes, status, fragment", RAW_REQUESTS, ids=RAW_CASES)

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
     parser.add_argument("--max-regions", type=int, default=64, help="regions a request may carry (each mask decodes "
                                                                    "to an image-sized array); beyond it 413")
+    parser.add_argument("--max-mask-pixels", type=int, default=4096 * 4096,
+                        help="pixels of all of a request's masks together (each is the image's size); beyond it 413")
     parser.add_argument("--max-body-mb", type=int, default=32, help="largest request body in MiB; beyond it 413")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 504")
     parser.add_argument("--imports", action="store_true",
@@ -81,7 +83,7 @@ def api_key_of(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     for flag in ("max_batch_size", "max_in_flight", "max_image_pixels", "max_tokens_limit", "max_regions",
-                 "max_body_mb"):
+                 "max_mask_pixels", "max_body_mb"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1")
     if args.batch_wait_ms < 0 or args.request_timeout <= 0:
@@ -102,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             server = RegionChatServer(
                 (args.host, args.port), chat, model_id,
-                api_key=api_key, limits=Limits(args.max_image_pixels, args.max_tokens_limit, args.max_regions),
+                api_key=api_key, limits=Limits(args.max_image_pixels, args.max_tokens_limit, args.max_regions,
+                                                     args.max_mask_pixels),
                 max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
                 max_in_flight=args.max_in_flight, request_timeout_s=args.request_timeout,
                 max_body_bytes=args.max_body_mb << 20,

@@ -192,6 +192,9 @@ class Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(),
                  "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
 
+    def handle_expect_100(self) -> bool:
+        return True  # "100 Continue" is sent by read_body once the key and headers passed: a refusal comes first
+
     # -- plumbing ----------------------------------------------------------------------------------------
     def send_bytes(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
         self.send_response(status)
@@ -206,7 +209,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def send_json(self, status: int, obj: dict) -> None:
-        self.send_bytes(status, dumps_json(obj).encode(), "application/json")
+        # backslashreplace: a lone surrogate echoed from the request (a model name) stays a JSON \ud800 escape
+        self.send_bytes(status, dumps_json(obj).encode("utf-8", "backslashreplace"), "application/json")
 
     def send_events(self, events: Iterator[dict]) -> None:
         """Server-sent events in a chunked body: one ``data: JSON`` event per item, then ``data: [DONE]``; a
@@ -274,6 +278,9 @@ class Handler(BaseHTTPRequestHandler):
             size = f"{length} bytes" if len(length) <= 15 else f"a {len(length)}-digit number of bytes"
             raise APIError(413, f"request body is {size}; the limit is {self.server.max_body_bytes} (--max-body-mb)",
                            "invalid_request_error")
+        if self.headers.get("Expect", "").lower() == "100-continue":
+            self.send_response_only(100)
+            self.end_headers()
         try:
             body = self.rfile.read(int(length))
         except OSError:  # includes the socket timeout of a stalled upload
@@ -340,3 +347,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self.dispatch("POST")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802 (a CORS preflight: refused in JSON, no cross-origin use is granted)
+        self.dispatch("OPTIONS")

@@ -62,8 +62,8 @@ class Limits:
     max_image_pixels: int = 4096 * 4096
     max_new_tokens: int = 512       # a request's max_tokens above this is refused
     max_regions: int = 64           # regions per request: each mask decodes to an image-sized array
+    max_mask_pixels: int = 4096 * 4096  # all of a request's masks together (64 masks of 4096² were 1 GB)
     max_text_chars: int = 100_000   # a longer question is refused before it is tokenised
-    max_mask_pixels: int = 64 << 20  # all of a request's masks together (one byte per pixel once decoded)
 
 
 def bad(message: str, param: str | None = None) -> APIError:
@@ -256,11 +256,11 @@ def parse_chat_request(data: dict, model_id: str, limits: Limits, default_max_ne
                             f"request", "invalid_request_error", "messages[0].regions")
     masks = sum(isinstance(r, dict) and "mask" in r for r in raw_regions)
 
-    def mask_budget(w: int, h: int) -> None:  # checked from the image's header, before anything is decoded
+    def mask_budget(w: int, h: int) -> None:  # from the image's header, before anything is decoded
         if masks * w * h > limits.max_mask_pixels:
-            raise APIError(413, f"{masks} masks of {w}×{h} are {masks * w * h} pixels; this server decodes at "
-                                f"most {limits.max_mask_pixels} per request", "invalid_request_error",
-                           "messages[0].regions")
+            raise APIError(413, f"{masks} masks of {w}×{h} = {masks * w * h} pixels; this server accepts at most "
+                                f"{limits.max_mask_pixels} mask pixels per request (--max-mask-pixels)",
+                           "invalid_request_error", "messages[0].regions")
 
     text, image = parse_content(msg.get("content"), "messages[0].content", limits, check=mask_budget)
     regions = [parse_region(r, f"messages[0].regions[{k}]", image.size, limits) for k, r in enumerate(raw_regions)]
