@@ -181,16 +181,18 @@ def _prefetched(rest: Iterator[dict], first: dict) -> Iterator[dict]:
     yield from rest
 
 
+def escaped(text: str) -> str:
+    """A client's text for the log: control characters (terminal escapes, fake newlines) escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 class Handler(BaseHTTPRequestHandler):
     server: RegionChatServer
     protocol_version = "HTTP/1.1"
     timeout = 60  # seconds a client may take to send its request (a stalled upload does not hold a thread)
 
     def log_message(self, format: str, *args: Any) -> None:
-        # a request line is the client's text: control characters (terminal escapes, fake newlines) escaped
-        text = format % args
-        log.info("%s %s", self.address_string(),
-                 "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text))
+        log.info("%s %s", self.address_string(), escaped(format % args))
 
     def handle_expect_100(self) -> bool:
         return True  # "100 Continue" is sent by read_body once the key and headers passed: a refusal comes first
@@ -218,6 +220,7 @@ class Handler(BaseHTTPRequestHandler):
         the answer (``events`` is closed)."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
+        self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
@@ -338,7 +341,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             log.info("%s left: %s", self.address_string(), type(exc).__name__)
         except Exception as exc:  # a bug: answer 500 in the API's shape and keep serving
-            log.exception("internal error on %s %s", method, path)
+            log.exception("internal error on %s %s", method, escaped(path))
             self.close_connection = True
             self.send_json(500, APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error").body())
 
