@@ -171,19 +171,21 @@ class RegionProcessor:
         """Generated ids (B×T) → answers, special tokens dropped, whitespace stripped."""
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
-    def stream_decode(self, id_chunks: Iterable[Sequence[int]]) -> Iterator[str]:
+    def stream_decode(self, id_chunks: Iterable[Sequence[int]], decode: Any = None) -> Iterator[str]:
         """Generated ids arriving in chunks (a streamed answer) → text pieces whose concatenation is exactly
         `decode` of all the ids: each piece is what the decoded text grew by, held back while it ends in a
-        partial character (decoded as U+FFFD) — both engines stream through here."""
+        partial character (decoded as U+FFFD) — both engines stream through here. ``decode``: another function
+        of the same effect (serve's, which lends a thread its own tokenizer for each call)."""
+        decode = decode or self.decode
         ids: list[int] = []
         said = ""
         for chunk in id_chunks:
             ids += [int(i) for i in chunk]
-            text = self.decode([ids])[0]
+            text = decode([ids])[0]
             if len(text) > len(said) and text.startswith(said) and not text.endswith("\ufffd"):
                 yield text[len(said):]
                 said = text
-        text = self.decode([ids])[0]
+        text = decode([ids])[0]
         if text != said:
             if not text.startswith(said):  # decoding changed what was said (rare): say the rest as it now reads
                 raise RuntimeError(f"stream_decode: the decoded answer {text!r} does not extend {said!r}")

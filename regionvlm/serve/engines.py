@@ -113,9 +113,13 @@ class Serving:
         question.sample = sample
         return sample
 
-    def answer_from(self, question: Question, ids: list[int], finish_reason: str | None = None) -> Answer:
+    def decode(self, ids: Any) -> list[str]:
+        """`RegionProcessor.decode` with a tokenizer lent for the call (a stream holds none between tokens)."""
         with self.processors.borrow() as processor:
-            text = processor.decode([ids])[0]
+            return processor.decode(ids)
+
+    def answer_from(self, question: Question, ids: list[int], finish_reason: str | None = None) -> Answer:
+        text = self.decode([ids])[0]
         return Answer(text, question.prompt_tokens, len(ids), finish_reason or self.finish_reason(ids))
 
     def finish_reason(self, ids: list[int]) -> str:
@@ -131,9 +135,8 @@ class Serving:
                 seen.extend(chunk)
                 yield chunk
 
-        with self.processors.borrow() as processor:
-            for text in processor.stream_decode(counted()):
-                yield Piece(text)
+        for text in self.chat.processor.stream_decode(counted(), decode=self.decode):
+            yield Piece(text)
         question.completion_tokens = len(seen)
         yield Piece("", finish_reason() or self.finish_reason(seen))
 
