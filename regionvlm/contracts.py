@@ -86,7 +86,7 @@ MODEL_COMPONENTS: dict[str, str] = {"vision_encoder": "vision_encoder", "feature
 #: ``model:`` node keys that are settings of the composed model, not components
 MODEL_SETTINGS: tuple[str, ...] = ("global_grid", "share_projector")
 #: ``model:`` node keys that belong to the training engine (what trains, where a stage starts), not to the architecture
-ENGINE_KEYS: tuple[str, ...] = ("init_from", "trainable", "freeze")
+ENGINE_KEYS: tuple[str, ...] = ("init_from", "init_components", "trainable", "freeze")
 #: every key a ``model:`` node may hold
 MODEL_KEYS: tuple[str, ...] = (*MODEL_COMPONENTS, *MODEL_SETTINGS, *ENGINE_KEYS)
 #: decoding settings (the ``generation:`` section, a card's, per-call arguments of RegionChat, predict and serve)

@@ -118,6 +118,38 @@ def test_init_from_rejects_what_the_weights_cannot_fit(tiny):
         build_model_and_tokenizer(stage)
 
 
+def test_init_components_loads_only_the_named_components(tiny):
+    model, _, config, out = tiny
+    stage = {**config["model"], "init_components": {"from": str(out), "components": ["vision_encoder",
+                                                                                     "region_extractor"]}}
+    # a different LLM width: the projector and LLM cannot come from the export, the vision side can
+    stage["llm"] = {**stage["llm"], "config": {**stage["llm"]["config"], "hidden_size": 64}}
+    torch.manual_seed(123)
+    built, _, _ = build_model_and_tokenizer(stage)
+    for name in ("vision_encoder", "region_extractor"):
+        for key, value in getattr(model, name).state_dict().items():
+            assert torch.equal(value, getattr(built, name).state_dict()[key]), f"{name}.{key}"
+    trained = dict(model.projector.named_parameters())
+    assert not all(torch.equal(p, trained[k]) for k, p in built.projector.named_parameters() if k in trained)
+
+
+def test_init_components_errors_name_the_key(tiny, tmp_path):
+    _, _, config, out = tiny
+    stage = {**config["model"], "init_components": {"from": str(tmp_path), "components": ["vision_encoder"]}}
+    with pytest.raises(ConfigError, match="model.init_components.from: no export weights at"):
+        build_model_and_tokenizer(stage)
+    stage["init_components"] = {"from": str(out), "components": ["vision_tower"]}
+    with pytest.raises(ConfigError, match="model.init_components.components: 'vision_tower' is not a component"):
+        build_model_and_tokenizer(stage)
+    stage["init_components"] = {"from": str(out), "components": ["projector"]}
+    stage["llm"] = {**stage["llm"], "config": {**stage["llm"]["config"], "hidden_size": 64}}
+    with pytest.raises(ConfigError, match=r"model.init_components: 'projector\..*' is \("):
+        build_model_and_tokenizer(stage)
+    stage["init_components"] = {"from": str(out)}
+    with pytest.raises(ConfigError, match="model.init_components: give"):
+        build_model_and_tokenizer(stage)
+
+
 def test_init_from_architecture_merges_and_lists_changes():
     export = {"llm": {"type": "x", "config": {"a": 1, "b": 2}}, "global_grid": 4}
     stage = {"llm": {"type": "x", "pretrained": "hub/id", "config": {"b": 3}}, "global_grid": 4, "init_from": "e"}

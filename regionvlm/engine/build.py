@@ -1,6 +1,8 @@
 """Building the model of a training stage from its ``model:`` node: from scratch (components built from their
 nodes, pretrained weights where they name them) or, with ``init_from: EXPORT_DIR``, staged from an earlier
-stage's export (its architecture with this stage's keys on top, its weights loaded strictly). What
+stage's export (its architecture with this stage's keys on top, its weights loaded strictly). Either way
+``init_components: {from: EXPORT_DIR, components: [...]}`` then loads only the named components' weights from
+another export (a vision side trained elsewhere, as RGPT starts from a pretrained CLIP). What
 `RegionVLMModule.configure_model` runs."""
 
 from __future__ import annotations
@@ -57,7 +59,47 @@ def build_model_and_tokenizer(model_cfg: dict) -> tuple[Any, Any, dict]:
 
     With ``init_from: EXPORT_DIR`` the architecture, weights and tokenizer come from that export with the stage's
     own keys applied on top (`init_from_architecture`); the returned config is that architecture plus this
-    stage's engine keys (``trainable`` ...)."""
+    stage's engine keys (``trainable`` ...). ``init_components`` (`load_components`) applies after either."""
+    model, tokenizer, cfg = _build(model_cfg)
+    if model_cfg.get("init_components"):
+        load_components(model, model_cfg["init_components"])
+    return model, tokenizer, cfg
+
+
+def load_components(model: Any, node: dict) -> None:
+    """Load the weights of ``node['components']`` (top-level component names) from the export ``node['from']``,
+    strictly per component: each must find every one of its tensors there, at its shape; the rest of the model
+    keeps its own initialisation."""
+    from safetensors import safe_open
+
+    where = "model.init_components"
+    if not isinstance(node, dict) or set(node) != {"from", "components"} or not node["components"]:
+        raise ConfigError(f"{where}: give {{from: EXPORT_DIR, components: [vision_encoder, ...]}}")
+    path = Path(node["from"]) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{where}.from: no export weights at '{path}' (train that model first)")
+    names = list(node["components"])
+    for name in names:
+        if not hasattr(getattr(model, name, None), "state_dict"):
+            raise ConfigError(f"{where}.components: '{name}' is not a component of this model")
+    with safe_open(str(path), framework="pt") as f:
+        available = set(f.keys())
+        state = {}
+        for name in names:
+            for key, param in getattr(model, name).state_dict().items():
+                full = f"{name}.{key}"
+                if full not in available:
+                    raise ConfigError(f"{where}: '{full}' is not in {path} (is it the same architecture?)")
+                tensor = f.get_tensor(full)
+                if tensor.shape != param.shape:
+                    raise ConfigError(f"{where}: '{full}' is {tuple(tensor.shape)} in {path}, "
+                                      f"{tuple(param.shape)} here")
+                state[full] = tensor
+    model.load_state_dict(state, strict=False)
+    print(f"init_components: {', '.join(names)} from {node['from']} ({len(state)} tensors)")
+
+
+def _build(model_cfg: dict) -> tuple[Any, Any, dict]:
     from transformers import AutoTokenizer
 
     from regionvlm.model import build_model
