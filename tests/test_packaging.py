@@ -75,7 +75,7 @@ def test_installed_recipe_resolves_bases_and_file_dirname(wheel, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     recipes = tmp_path / "site" / "regionvlm" / "recipes"
     cfg = load_config(recipes / "rgpt" / "tiny" / "stage2.yaml")
-    assert cfg.trainer.max_steps == 200 and cfg.optim.lr == 1.0e-3  # tiny/stage2 itself
+    assert cfg.trainer.max_steps == 400 and cfg.optim.lr == 1.0e-3  # tiny/stage2 itself
     assert cfg.model.llm.pretrained is None and cfg.data.max_length == 256  # tiny/base over ../stage2 over ../base
     assert cfg.model.init_from == "runs/rgpt-tiny-stage1/export"
     tokenizer = Path(cfg.model.llm.tokenizer)
