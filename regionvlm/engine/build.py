@@ -68,8 +68,8 @@ def build_model_and_tokenizer(model_cfg: dict) -> tuple[Any, Any, dict]:
 
 def load_components(model: Any, node: dict) -> None:
     """Load the weights of ``node['components']`` (top-level component names) from the export ``node['from']``,
-    strictly per component: each must find every one of its tensors there, at its shape; the rest of the model
-    keeps its own initialisation."""
+    strictly per component (`load_weights`): each must find every one of its tensors there, at its shape, and no
+    other under its name; the rest of the model keeps its own initialisation."""
     from safetensors import safe_open
 
     where = "model.init_components"
@@ -82,21 +82,19 @@ def load_components(model: Any, node: dict) -> None:
     for name in names:
         if not hasattr(getattr(model, name, None), "state_dict"):
             raise ConfigError(f"{where}.components: '{name}' is not a component of this model")
+    loaded = 0
     with safe_open(str(path), framework="pt") as f:
-        available = set(f.keys())
-        state = {}
         for name in names:
-            for key, param in getattr(model, name).state_dict().items():
-                full = f"{name}.{key}"
-                if full not in available:
-                    raise ConfigError(f"{where}: '{full}' is not in {path} (is it the same architecture?)")
-                tensor = f.get_tensor(full)
-                if tensor.shape != param.shape:
-                    raise ConfigError(f"{where}: '{full}' is {tuple(tensor.shape)} in {path}, "
-                                      f"{tuple(param.shape)} here")
-                state[full] = tensor
-    model.load_state_dict(state, strict=False)
-    print(f"init_components: {', '.join(names)} from {node['from']} ({len(state)} tensors)")
+            component, prefix = getattr(model, name), f"{name}."
+            state = {key[len(prefix):]: f.get_tensor(key) for key in f.keys() if key.startswith(prefix)}
+            own = component.state_dict()
+            for key, tensor in state.items():
+                if key in own and tensor.shape != own[key].shape:
+                    raise ConfigError(f"{where}: '{prefix}{key}' is {tuple(tensor.shape)} in {path}, "
+                                      f"{tuple(own[key].shape)} here")
+            load_weights(component, state, f"{where}: {path}, {name}")  # strict: no key missing or unexpected
+            loaded += len(state)
+    print(f"init_components: {', '.join(names)} from {node['from']} ({loaded} tensors)")
 
 
 def _build(model_cfg: dict) -> tuple[Any, Any, dict]:
